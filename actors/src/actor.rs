@@ -1,0 +1,518 @@
+//! The actor shell around one event's [`Inventory`]: the only writer of that event's stock.
+//!
+//! A task per event drains a bounded mailbox in batches. For each batch it reads the clock once,
+//! expires due holds, applies every command in memory, appends the resulting events to the
+//! journal in one write (group commit) and only then sends the replies (`Durability::Sync`).
+//! A full mailbox is refused at once ([`CallError::Overloaded`]) rather than queued. If a journal
+//! write fails the actor stops without replying: acknowledged holds are durable, and the next
+//! message recovers a fresh actor from snapshot + journal.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::TicketCode;
+use crate::domain::{EventId, HoldId, Timestamp};
+use crate::inventory::{self, Command, Event, HoldView, Inventory, TypeStock};
+
+/// One journaled event with its position in the event's stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub seq: u64,
+    pub payload: Vec<u8>,
+}
+
+/// What recovery reads back: the latest snapshot, if any, and the journal after it.
+#[derive(Clone, Debug, Default)]
+pub struct Stored {
+    pub snapshot: Option<Snapshot>,
+    /// Records after the snapshot, in `seq` order.
+    pub tail: Vec<Record>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    pub seq: u64,
+    pub state: Vec<u8>,
+}
+
+/// Why the journal refused or failed a write.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// A newer owner holds the shard: this writer must stop for good.
+    #[error("journal write fenced: epoch {epoch} is stale")]
+    Fenced { epoch: u64 },
+    /// Another writer appended the same position (a second actor for one event).
+    #[error("journal position {seq} already written")]
+    Conflict { seq: u64 },
+    #[error("journal storage failed: {0}")]
+    Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Durable storage of journals and snapshots; `holdfast-persistence` implements it.
+#[async_trait]
+pub trait Journal: Send + Sync + 'static {
+    /// Appends `records` of `event_id` atomically, as writer `epoch`.
+    async fn append(
+        &self,
+        event_id: EventId,
+        epoch: u64,
+        records: &[Record],
+    ) -> Result<(), JournalError>;
+    /// The latest snapshot and every record after it.
+    async fn load(&self, event_id: EventId) -> Result<Stored, JournalError>;
+    /// Stores a snapshot taken after `snapshot.seq`; records up to it may then be trimmed.
+    async fn save_snapshot(
+        &self,
+        event_id: EventId,
+        epoch: u64,
+        snapshot: Snapshot,
+    ) -> Result<(), JournalError>;
+}
+
+/// The wall clock, injected so tests and replays control time.
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> Timestamp;
+}
+
+/// The system clock.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Timestamp(i64::try_from(since.as_millis()).unwrap_or(i64::MAX))
+    }
+}
+
+/// When a reply is sent relative to the journal write.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Reply after the batch is committed: an acknowledged hold survives a crash.
+    #[default]
+    Sync,
+    /// Reply before the commit: faster, but a crash can lose the last acknowledged batch.
+    Async,
+}
+
+/// Tuning of every event actor.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Options {
+    /// Messages waiting per actor before callers are refused with `Overloaded`.
+    pub mailbox_capacity: usize,
+    /// Commands applied per journal write at most.
+    pub batch_size_max: usize,
+    /// Snapshot after this many events since the last snapshot.
+    pub snapshot_every_events: u64,
+    /// Snapshot after this long if anything changed.
+    pub snapshot_every_secs: u64,
+    pub durability: Durability,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            mailbox_capacity: 4096,
+            batch_size_max: 1024,
+            snapshot_every_events: 10_000,
+            snapshot_every_secs: 30,
+            durability: Durability::Sync,
+        }
+    }
+}
+
+/// Why a call to an actor did not get an answer from the state machine.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    /// The state machine refused the command.
+    #[error(transparent)]
+    Rejected(#[from] inventory::Error),
+    /// The mailbox is full: try again shortly.
+    #[error("event is overloaded, try again shortly")]
+    Overloaded,
+    /// The actor stopped (journal failure, fencing or shutdown) before answering.
+    #[error("event actor is unavailable")]
+    Unavailable,
+}
+
+/// The answer to a query.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum QueryReply {
+    Stock(Vec<(TicketCode, TypeStock)>),
+    Hold(Option<HoldView>),
+}
+
+#[derive(Debug)]
+enum Request {
+    Command(
+        Command,
+        oneshot::Sender<Result<Option<HoldView>, inventory::Error>>,
+    ),
+    QueryStock(oneshot::Sender<QueryReply>),
+    QueryHold(HoldId, oneshot::Sender<QueryReply>),
+    Stop(oneshot::Sender<()>),
+}
+
+/// A cheap-to-clone address of a running event actor.
+#[derive(Clone, Debug)]
+pub struct Handle {
+    event_id: EventId,
+    tx: mpsc::Sender<Request>,
+}
+
+impl Handle {
+    pub fn event_id(&self) -> EventId {
+        self.event_id
+    }
+
+    /// False once the actor has stopped; the owner then starts a new one.
+    pub fn is_running(&self) -> bool {
+        !self.tx.is_closed()
+    }
+
+    /// Sends `command`; on success returns the hold it concerns, if any, after the command.
+    pub async fn call(&self, command: Command) -> Result<Option<HoldView>, CallError> {
+        let (tx, rx) = oneshot::channel();
+        self.admit(Request::Command(command, tx))?;
+        rx.await
+            .map_err(|_| CallError::Unavailable)?
+            .map_err(CallError::Rejected)
+    }
+
+    pub async fn stock(&self) -> Result<Vec<(TicketCode, TypeStock)>, CallError> {
+        let (tx, rx) = oneshot::channel();
+        self.admit(Request::QueryStock(tx))?;
+        match rx.await.map_err(|_| CallError::Unavailable)? {
+            QueryReply::Stock(stock) => Ok(stock),
+            QueryReply::Hold(_) => Err(CallError::Unavailable),
+        }
+    }
+
+    pub async fn hold(&self, hold_id: HoldId) -> Result<Option<HoldView>, CallError> {
+        let (tx, rx) = oneshot::channel();
+        self.admit(Request::QueryHold(hold_id, tx))?;
+        match rx.await.map_err(|_| CallError::Unavailable)? {
+            QueryReply::Hold(hold) => Ok(hold),
+            QueryReply::Stock(_) => Err(CallError::Unavailable),
+        }
+    }
+
+    /// Stops the actor after the messages already queued, with a final snapshot.
+    pub async fn stop(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Request::Stop(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    fn admit(&self, request: Request) -> Result<(), CallError> {
+        self.tx.try_send(request).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                metrics::counter!("holdfast_mailbox_rejections_total").increment(1);
+                CallError::Overloaded
+            }
+            mpsc::error::TrySendError::Closed(_) => CallError::Unavailable,
+        })
+    }
+}
+
+/// Why an actor could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("stored state of event {event_id} is unreadable: {detail}")]
+    Corrupt { event_id: EventId, detail: String },
+    #[error("defining ticket types failed: {0}")]
+    Define(#[from] inventory::Error),
+}
+
+pub fn encode_event(event: &Event) -> Vec<u8> {
+    bincode::serde::encode_to_vec(event, bincode::config::standard()).expect("events always encode")
+}
+
+pub fn decode_event(bytes: &[u8]) -> Result<Event, bincode::error::DecodeError> {
+    bincode::serde::decode_from_slice(bytes, bincode::config::standard()).map(|(e, _)| e)
+}
+
+pub fn encode_state(inventory: &Inventory) -> Vec<u8> {
+    bincode::serde::encode_to_vec(inventory, bincode::config::standard())
+        .expect("state always encodes")
+}
+
+/// Rebuilds an event's state from what the journal stored: snapshot, then the tail replayed.
+pub fn recover(event_id: EventId, stored: Stored) -> Result<Inventory, StartError> {
+    let corrupt = |detail: String| StartError::Corrupt { event_id, detail };
+    let mut inventory = match stored.snapshot {
+        Some(snapshot) => {
+            let (inv, _): (Inventory, usize) =
+                bincode::serde::decode_from_slice(&snapshot.state, bincode::config::standard())
+                    .map_err(|e| corrupt(format!("snapshot: {e}")))?;
+            if inv.event_id() != event_id || inv.seq() != snapshot.seq {
+                return Err(corrupt(format!(
+                    "snapshot is of {} at {}, stored as {event_id} at {}",
+                    inv.event_id(),
+                    inv.seq(),
+                    snapshot.seq
+                )));
+            }
+            inv
+        }
+        None => Inventory::new(event_id),
+    };
+    for record in stored.tail {
+        if record.seq <= inventory.seq() {
+            continue;
+        }
+        if record.seq != inventory.seq() + 1 {
+            return Err(corrupt(format!(
+                "journal gap after {}: found {}",
+                inventory.seq(),
+                record.seq
+            )));
+        }
+        let event = decode_event(&record.payload)
+            .map_err(|e| corrupt(format!("record {}: {e}", record.seq)))?;
+        inventory.replay(&event);
+    }
+    Ok(inventory)
+}
+
+/// Recovers event `event_id`, applies `definitions` (journaled if they change anything) and
+/// starts its actor as writer `epoch`.
+pub async fn start(
+    event_id: EventId,
+    epoch: u64,
+    definitions: Vec<Command>,
+    journal: Arc<dyn Journal>,
+    clock: Arc<dyn Clock>,
+    options: Options,
+) -> Result<Handle, StartError> {
+    let started = Instant::now();
+    let stored = journal.load(event_id).await?;
+    let replayed = stored.tail.len();
+    let snapshot_seq = stored.snapshot.as_ref().map_or(0, |s| s.seq);
+    let mut inventory = recover(event_id, stored)?;
+    let now = clock.now();
+    let mut records = Vec::new();
+    for command in definitions {
+        for event in inventory.apply(now, command)? {
+            records.push(encode_event(&event));
+        }
+    }
+    if !records.is_empty() {
+        let first = inventory.seq() + 1 - records.len() as u64;
+        let records: Vec<Record> = records
+            .into_iter()
+            .zip(first..)
+            .map(|(payload, seq)| Record { seq, payload })
+            .collect();
+        journal.append(event_id, epoch, &records).await?;
+    }
+    tracing::debug!(%event_id, epoch, replayed, seq = inventory.seq(), elapsed_ms = started.elapsed().as_millis() as u64, "event actor recovered");
+    metrics::histogram!("holdfast_actor_recovery_seconds").record(started.elapsed().as_secs_f64());
+    let (tx, rx) = mpsc::channel(options.mailbox_capacity.max(1));
+    let actor = Actor {
+        event_id,
+        epoch,
+        snapshot_seq,
+        last_snapshot: Instant::now(),
+        inventory,
+        journal,
+        clock,
+        options,
+    };
+    tokio::spawn(actor.run(rx));
+    Ok(Handle { event_id, tx })
+}
+
+struct Actor {
+    event_id: EventId,
+    epoch: u64,
+    inventory: Inventory,
+    journal: Arc<dyn Journal>,
+    clock: Arc<dyn Clock>,
+    options: Options,
+    snapshot_seq: u64,
+    last_snapshot: Instant,
+}
+
+/// A reply computed during a batch, sent once the batch is durable.
+enum Deferred {
+    Command(
+        oneshot::Sender<Result<Option<HoldView>, inventory::Error>>,
+        Result<Option<HoldView>, inventory::Error>,
+    ),
+    Query(oneshot::Sender<QueryReply>, QueryReply),
+}
+
+impl Actor {
+    async fn run(mut self, mut rx: mpsc::Receiver<Request>) {
+        let batch_max = self.options.batch_size_max.max(1);
+        let mut batch = Vec::with_capacity(batch_max);
+        let snapshot_every = Duration::from_secs(self.options.snapshot_every_secs.max(1));
+        let mut stop: Option<oneshot::Sender<()>> = None;
+        while stop.is_none() {
+            let expiry = self.inventory.next_expiry().map(|at| {
+                let wait_ms = at
+                    .as_millis()
+                    .saturating_sub(self.clock.now().as_millis())
+                    .max(0);
+                Duration::from_millis(wait_ms as u64)
+            });
+            let snapshot_due = self.inventory.seq() > self.snapshot_seq;
+            tokio::select! {
+                n = rx.recv_many(&mut batch, batch_max) => {
+                    if n == 0 {
+                        break;
+                    }
+                }
+                () = tokio::time::sleep(expiry.unwrap_or_default()), if expiry.is_some() => {}
+                () = tokio::time::sleep(snapshot_every), if snapshot_due => {}
+            }
+            let now = self.clock.now();
+            let seq_before = self.inventory.seq();
+            let mut events = self
+                .inventory
+                .apply(now, Command::Expire)
+                .expect("expiry never fails");
+            // Every reply waits for the batch's commit, queries too: a reader never sees a hold
+            // that could still be lost.
+            let mut replies: Vec<Deferred> = Vec::with_capacity(batch.len());
+            for request in batch.drain(..) {
+                match request {
+                    Request::Command(command, reply) => {
+                        let subject = subject_hold(&command);
+                        let outcome = self.inventory.apply(now, command).map(|new| {
+                            events.extend(new);
+                            subject.and_then(|id| self.inventory.hold(id))
+                        });
+                        replies.push(Deferred::Command(reply, outcome));
+                    }
+                    Request::QueryStock(reply) => {
+                        let stock = self
+                            .inventory
+                            .stock()
+                            .map(|(c, s)| (c.clone(), s.clone()))
+                            .collect();
+                        replies.push(Deferred::Query(reply, QueryReply::Stock(stock)));
+                    }
+                    Request::QueryHold(id, reply) => {
+                        replies.push(Deferred::Query(
+                            reply,
+                            QueryReply::Hold(self.inventory.hold(id)),
+                        ));
+                    }
+                    Request::Stop(reply) => stop = Some(reply),
+                }
+            }
+            if !events.is_empty() {
+                let records: Vec<Record> = events
+                    .iter()
+                    .enumerate()
+                    .map(|(i, e)| Record {
+                        seq: seq_before + 1 + i as u64,
+                        payload: encode_event(e),
+                    })
+                    .collect();
+                metrics::histogram!("holdfast_journal_batch_events").record(records.len() as f64);
+                if self.options.durability == Durability::Async {
+                    send_replies(replies);
+                    replies = Vec::new();
+                }
+                let started = Instant::now();
+                let written = self
+                    .journal
+                    .append(self.event_id, self.epoch, &records)
+                    .await;
+                metrics::histogram!("holdfast_journal_append_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                if let Err(error) = written {
+                    // Fail-stop: replies are dropped (callers see Unavailable) and the in-memory
+                    // state, which is ahead of the journal, dies with this task.
+                    tracing::error!(event_id = %self.event_id, epoch = self.epoch, %error, "journal append failed, stopping event actor");
+                    metrics::counter!("holdfast_actor_failstops_total").increment(1);
+                    return;
+                }
+            }
+            let holds_placed = events
+                .iter()
+                .filter(|e| matches!(e, Event::HoldPlaced { .. }))
+                .count();
+            metrics::counter!("holdfast_holds_placed_total").increment(holds_placed as u64);
+            send_replies(replies);
+            self.maybe_snapshot(snapshot_every).await;
+        }
+        self.snapshot().await;
+        if let Some(reply) = stop {
+            let _ = reply.send(());
+        }
+    }
+
+    async fn maybe_snapshot(&mut self, every: Duration) {
+        let since = self.inventory.seq() - self.snapshot_seq;
+        if since >= self.options.snapshot_every_events
+            || (since > 0 && self.last_snapshot.elapsed() >= every)
+        {
+            self.snapshot().await;
+        }
+    }
+
+    async fn snapshot(&mut self) {
+        if self.inventory.seq() == self.snapshot_seq {
+            return;
+        }
+        let snapshot = Snapshot {
+            seq: self.inventory.seq(),
+            state: encode_state(&self.inventory),
+        };
+        let size = snapshot.state.len();
+        match self
+            .journal
+            .save_snapshot(self.event_id, self.epoch, snapshot)
+            .await
+        {
+            Ok(()) => {
+                self.snapshot_seq = self.inventory.seq();
+                self.last_snapshot = Instant::now();
+                tracing::debug!(event_id = %self.event_id, seq = self.snapshot_seq, size, "snapshot saved");
+            }
+            // The journal still holds everything; a later snapshot will try again.
+            Err(error) => {
+                self.last_snapshot = Instant::now();
+                tracing::warn!(event_id = %self.event_id, %error, "snapshot failed");
+            }
+        }
+    }
+}
+
+fn subject_hold(command: &Command) -> Option<HoldId> {
+    match command {
+        Command::Hold { hold_id, .. }
+        | Command::Release { hold_id }
+        | Command::Confirm { hold_id, .. } => Some(*hold_id),
+        _ => None,
+    }
+}
+
+fn send_replies(replies: Vec<Deferred>) {
+    // A caller that gave up waiting has dropped its receiver; nothing to tell it.
+    for deferred in replies {
+        match deferred {
+            Deferred::Command(reply, outcome) => {
+                let _ = reply.send(outcome);
+            }
+            Deferred::Query(reply, answer) => {
+                let _ = reply.send(answer);
+            }
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! Checked value types shared by the core and its callers ("parse, don't validate").
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+macro_rules! uuid_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        pub struct $name(pub Uuid);
+
+        impl $name {
+            /// A new time-ordered random id.
+            pub fn generate() -> Self {
+                Self(Uuid::now_v7())
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = uuid::Error;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Uuid::parse_str(s).map(Self)
+            }
+        }
+    };
+}
+
+uuid_id!(
+    /// An event on sale; one inventory actor owns each.
+    EventId
+);
+uuid_id!(
+    /// A hold, unique within its event.
+    HoldId
+);
+uuid_id!(
+    /// A user account.
+    UserId
+);
+uuid_id!(
+    /// An order, created from a hold at checkout.
+    OrderId
+);
+
+/// Milliseconds since the Unix epoch. The core never reads a clock: callers pass `now`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Timestamp(pub i64);
+
+impl Timestamp {
+    pub fn from_millis(millis: i64) -> Self {
+        Self(millis)
+    }
+
+    pub fn as_millis(self) -> i64 {
+        self.0
+    }
+
+    pub fn plus_millis(self, millis: i64) -> Self {
+        Self(self.0.saturating_add(millis))
+    }
+}
+
+/// A ticket type code within an event, e.g. `GA` or `VIP-FLOOR`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TicketCode(String);
+
+/// Why a string is not a [`TicketCode`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("ticket type code must be 1 to 32 characters of A-Z, a-z, 0-9, '-' or '_'")]
+pub struct InvalidTicketCode;
+
+impl TicketCode {
+    pub const LEN_MAX: usize = 32;
+
+    pub fn parse(code: &str) -> Result<Self, InvalidTicketCode> {
+        let ok = !code.is_empty()
+            && code.len() <= Self::LEN_MAX
+            && code
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if ok {
+            Ok(Self(code.to_owned()))
+        } else {
+            Err(InvalidTicketCode)
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TicketCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A number of seats in one line of a hold: at least 1, at most [`Quantity::MAX`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Quantity(u32);
+
+/// Why a number is not a [`Quantity`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("quantity must be between 1 and {max}", max = Quantity::MAX)]
+pub struct InvalidQuantity;
+
+impl Quantity {
+    /// More seats than any venue sells in one hold; keeps arithmetic far from overflow.
+    pub const MAX: u32 = 10_000;
+
+    pub fn new(n: u32) -> Result<Self, InvalidQuantity> {
+        if (1..=Self::MAX).contains(&n) {
+            Ok(Self(n))
+        } else {
+            Err(InvalidQuantity)
+        }
+    }
+
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+/// One line of a hold: so many seats of one ticket type.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Line {
+    pub ticket_type: TicketCode,
+    pub quantity: Quantity,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticket_codes_are_checked() {
+        for good in ["GA", "VIP-FLOOR", "a_1", &"x".repeat(32)] {
+            assert!(TicketCode::parse(good).is_ok(), "{good}");
+        }
+        for bad in ["", "has space", "ümlaut", &"x".repeat(33), "semi;colon"] {
+            assert_eq!(TicketCode::parse(bad), Err(InvalidTicketCode), "{bad}");
+        }
+    }
+
+    #[test]
+    fn quantities_are_bounded() {
+        assert!(Quantity::new(0).is_err());
+        assert_eq!(Quantity::new(1).map(Quantity::get), Ok(1));
+        assert!(Quantity::new(Quantity::MAX).is_ok());
+        assert!(Quantity::new(Quantity::MAX + 1).is_err());
+    }
+}

@@ -1,0 +1,618 @@
+//! The inventory state machine of one event.
+//!
+//! [`Inventory::apply`] checks a [`Command`] against the state at `now` and returns the
+//! [`Event`]s it caused, already applied. [`Inventory::replay`] applies journaled events and is
+//! the only code that mutates state, so live state and `snapshot + replay(journal tail)` agree.
+//! Nothing here reads a clock, sleeps, allocates ids or performs I/O.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{EventId, HoldId, Line, OrderId, Quantity, TicketCode, Timestamp, UserId};
+use crate::invariants;
+
+/// At most this many ticket types per event.
+pub const TICKET_TYPES_MAX: usize = 64;
+/// At most this many lines in one hold.
+pub const HOLD_LINES_MAX: usize = 16;
+/// Released and expired holds stay readable (`GET /v1/holds/{id}`) this long, then are forgotten.
+pub const ENDED_HOLD_RETENTION_MS: i64 = 24 * 60 * 60 * 1000;
+/// Forgetting happens in batches: only once the oldest ended hold is this much past retention.
+const FORGET_SLACK_MS: i64 = 60 * 60 * 1000;
+
+/// The stock of one ticket type. `available + held + sold == capacity` always holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TypeStock {
+    pub capacity: u32,
+    pub available: u32,
+    pub held: u32,
+    pub sold: u32,
+    /// Seats one user may hold and buy together; `None` is unlimited.
+    pub per_user_limit: Option<u32>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum HoldStatus {
+    Active,
+    Released,
+    Expired,
+    Confirmed,
+}
+
+impl HoldStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Released => "released",
+            Self::Expired => "expired",
+            Self::Confirmed => "confirmed",
+        }
+    }
+}
+
+/// A hold as callers see it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldView {
+    pub id: HoldId,
+    pub event_id: EventId,
+    pub user: UserId,
+    pub items: Vec<Line>,
+    pub placed_at: Timestamp,
+    pub expires_at: Timestamp,
+    pub status: HoldStatus,
+    pub order_id: Option<OrderId>,
+}
+
+/// What a caller asks of the inventory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Adds a ticket type; a type that exists already is left as it is.
+    DefineTicketType {
+        code: TicketCode,
+        capacity: u32,
+        per_user_limit: Option<u32>,
+    },
+    /// Sets the capacity of a ticket type; it cannot drop below what is held and sold.
+    AdjustCapacity {
+        ticket_type: TicketCode,
+        capacity: u32,
+    },
+    /// Holds seats for `ttl_ms`, all lines or none. Idempotent by `hold_id`.
+    Hold {
+        hold_id: HoldId,
+        user: UserId,
+        items: Vec<Line>,
+        ttl_ms: i64,
+    },
+    /// Gives an active hold's seats back. Idempotent.
+    Release { hold_id: HoldId },
+    /// Turns an active hold into a sale (held → sold). Idempotent by `order_id`.
+    Confirm { hold_id: HoldId, order_id: OrderId },
+    /// Puts a confirmed order's seats back on sale (a refund). Idempotent by `order_id`.
+    Return { order_id: OrderId },
+    /// Ends every hold whose expiry is at or before `now`.
+    Expire,
+}
+
+/// What happened; the journal stores these and replay applies them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Event {
+    TicketTypeDefined {
+        code: TicketCode,
+        capacity: u32,
+        per_user_limit: Option<u32>,
+    },
+    CapacityAdjusted {
+        ticket_type: TicketCode,
+        capacity: u32,
+    },
+    HoldPlaced {
+        hold_id: HoldId,
+        user: UserId,
+        items: Vec<Line>,
+        placed_at: Timestamp,
+        expires_at: Timestamp,
+    },
+    HoldReleased {
+        hold_id: HoldId,
+        at: Timestamp,
+    },
+    HoldExpired {
+        hold_id: HoldId,
+        at: Timestamp,
+    },
+    HoldConfirmed {
+        hold_id: HoldId,
+        order_id: OrderId,
+        at: Timestamp,
+    },
+    StockReturned {
+        order_id: OrderId,
+        at: Timestamp,
+    },
+    /// Released and expired holds that ended before `before` are dropped from memory.
+    HoldsForgotten {
+        before: Timestamp,
+    },
+}
+
+/// Why a command was refused. A refused command changes nothing.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum Error {
+    #[error("not enough seats left")]
+    SoldOut {
+        /// Seats available now for each requested ticket type.
+        available: Vec<(TicketCode, u32)>,
+    },
+    #[error("at most {limit} seats of {ticket_type} per user; {already} already held or bought")]
+    LimitExceeded {
+        ticket_type: TicketCode,
+        limit: u32,
+        already: u32,
+    },
+    #[error("unknown ticket type {0}")]
+    UnknownTicketType(TicketCode),
+    #[error("invalid request: {0}")]
+    Invalid(&'static str),
+    #[error("hold not found")]
+    HoldNotFound,
+    #[error("hold id already used by another user")]
+    HoldIdTaken,
+    #[error("hold is {}", .0.as_str())]
+    HoldNotActive(HoldStatus),
+    #[error("order not found")]
+    OrderNotFound,
+    #[error("order id already confirmed another hold")]
+    OrderIdTaken,
+    #[error("capacity cannot drop below the {committed} seats held or sold")]
+    CapacityBelowCommitted { committed: u32 },
+    #[error("an event has at most {TICKET_TYPES_MAX} ticket types")]
+    TooManyTicketTypes,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct HoldRecord {
+    pub(crate) user: UserId,
+    pub(crate) items: Vec<Line>,
+    pub(crate) placed_at: Timestamp,
+    pub(crate) expires_at: Timestamp,
+    pub(crate) status: HoldStatus,
+    pub(crate) ended_at: Option<Timestamp>,
+    pub(crate) order_id: Option<OrderId>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct OrderRecord {
+    pub(crate) hold_id: HoldId,
+    pub(crate) user: UserId,
+    pub(crate) items: Vec<Line>,
+    pub(crate) returned: bool,
+}
+
+/// The stock of one event and everything needed to decide the next command.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inventory {
+    pub(crate) event_id: EventId,
+    /// Sequence number of the last event applied; the journal's position.
+    pub(crate) seq: u64,
+    pub(crate) types: BTreeMap<TicketCode, TypeStock>,
+    pub(crate) holds: HashMap<HoldId, HoldRecord>,
+    /// Active holds ordered by expiry: the timer only ever needs the first.
+    pub(crate) expiries: BTreeSet<(Timestamp, HoldId)>,
+    /// Released and expired holds ordered by when they ended, for forgetting.
+    pub(crate) ended: BTreeSet<(Timestamp, HoldId)>,
+    /// Seats each user holds or has bought, per ticket type, for `per_user_limit`.
+    pub(crate) per_user: HashMap<UserId, BTreeMap<TicketCode, u32>>,
+    pub(crate) orders: HashMap<OrderId, OrderRecord>,
+}
+
+impl Inventory {
+    pub fn new(event_id: EventId) -> Self {
+        Self {
+            event_id,
+            seq: 0,
+            types: BTreeMap::new(),
+            holds: HashMap::new(),
+            expiries: BTreeSet::new(),
+            ended: BTreeSet::new(),
+            per_user: HashMap::new(),
+            orders: HashMap::new(),
+        }
+    }
+
+    pub fn event_id(&self) -> EventId {
+        self.event_id
+    }
+
+    /// Sequence number of the last applied event (0 before any).
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    pub fn stock(&self) -> impl Iterator<Item = (&TicketCode, &TypeStock)> {
+        self.types.iter()
+    }
+
+    pub fn hold(&self, hold_id: HoldId) -> Option<HoldView> {
+        self.holds.get(&hold_id).map(|h| HoldView {
+            id: hold_id,
+            event_id: self.event_id,
+            user: h.user,
+            items: h.items.clone(),
+            placed_at: h.placed_at,
+            expires_at: h.expires_at,
+            status: h.status,
+            order_id: h.order_id,
+        })
+    }
+
+    /// When the earliest active hold expires: the only timer the actor needs.
+    pub fn next_expiry(&self) -> Option<Timestamp> {
+        self.expiries.first().map(|(at, _)| *at)
+    }
+
+    pub fn active_holds(&self) -> usize {
+        self.expiries.len()
+    }
+
+    /// Seats `user` holds or bought of `ticket_type`, as counted against its limit.
+    pub fn seats_of_user(&self, user: UserId, ticket_type: &TicketCode) -> u32 {
+        self.per_user
+            .get(&user)
+            .and_then(|m| m.get(ticket_type))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Decides `command` at `now`. On success the returned events are already applied.
+    pub fn apply(&mut self, now: Timestamp, command: Command) -> Result<Vec<Event>, Error> {
+        let events = self.decide(now, command)?;
+        for event in &events {
+            self.replay(event);
+        }
+        Ok(events)
+    }
+
+    fn decide(&self, now: Timestamp, command: Command) -> Result<Vec<Event>, Error> {
+        match command {
+            Command::DefineTicketType {
+                code,
+                capacity,
+                per_user_limit,
+            } => {
+                if self.types.contains_key(&code) {
+                    return Ok(vec![]);
+                }
+                if self.types.len() >= TICKET_TYPES_MAX {
+                    return Err(Error::TooManyTicketTypes);
+                }
+                Ok(vec![Event::TicketTypeDefined {
+                    code,
+                    capacity,
+                    per_user_limit,
+                }])
+            }
+            Command::AdjustCapacity {
+                ticket_type,
+                capacity,
+            } => {
+                let stock = self
+                    .types
+                    .get(&ticket_type)
+                    .ok_or_else(|| Error::UnknownTicketType(ticket_type.clone()))?;
+                let committed = stock.held + stock.sold;
+                if capacity < committed {
+                    return Err(Error::CapacityBelowCommitted { committed });
+                }
+                if capacity == stock.capacity {
+                    return Ok(vec![]);
+                }
+                Ok(vec![Event::CapacityAdjusted {
+                    ticket_type,
+                    capacity,
+                }])
+            }
+            Command::Hold {
+                hold_id,
+                user,
+                items,
+                ttl_ms,
+            } => self.decide_hold(now, hold_id, user, items, ttl_ms),
+            Command::Release { hold_id } => {
+                let hold = self.holds.get(&hold_id).ok_or(Error::HoldNotFound)?;
+                match hold.status {
+                    HoldStatus::Active => Ok(vec![Event::HoldReleased { hold_id, at: now }]),
+                    HoldStatus::Released | HoldStatus::Expired => Ok(vec![]),
+                    HoldStatus::Confirmed => Err(Error::HoldNotActive(HoldStatus::Confirmed)),
+                }
+            }
+            Command::Confirm { hold_id, order_id } => {
+                let hold = self.holds.get(&hold_id).ok_or(Error::HoldNotFound)?;
+                match hold.status {
+                    HoldStatus::Confirmed if hold.order_id == Some(order_id) => Ok(vec![]),
+                    HoldStatus::Active if hold.expires_at <= now => {
+                        Err(Error::HoldNotActive(HoldStatus::Expired))
+                    }
+                    HoldStatus::Active if self.orders.contains_key(&order_id) => {
+                        Err(Error::OrderIdTaken)
+                    }
+                    HoldStatus::Active => Ok(vec![Event::HoldConfirmed {
+                        hold_id,
+                        order_id,
+                        at: now,
+                    }]),
+                    status => Err(Error::HoldNotActive(status)),
+                }
+            }
+            Command::Return { order_id } => {
+                let order = self.orders.get(&order_id).ok_or(Error::OrderNotFound)?;
+                if order.returned {
+                    Ok(vec![])
+                } else {
+                    Ok(vec![Event::StockReturned { order_id, at: now }])
+                }
+            }
+            Command::Expire => Ok(self.decide_expire(now)),
+        }
+    }
+
+    fn decide_hold(
+        &self,
+        now: Timestamp,
+        hold_id: HoldId,
+        user: UserId,
+        items: Vec<Line>,
+        ttl_ms: i64,
+    ) -> Result<Vec<Event>, Error> {
+        if let Some(existing) = self.holds.get(&hold_id) {
+            // A retry of a hold that was placed: same answer, no new seats.
+            return if existing.user == user {
+                Ok(vec![])
+            } else {
+                Err(Error::HoldIdTaken)
+            };
+        }
+        if ttl_ms <= 0 {
+            return Err(Error::Invalid("hold ttl must be positive"));
+        }
+        let items = merge_lines(items)?;
+        let mut short = false;
+        for line in &items {
+            let stock = self
+                .types
+                .get(&line.ticket_type)
+                .ok_or_else(|| Error::UnknownTicketType(line.ticket_type.clone()))?;
+            if let Some(limit) = stock.per_user_limit {
+                let already = self.seats_of_user(user, &line.ticket_type);
+                if already + line.quantity.get() > limit {
+                    return Err(Error::LimitExceeded {
+                        ticket_type: line.ticket_type.clone(),
+                        limit,
+                        already,
+                    });
+                }
+            }
+            short |= line.quantity.get() > stock.available;
+        }
+        if short {
+            let available = items
+                .iter()
+                .map(|l| (l.ticket_type.clone(), self.types[&l.ticket_type].available))
+                .collect();
+            return Err(Error::SoldOut { available });
+        }
+        Ok(vec![Event::HoldPlaced {
+            hold_id,
+            user,
+            items,
+            placed_at: now,
+            expires_at: now.plus_millis(ttl_ms),
+        }])
+    }
+
+    fn decide_expire(&self, now: Timestamp) -> Vec<Event> {
+        let mut events: Vec<Event> = self
+            .expiries
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .map(|(_, hold_id)| Event::HoldExpired {
+                hold_id: *hold_id,
+                at: now,
+            })
+            .collect();
+        let horizon = now.plus_millis(-ENDED_HOLD_RETENTION_MS);
+        if let Some((oldest, _)) = self.ended.first()
+            && oldest.plus_millis(FORGET_SLACK_MS) < horizon
+        {
+            events.push(Event::HoldsForgotten { before: horizon });
+        }
+        events
+    }
+
+    /// Applies one journaled event. Events come from [`Inventory::apply`], so an event that
+    /// does not fit the state is a bug or a corrupt journal: it panics.
+    pub fn replay(&mut self, event: &Event) {
+        self.seq += 1;
+        match event {
+            Event::TicketTypeDefined {
+                code,
+                capacity,
+                per_user_limit,
+            } => {
+                self.types.insert(
+                    code.clone(),
+                    TypeStock {
+                        capacity: *capacity,
+                        available: *capacity,
+                        held: 0,
+                        sold: 0,
+                        per_user_limit: *per_user_limit,
+                    },
+                );
+            }
+            Event::CapacityAdjusted {
+                ticket_type,
+                capacity,
+            } => {
+                let stock = self.stock_mut(ticket_type);
+                stock.available = capacity
+                    .checked_sub(stock.held + stock.sold)
+                    .expect("capacity adjusted below committed seats");
+                stock.capacity = *capacity;
+            }
+            Event::HoldPlaced {
+                hold_id,
+                user,
+                items,
+                placed_at,
+                expires_at,
+            } => {
+                for line in items {
+                    let q = line.quantity.get();
+                    let stock = self.stock_mut(&line.ticket_type);
+                    stock.available = stock.available.checked_sub(q).expect("hold oversells");
+                    stock.held += q;
+                    *self
+                        .per_user
+                        .entry(*user)
+                        .or_default()
+                        .entry(line.ticket_type.clone())
+                        .or_default() += q;
+                }
+                self.expiries.insert((*expires_at, *hold_id));
+                let previous = self.holds.insert(
+                    *hold_id,
+                    HoldRecord {
+                        user: *user,
+                        items: items.clone(),
+                        placed_at: *placed_at,
+                        expires_at: *expires_at,
+                        status: HoldStatus::Active,
+                        ended_at: None,
+                        order_id: None,
+                    },
+                );
+                assert!(previous.is_none(), "hold placed twice");
+            }
+            Event::HoldReleased { hold_id, at } => {
+                self.end_hold(*hold_id, *at, HoldStatus::Released)
+            }
+            Event::HoldExpired { hold_id, at } => self.end_hold(*hold_id, *at, HoldStatus::Expired),
+            Event::HoldConfirmed {
+                hold_id,
+                order_id,
+                at,
+            } => {
+                let hold = self.holds.get_mut(hold_id).expect("confirmed hold exists");
+                assert_eq!(hold.status, HoldStatus::Active, "confirmed hold is active");
+                hold.status = HoldStatus::Confirmed;
+                hold.ended_at = Some(*at);
+                hold.order_id = Some(*order_id);
+                let (user, items, expires_at) = (hold.user, hold.items.clone(), hold.expires_at);
+                self.expiries.remove(&(expires_at, *hold_id));
+                for line in &items {
+                    let q = line.quantity.get();
+                    let stock = self.stock_mut(&line.ticket_type);
+                    stock.held = stock.held.checked_sub(q).expect("confirm more than held");
+                    stock.sold += q;
+                }
+                self.orders.insert(
+                    *order_id,
+                    OrderRecord {
+                        hold_id: *hold_id,
+                        user,
+                        items,
+                        returned: false,
+                    },
+                );
+            }
+            Event::StockReturned { order_id, .. } => {
+                let order = self
+                    .orders
+                    .get_mut(order_id)
+                    .expect("returned order exists");
+                assert!(!order.returned, "order returned twice");
+                order.returned = true;
+                let (user, items) = (order.user, order.items.clone());
+                for line in &items {
+                    let q = line.quantity.get();
+                    let stock = self.stock_mut(&line.ticket_type);
+                    stock.sold = stock.sold.checked_sub(q).expect("return more than sold");
+                    stock.available += q;
+                    self.uncount_user(user, &line.ticket_type, q);
+                }
+            }
+            Event::HoldsForgotten { before } => {
+                while let Some(&(ended_at, hold_id)) = self.ended.first() {
+                    if ended_at >= *before {
+                        break;
+                    }
+                    self.ended.pop_first();
+                    self.holds.remove(&hold_id);
+                }
+            }
+        }
+        debug_assert_eq!(invariants::check_stock(self), Ok(()));
+    }
+
+    fn end_hold(&mut self, hold_id: HoldId, at: Timestamp, status: HoldStatus) {
+        let hold = self.holds.get_mut(&hold_id).expect("ended hold exists");
+        assert_eq!(hold.status, HoldStatus::Active, "ended hold is active");
+        hold.status = status;
+        hold.ended_at = Some(at);
+        let (user, items, expires_at) = (hold.user, hold.items.clone(), hold.expires_at);
+        self.expiries.remove(&(expires_at, hold_id));
+        self.ended.insert((at, hold_id));
+        for line in &items {
+            let q = line.quantity.get();
+            let stock = self.stock_mut(&line.ticket_type);
+            stock.held = stock.held.checked_sub(q).expect("release more than held");
+            stock.available += q;
+            self.uncount_user(user, &line.ticket_type, q);
+        }
+    }
+
+    fn stock_mut(&mut self, code: &TicketCode) -> &mut TypeStock {
+        self.types
+            .get_mut(code)
+            .expect("event names a known ticket type")
+    }
+
+    fn uncount_user(&mut self, user: UserId, code: &TicketCode, q: u32) {
+        let counts = self.per_user.get_mut(&user).expect("user has seats");
+        let n = counts.get_mut(code).expect("user has seats of this type");
+        *n = n.checked_sub(q).expect("user count underflow");
+        if *n == 0 {
+            counts.remove(code);
+            if counts.is_empty() {
+                self.per_user.remove(&user);
+            }
+        }
+    }
+}
+
+/// Sums lines of the same ticket type; refuses empty and oversized holds.
+fn merge_lines(items: Vec<Line>) -> Result<Vec<Line>, Error> {
+    if items.is_empty() {
+        return Err(Error::Invalid("a hold needs at least one line"));
+    }
+    if items.len() > HOLD_LINES_MAX {
+        return Err(Error::Invalid("too many lines in one hold"));
+    }
+    let mut merged: BTreeMap<TicketCode, u32> = BTreeMap::new();
+    for line in items {
+        *merged.entry(line.ticket_type).or_default() += line.quantity.get();
+    }
+    merged
+        .into_iter()
+        .map(|(ticket_type, n)| {
+            Quantity::new(n)
+                .map(|quantity| Line {
+                    ticket_type,
+                    quantity,
+                })
+                .map_err(|_| Error::Invalid("quantity too large"))
+        })
+        .collect()
+}
