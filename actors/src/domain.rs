@@ -138,6 +138,39 @@ pub struct Line {
     pub quantity: Quantity,
 }
 
+/// A hold as named outside the engine: the event it belongs to and its id within it, so any
+/// node can route a hold request without a lookup. Written as 64 hex digits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct HoldRef {
+    pub event_id: EventId,
+    pub hold_id: HoldId,
+}
+
+/// Why a string is not a [`HoldRef`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("hold id must be 64 hexadecimal digits")]
+pub struct InvalidHoldRef;
+
+impl fmt::Display for HoldRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{}", self.event_id.0.simple(), self.hold_id.0.simple())
+    }
+}
+
+impl FromStr for HoldRef {
+    type Err = InvalidHoldRef;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(InvalidHoldRef);
+        }
+        let (event, hold) = s.split_at(32);
+        Ok(Self {
+            event_id: EventId(Uuid::parse_str(event).map_err(|_| InvalidHoldRef)?),
+            hold_id: HoldId(Uuid::parse_str(hold).map_err(|_| InvalidHoldRef)?),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,6 +182,20 @@ mod tests {
         }
         for bad in ["", "has space", "ümlaut", &"x".repeat(33), "semi;colon"] {
             assert_eq!(TicketCode::parse(bad), Err(InvalidTicketCode), "{bad}");
+        }
+    }
+
+    #[test]
+    fn hold_refs_round_trip_and_reject_garbage() {
+        let r = HoldRef {
+            event_id: EventId::generate(),
+            hold_id: HoldId::generate(),
+        };
+        let text = r.to_string();
+        assert_eq!(text.len(), 64);
+        assert_eq!(text.parse::<HoldRef>(), Ok(r));
+        for bad in ["", "xyz", &"g".repeat(64), &text[..63], &format!("{text}0")] {
+            assert_eq!(bad.parse::<HoldRef>(), Err(InvalidHoldRef), "{bad}");
         }
     }
 

@@ -10,5 +10,7 @@ pub mod domain;
 pub mod invariants;
 pub mod inventory;
 
-pub use domain::{EventId, HoldId, Line, OrderId, Quantity, TicketCode, Timestamp, UserId};
+pub use domain::{
+    EventId, HoldId, HoldRef, Line, OrderId, Quantity, TicketCode, Timestamp, UserId,
+};
 pub use inventory::{Command, Error, Event, HoldStatus, HoldView, Inventory, TypeStock};

@@ -1,0 +1,313 @@
+//! The node as the gateway sees it: [`holdfast_gateway::backend::Backend`] over the store and
+//! the event actors.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use async_trait::async_trait;
+use holdfast_actors::actor::Clock;
+use holdfast_actors::{Command, EventId, HoldRef, HoldView, Line, TicketCode, TypeStock, UserId};
+use holdfast_gateway::auth::Role;
+use holdfast_gateway::backend::{
+    Account, Backend, BackendError, Credentials, EventInfo, IdempotencyState, NewEvent,
+    StoredResponse, TicketTypeSpec,
+};
+use holdfast_persistence::{
+    self as store, EventRow, Idempotency, NewUser, Store, TicketTypeRow, UserRow,
+};
+use time::OffsetDateTime;
+
+use crate::inventories::{Inventories, call_error};
+
+pub struct NodeBackend {
+    store: Store,
+    inventories: Arc<Inventories>,
+    clock: Arc<dyn Clock>,
+    hold_ttl_ms: i64,
+    ready: AtomicBool,
+}
+
+impl std::fmt::Debug for NodeBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeBackend")
+            .field("hold_ttl_ms", &self.hold_ttl_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NodeBackend {
+    pub fn new(
+        store: Store,
+        inventories: Arc<Inventories>,
+        clock: Arc<dyn Clock>,
+        hold_ttl_secs: u64,
+    ) -> Self {
+        Self {
+            store,
+            inventories,
+            clock,
+            hold_ttl_ms: i64::try_from(hold_ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    fn now_ms(&self) -> i64 {
+        self.clock.now().as_millis()
+    }
+}
+
+fn unavailable(e: store::Error) -> BackendError {
+    match e {
+        store::Error::Database(_) => BackendError::Unavailable(e.to_string()),
+        e => BackendError::Internal(e.to_string()),
+    }
+}
+
+fn datetime(millis: i64) -> Result<OffsetDateTime, BackendError> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(millis) * 1_000_000)
+        .map_err(|e| BackendError::Internal(format!("stored time {millis}: {e}")))
+}
+
+fn millis(t: OffsetDateTime) -> i64 {
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}
+
+fn account(row: &UserRow) -> Result<Account, BackendError> {
+    Ok(Account {
+        id: UserId(row.id),
+        email: row.email.clone(),
+        name: row.name.clone(),
+        role: row.role.parse().map_err(|_| {
+            BackendError::Internal(format!("user {} has role {:?}", row.id, row.role))
+        })?,
+    })
+}
+
+fn event_info(row: EventRow) -> Result<EventInfo, BackendError> {
+    let ticket_types = row
+        .ticket_types
+        .into_iter()
+        .map(|t| {
+            Ok(TicketTypeSpec {
+                code: TicketCode::parse(&t.code).map_err(|e| {
+                    BackendError::Internal(format!("ticket type {:?}: {e}", t.code))
+                })?,
+                name: t.name,
+                price: t.price,
+                currency: t.currency,
+                capacity: u32::try_from(t.capacity).unwrap_or(u32::MAX),
+                per_user_limit: t
+                    .per_user_limit
+                    .map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
+            })
+        })
+        .collect::<Result<_, BackendError>>()?;
+    Ok(EventInfo {
+        id: EventId(row.id),
+        organizer: UserId(row.organizer_id),
+        name: row.name,
+        venue: row.venue,
+        starts_at: datetime(row.starts_at_ms)?,
+        created_at: datetime(row.created_at_ms)?,
+        ticket_types,
+    })
+}
+
+/// Creates an account outside HTTP (the `users add` command).
+pub async fn add_user(
+    store: &Store,
+    account: &Account,
+    password_hash: &str,
+    now_ms: i64,
+) -> Result<(), BackendError> {
+    let user = NewUser {
+        id: account.id.0,
+        email: account.email.clone(),
+        name: account.name.clone(),
+        password_hash: password_hash.to_owned(),
+        role: account.role.as_str().to_owned(),
+        created_at_ms: now_ms,
+    };
+    store.create_user(&user).await.map_err(|e| match e {
+        store::Error::Conflict => BackendError::EmailTaken,
+        e => unavailable(e),
+    })
+}
+
+#[async_trait]
+impl Backend for NodeBackend {
+    async fn create_account(
+        &self,
+        account: &Account,
+        password_hash: &str,
+    ) -> Result<(), BackendError> {
+        add_user(&self.store, account, password_hash, self.now_ms()).await
+    }
+
+    async fn credentials(&self, email: &str) -> Result<Option<Credentials>, BackendError> {
+        let Some(row) = self.store.user_by_email(email).await.map_err(unavailable)? else {
+            return Ok(None);
+        };
+        Ok(Some(Credentials {
+            account: account(&row)?,
+            password_hash: row.password_hash,
+        }))
+    }
+
+    async fn create_event(&self, event: NewEvent) -> Result<EventInfo, BackendError> {
+        let row = EventRow {
+            id: event.id.0,
+            organizer_id: event.organizer.0,
+            name: event.name,
+            venue: event.venue,
+            starts_at_ms: millis(event.starts_at),
+            created_at_ms: self.now_ms(),
+            ticket_types: event
+                .ticket_types
+                .into_iter()
+                .map(|t| TicketTypeRow {
+                    code: t.code.as_str().to_owned(),
+                    name: t.name,
+                    price: t.price,
+                    currency: t.currency,
+                    capacity: i64::from(t.capacity),
+                    per_user_limit: t.per_user_limit.map(i64::from),
+                })
+                .collect(),
+        };
+        self.store.create_event(&row).await.map_err(unavailable)?;
+        event_info(row)
+    }
+
+    async fn event(&self, id: EventId) -> Result<Option<EventInfo>, BackendError> {
+        self.store
+            .event(id.0)
+            .await
+            .map_err(unavailable)?
+            .map(event_info)
+            .transpose()
+    }
+
+    async fn events(&self, limit: u32, offset: u32) -> Result<Vec<EventInfo>, BackendError> {
+        self.store
+            .list_events(limit, offset)
+            .await
+            .map_err(unavailable)?
+            .into_iter()
+            .map(event_info)
+            .collect()
+    }
+
+    async fn availability(
+        &self,
+        id: EventId,
+    ) -> Result<Vec<(TicketCode, TypeStock)>, BackendError> {
+        self.inventories
+            .get(id)
+            .await?
+            .stock()
+            .await
+            .map_err(call_error)
+    }
+
+    async fn hold(
+        &self,
+        hold: HoldRef,
+        user: UserId,
+        items: Vec<Line>,
+    ) -> Result<HoldView, BackendError> {
+        let command = Command::Hold {
+            hold_id: hold.hold_id,
+            user,
+            items,
+            ttl_ms: self.hold_ttl_ms,
+        };
+        let actor = self.inventories.get(hold.event_id).await?;
+        actor
+            .call(command)
+            .await
+            .map_err(call_error)?
+            .ok_or_else(|| BackendError::Internal("hold placed but not found".to_owned()))
+    }
+
+    async fn get_hold(&self, hold: HoldRef) -> Result<Option<HoldView>, BackendError> {
+        self.inventories
+            .get(hold.event_id)
+            .await?
+            .hold(hold.hold_id)
+            .await
+            .map_err(call_error)
+    }
+
+    async fn release(&self, hold: HoldRef) -> Result<(), BackendError> {
+        let actor = self.inventories.get(hold.event_id).await?;
+        actor
+            .call(Command::Release {
+                hold_id: hold.hold_id,
+            })
+            .await
+            .map_err(call_error)?;
+        Ok(())
+    }
+
+    async fn idempotency_begin(
+        &self,
+        scope: &str,
+        key: &str,
+        request_hash: &[u8],
+    ) -> Result<IdempotencyState, BackendError> {
+        let state = self
+            .store
+            .idempotency_begin(scope, key, request_hash, self.now_ms())
+            .await
+            .map_err(unavailable)?;
+        Ok(match state {
+            Idempotency::Started => IdempotencyState::Started,
+            Idempotency::InProgress => IdempotencyState::InProgress,
+            Idempotency::Mismatch => IdempotencyState::Mismatch,
+            Idempotency::Done(r) => IdempotencyState::Done(StoredResponse {
+                status: r.status,
+                content_type: r.content_type,
+                body: r.body,
+            }),
+        })
+    }
+
+    async fn idempotency_complete(
+        &self,
+        scope: &str,
+        key: &str,
+        response: StoredResponse,
+    ) -> Result<(), BackendError> {
+        let stored = store::StoredResponse {
+            status: response.status,
+            content_type: response.content_type,
+            body: response.body,
+        };
+        self.store
+            .idempotency_complete(scope, key, &stored)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn idempotency_abandon(&self, scope: &str, key: &str) -> Result<(), BackendError> {
+        self.store
+            .idempotency_abandon(scope, key)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire) && self.store.ping().await.is_ok()
+    }
+}
+
+/// Roles an operator may give from the command line.
+pub fn parse_role(role: &str) -> Result<Role, String> {
+    role.parse()
+        .map_err(|e: holdfast_gateway::auth::InvalidRole| e.to_string())
+}

@@ -1,0 +1,231 @@
+//! Node settings: defaults, then an optional TOML file, then `HOLDFAST_*` environment variables
+//! (which win). With nothing set, a node serves on 127.0.0.1:8080 with SQLite in `./data`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use holdfast_actors::actor::{self, Durability};
+use serde::{Deserialize, Serialize};
+
+/// Every setting of a node. Each field is also the lower-case tail of its environment
+/// variable: `hold_ttl` is `HOLDFAST_HOLD_TTL`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the REST API listens.
+    pub http_addr: SocketAddr,
+    /// Where the embedded default keeps its SQLite database and generated keys.
+    pub data_dir: PathBuf,
+    /// `sqlite://…` or `postgres://…`; unset means `sqlite://<data_dir>/holdfast.db`.
+    pub database_url: Option<String>,
+    pub database_max_connections: u32,
+    /// Seconds a hold lasts.
+    pub hold_ttl: u64,
+    /// HS256 secret for access tokens; unset means `jwt_secret_file`.
+    pub jwt_secret: Option<String>,
+    /// File holding the secret; unset means `<data_dir>/jwt.secret`, generated on first start.
+    pub jwt_secret_file: Option<PathBuf>,
+    pub access_token_ttl_secs: u64,
+    pub request_timeout_secs: u64,
+    pub body_limit_bytes: usize,
+    /// `sync`: reply after the journal commit; `async`: reply before it.
+    pub durability: Durability,
+    pub mailbox_capacity: usize,
+    pub batch_size_max: usize,
+    pub snapshot_every_events: u64,
+    pub snapshot_every_secs: u64,
+    /// Idempotency keys are kept this long.
+    pub idempotency_ttl_secs: u64,
+    /// `text` or `json`.
+    pub log_format: LogFormat,
+    /// A tracing filter such as `info,holdfast=debug`; `RUST_LOG` is used when unset.
+    pub log: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let actors = actor::Options::default();
+        let gateway = holdfast_gateway::Options::default();
+        Self {
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("data"),
+            database_url: None,
+            database_max_connections: 16,
+            hold_ttl: 900,
+            jwt_secret: None,
+            jwt_secret_file: None,
+            access_token_ttl_secs: gateway.access_token_ttl_secs,
+            request_timeout_secs: gateway.request_timeout_secs,
+            body_limit_bytes: gateway.body_limit_bytes,
+            durability: actors.durability,
+            mailbox_capacity: actors.mailbox_capacity,
+            batch_size_max: actors.batch_size_max,
+            snapshot_every_events: actors.snapshot_every_events,
+            snapshot_every_secs: actors.snapshot_every_secs,
+            idempotency_ttl_secs: 24 * 60 * 60,
+            log_format: LogFormat::Text,
+            log: None,
+        }
+    }
+}
+
+/// Why settings could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("config file {0} does not exist")]
+    MissingFile(PathBuf),
+    #[error("invalid settings: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Defaults, then `file` if given, then `HOLDFAST_*` variables from the environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, Error> {
+        let env = Env::prefixed("HOLDFAST_");
+        let mut figment = Figment::from(Serialized::defaults(Self::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(Error::MissingFile(path.to_owned()));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        // Only our own keys: HOLDFAST_URL and HOLDFAST_TOKEN belong to the CLI.
+        let known = Self::keys();
+        let config: Self = figment
+            .merge(env.filter(move |key| known.iter().any(|k| key.as_str() == k)))
+            .extract()
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn keys() -> Vec<String> {
+        match serde_json::to_value(Self::default()) {
+            Ok(serde_json::Value::Object(map)) => map.keys().cloned().collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        let bad = |what: &str| Err(Error::Invalid(what.to_owned()));
+        if self.hold_ttl == 0 || self.hold_ttl > 7 * 24 * 3600 {
+            return bad("hold_ttl must be between 1 second and 7 days");
+        }
+        if self.mailbox_capacity == 0 || self.batch_size_max == 0 {
+            return bad("mailbox_capacity and batch_size_max must be at least 1");
+        }
+        if self.database_max_connections == 0 {
+            return bad("database_max_connections must be at least 1");
+        }
+        if let Some(url) = &self.database_url
+            && !(url.starts_with("sqlite:")
+                || url.starts_with("postgres://")
+                || url.starts_with("postgresql://"))
+        {
+            return bad("database_url must start with sqlite:, postgres:// or postgresql://");
+        }
+        Ok(())
+    }
+
+    /// The database this node uses.
+    pub fn database_url(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("holdfast.db").display()))
+    }
+
+    pub fn is_embedded(&self) -> bool {
+        self.database_url().starts_with("sqlite:")
+    }
+
+    pub fn actor_options(&self) -> actor::Options {
+        actor::Options {
+            mailbox_capacity: self.mailbox_capacity,
+            batch_size_max: self.batch_size_max,
+            snapshot_every_events: self.snapshot_every_events,
+            snapshot_every_secs: self.snapshot_every_secs,
+            durability: self.durability,
+        }
+    }
+
+    pub fn gateway_options(&self) -> holdfast_gateway::Options {
+        holdfast_gateway::Options {
+            access_token_ttl_secs: self.access_token_ttl_secs,
+            request_timeout_secs: self.request_timeout_secs,
+            body_limit_bytes: self.body_limit_bytes,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use figment::Jail;
+
+    use super::*;
+
+    #[test]
+    fn defaults_serve_the_embedded_store() {
+        Jail::expect_with(|_jail| {
+            let config = Config::load(None).expect("defaults");
+            assert_eq!(config.http_addr.to_string(), "127.0.0.1:8080");
+            assert_eq!(config.database_url(), "sqlite://data/holdfast.db");
+            assert!(config.is_embedded());
+            assert_eq!(config.hold_ttl, 900);
+            assert_eq!(config.durability, Durability::Sync);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn file_then_environment_wins() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "holdfast.toml",
+                "hold_ttl = 60\ndurability = \"async\"\nhttp_addr = \"0.0.0.0:9000\"\n",
+            )?;
+            let config = Config::load(Some(Path::new("holdfast.toml"))).expect("file");
+            assert_eq!(
+                (config.hold_ttl, config.durability),
+                (60, Durability::Async)
+            );
+            assert_eq!(config.http_addr.to_string(), "0.0.0.0:9000");
+            jail.set_env("HOLDFAST_HOLD_TTL", "5");
+            jail.set_env("HOLDFAST_DATABASE_URL", "postgres://postgres@127.0.0.1/x");
+            // Variables of the CLI share the prefix and must not trip the strict parser.
+            jail.set_env("HOLDFAST_URL", "http://127.0.0.1:8080");
+            jail.set_env("HOLDFAST_TOKEN", "t");
+            let config = Config::load(Some(Path::new("holdfast.toml"))).expect("env");
+            assert_eq!(config.hold_ttl, 5);
+            assert!(!config.is_embedded());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn typos_and_bad_values_are_reported() {
+        Jail::expect_with(|jail| {
+            jail.create_file("typo.toml", "hold_tll = 60\n")?;
+            let err = Config::load(Some(Path::new("typo.toml"))).expect_err("typo");
+            assert!(err.to_string().contains("hold_tll"), "{err}");
+            jail.create_file("zero.toml", "hold_ttl = 0\n")?;
+            assert!(Config::load(Some(Path::new("zero.toml"))).is_err());
+            assert!(matches!(
+                Config::load(Some(Path::new("missing.toml"))),
+                Err(Error::MissingFile(_))
+            ));
+            jail.set_env("HOLDFAST_DURABILITY", "sometimes");
+            assert!(Config::load(None).is_err());
+            Ok(())
+        });
+    }
+}

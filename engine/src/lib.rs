@@ -1,0 +1,10 @@
+//! The Holdfast node runtime: settings, the event actors of a node, the backend the gateway
+//! calls, and the composition of a node. The `holdfast` binary lives in `main.rs`.
+
+pub mod backend;
+pub mod config;
+pub mod inventories;
+pub mod node;
+
+pub use config::Config;
+pub use node::{RunningNode, start};

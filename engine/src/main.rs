@@ -1,0 +1,203 @@
+//! `holdfast`: the one binary of a Holdfast node and its operator commands.
+
+use std::io::Read as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use holdfast_actors::UserId;
+use holdfast_engine::config::{Config, LogFormat};
+use holdfast_engine::{backend, node};
+use holdfast_gateway::backend::Account;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "holdfast",
+    version,
+    about = "Ticket reservation engine for flash sales"
+)]
+struct Cli {
+    /// TOML settings file; HOLDFAST_* environment variables override it.
+    #[arg(long, global = true, env = "HOLDFAST_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs a node: the REST API and the event actors (SQLite in ./data unless configured).
+    Serve {
+        /// Roles this process takes, comma-separated: all, gateway, inventory.
+        #[arg(long, default_value = "all", value_delimiter = ',')]
+        roles: Vec<String>,
+    },
+    /// Creates or upgrades the database schema, then exits.
+    Migrate,
+    /// Manages accounts.
+    Users {
+        #[command(subcommand)]
+        command: UsersCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum UsersCommand {
+    /// Adds an account with a privileged role; the password is read from standard input.
+    Add {
+        email: String,
+        /// organizer, staff, admin (or customer).
+        #[arg(long)]
+        role: String,
+        /// Read the password from standard input (required: passwords never go on the command line).
+        #[arg(long, required = true)]
+        password_stdin: bool,
+        /// Display name; defaults to the part of the email before '@'.
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
+const ROLES: &[&str] = &["all", "gateway", "inventory"];
+
+fn init_tracing(config: &Config) {
+    let filter = config
+        .log
+        .as_deref()
+        .map(EnvFilter::new)
+        .or_else(|| EnvFilter::try_from_default_env().ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM");
+            let _ = ctrl_c.await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+}
+
+async fn serve(config: Config, roles: &[String]) -> anyhow::Result<()> {
+    for role in roles {
+        anyhow::ensure!(
+            ROLES.contains(&role.as_str()),
+            "unknown role {role:?}: this build serves {}",
+            ROLES.join(", ")
+        );
+    }
+    let node = holdfast_engine::start(config).await?;
+    let stop = node.shutdown_sender();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing requests, snapshotting events");
+        let _ = stop.send(true);
+    });
+    node.wait().await
+}
+
+async fn add_user(
+    config: Config,
+    email: &str,
+    role: &str,
+    name: Option<String>,
+) -> anyhow::Result<()> {
+    let role = backend::parse_role(role).map_err(anyhow::Error::msg)?;
+    let email = holdfast_gateway::routes::accounts::parse_email(email)
+        .map_err(|p| anyhow::anyhow!(p.detail))?;
+    let mut password = String::new();
+    std::io::stdin()
+        .read_to_string(&mut password)
+        .context("reading the password from standard input")?;
+    let password = password.trim_end_matches(['\n', '\r']).to_owned();
+    holdfast_gateway::auth::check_password(&password, &email)?;
+    let name = name.unwrap_or_else(|| email.split('@').next().unwrap_or("").to_owned());
+    let name = holdfast_gateway::routes::accounts::parse_name(&name)
+        .map_err(|p| anyhow::anyhow!(p.detail))?;
+    let hash =
+        tokio::task::spawn_blocking(move || holdfast_gateway::auth::hash_password(&password))
+            .await?
+            .map_err(|e| anyhow::anyhow!("hashing the password: {e}"))?;
+    let store = node::open_store(&config).await?;
+    let account = Account {
+        id: UserId::generate(),
+        email,
+        name,
+        role,
+    };
+    let now = holdfast_actors::actor::Clock::now(&holdfast_actors::actor::SystemClock).as_millis();
+    backend::add_user(&store, &account, &hash, now)
+        .await
+        .map_err(|e| anyhow::anyhow!("adding {}: {e}", account.email))?;
+    store.close().await;
+    eprintln!(
+        "added {} ({}) with id {}",
+        account.email,
+        account.role.as_str(),
+        account.id
+    );
+    Ok(())
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = Config::load(cli.config.as_deref())?;
+    init_tracing(&config);
+    match cli.command {
+        Command::Serve { roles } => serve(config, &roles).await,
+        Command::Migrate => {
+            let store = node::open_store(&config).await?;
+            store.close().await;
+            eprintln!(
+                "database {} is up to date",
+                node::redact(&config.database_url())
+            );
+            Ok(())
+        }
+        Command::Users {
+            command:
+                UsersCommand::Add {
+                    email,
+                    role,
+                    password_stdin: _,
+                    name,
+                },
+        } => add_user(config, &email, &role, name).await,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

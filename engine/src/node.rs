@@ -1,0 +1,240 @@
+//! One Holdfast node: store, event actors and the HTTP gateway, started and stopped together.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use holdfast_actors::actor::{Clock, SystemClock};
+use holdfast_gateway::AppState;
+use holdfast_persistence::Store;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::backend::NodeBackend;
+use crate::config::Config;
+use crate::inventories::Inventories;
+
+/// The process-wide Prometheus recorder (a process has one, however many nodes it runs).
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let seconds = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+            let batch = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0];
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), &seconds)
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full("holdfast_journal_batch_events".to_owned()), &batch));
+            match builder {
+                Ok(b) => b.install_recorder().unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "metrics recorder already installed; /metrics shows nothing from this one");
+                    PrometheusBuilder::new().build_recorder().handle()
+                }),
+                Err(_) => PrometheusBuilder::new().build_recorder().handle(),
+            }
+        })
+        .clone()
+}
+
+/// Opens (and migrates) the store the settings name; creates the data directory if embedded.
+pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    if config.is_embedded() {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+    }
+    let url = config.database_url();
+    let store = Store::connect(&url, config.database_max_connections)
+        .await
+        .with_context(|| format!("connecting to {}", redact(&url)))?;
+    store
+        .migrate()
+        .await
+        .context("running database migrations")?;
+    Ok(store)
+}
+
+/// The database URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!(
+                "{}{}@{}",
+                &url[..scheme + 3],
+                if userinfo.contains(':') {
+                    format!("{user}:***")
+                } else {
+                    user.to_owned()
+                },
+                &url[at + 1..]
+            )
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// The token secret: from settings, or from a file generated on first start.
+fn jwt_secret(config: &Config) -> anyhow::Result<Vec<u8>> {
+    if let Some(secret) = &config.jwt_secret {
+        anyhow::ensure!(
+            secret.len() >= 32,
+            "HOLDFAST_JWT_SECRET must be at least 32 bytes"
+        );
+        return Ok(secret.as_bytes().to_vec());
+    }
+    let path = config
+        .jwt_secret_file
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("jwt.secret"));
+    if path.exists() {
+        let secret = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        anyhow::ensure!(
+            secret.len() >= 32,
+            "{} must hold at least 32 bytes",
+            path.display()
+        );
+        return Ok(secret);
+    }
+    write_new_secret(&path)
+}
+
+fn write_new_secret(path: &Path) -> anyhow::Result<Vec<u8>> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let secret: String = (0..64)
+        .map(|_| char::from(b"0123456789abcdef"[rand::random::<usize>() % 16]))
+        .collect();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(secret.as_bytes())?;
+    tracing::info!(path = %path.display(), "generated a new token secret");
+    Ok(secret.into_bytes())
+}
+
+/// A started node.
+#[derive(Debug)]
+pub struct RunningNode {
+    addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningNode {
+    /// Where the HTTP API listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting requests, finishes those in flight, snapshots every event and returns.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(true);
+        self.task.await.context("node task panicked")?
+    }
+
+    /// Runs until the task ends (after a shutdown signal).
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await.context("node task panicked")?
+    }
+
+    pub fn shutdown_sender(&self) -> watch::Sender<bool> {
+        self.shutdown.clone()
+    }
+}
+
+/// Opens the store, binds the API and serves until shut down.
+pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
+    let store = open_store(&config).await?;
+    let secret = jwt_secret(&config)?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let inventories = Arc::new(Inventories::new(
+        store.clone(),
+        Arc::clone(&clock),
+        config.actor_options(),
+    ));
+    let backend = Arc::new(NodeBackend::new(
+        store.clone(),
+        Arc::clone(&inventories),
+        Arc::clone(&clock),
+        config.hold_ttl,
+    ));
+    let metrics = metrics_handle();
+    let state = AppState::new(
+        backend.clone(),
+        &secret,
+        config.gateway_options(),
+        Arc::new(move || metrics.render()),
+    );
+    let app = holdfast_gateway::router(state);
+    let listener = tokio::net::TcpListener::bind(config.http_addr)
+        .await
+        .with_context(|| format!("binding the API to {}", config.http_addr))?;
+    let addr = listener.local_addr()?;
+    let (shutdown, mut stopped) = watch::channel(false);
+    let purge = tokio::spawn(purge_idempotency_keys(
+        store.clone(),
+        Arc::clone(&clock),
+        config.idempotency_ttl_secs,
+    ));
+    backend.set_ready(true);
+    tracing::info!(%addr, database = %redact(&config.database_url()), durability = ?config.durability, "holdfast node serving");
+    let task = tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            })
+            .await;
+        backend.set_ready(false);
+        purge.abort();
+        inventories.stop_all().await;
+        store.close().await;
+        tracing::info!("holdfast node stopped");
+        served.context("serving HTTP")
+    });
+    Ok(RunningNode {
+        addr,
+        shutdown,
+        task,
+    })
+}
+
+async fn purge_idempotency_keys(store: Store, clock: Arc<dyn Clock>, ttl_secs: u64) {
+    let mut every = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        every.tick().await;
+        let cutoff = clock.now().as_millis()
+            - i64::try_from(ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+        match store.idempotency_purge(cutoff).await {
+            Ok(n) if n > 0 => tracing::info!(purged = n, "expired idempotency keys removed"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "purging idempotency keys failed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(
+            redact("postgres://app:s3cret@db:5432/x"),
+            "postgres://app:***@db:5432/x"
+        );
+        assert_eq!(redact("postgres://app@db/x"), "postgres://app@db/x");
+        assert_eq!(
+            redact("sqlite://data/holdfast.db"),
+            "sqlite://data/holdfast.db"
+        );
+    }
+}

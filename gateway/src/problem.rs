@@ -1,0 +1,222 @@
+//! Errors as `application/problem+json` (RFC 9457), mapped in one place. The `type` slug is
+//! stable: clients match on it.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use holdfast_actors::inventory;
+use serde_json::{Map, Value, json};
+
+use crate::backend::BackendError;
+
+pub const CONTENT_TYPE: &str = "application/problem+json";
+
+/// One problem response.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    pub status: StatusCode,
+    pub slug: &'static str,
+    pub title: &'static str,
+    pub detail: String,
+    pub extensions: Map<String, Value>,
+    pub retry_after_secs: Option<u32>,
+}
+
+impl Problem {
+    pub fn new(
+        status: StatusCode,
+        slug: &'static str,
+        title: &'static str,
+        detail: impl Into<String>,
+    ) -> Self {
+        Self {
+            status,
+            slug,
+            title,
+            detail: detail.into(),
+            extensions: Map::new(),
+            retry_after_secs: None,
+        }
+    }
+
+    pub fn with(mut self, key: &str, value: Value) -> Self {
+        self.extensions.insert(key.to_owned(), value);
+        self
+    }
+
+    pub fn retry_after(mut self, secs: u32) -> Self {
+        self.retry_after_secs = Some(secs);
+        self
+    }
+
+    pub fn invalid(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-request",
+            "Invalid request",
+            detail,
+        )
+    }
+
+    pub fn unauthorized(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "Authentication required",
+            detail,
+        )
+    }
+
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden", detail)
+    }
+
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not-found", "Not found", detail)
+    }
+
+    pub fn event_not_found() -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "event-not-found",
+            "Event not found",
+            "no event has this id",
+        )
+    }
+
+    pub fn hold_not_found() -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "hold-not-found",
+            "Hold not found",
+            "no hold of yours has this id",
+        )
+    }
+
+    pub fn internal() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "Internal error",
+            "the server failed; the request id in x-request-id helps us find out why",
+        )
+    }
+
+    pub fn body(&self) -> Value {
+        let mut body = json!({
+            "type": format!("/problems/{}", self.slug),
+            "title": self.title,
+            "status": self.status.as_u16(),
+            "detail": self.detail,
+        });
+        if let Value::Object(map) = &mut body {
+            map.extend(self.extensions.clone());
+        }
+        body
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, self.body().to_string()).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+        if let Some(secs) = self.retry_after_secs {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
+
+impl From<inventory::Error> for Problem {
+    fn from(error: inventory::Error) -> Self {
+        use inventory::Error as E;
+        let detail = error.to_string();
+        match error {
+            E::SoldOut { available } => {
+                Self::new(StatusCode::CONFLICT, "sold-out", "Sold out", detail).with(
+                    "available",
+                    available
+                        .into_iter()
+                        .map(|(code, n)| json!({"ticket_type": code.as_str(), "available": n}))
+                        .collect(),
+                )
+            }
+            E::LimitExceeded {
+                ticket_type,
+                limit,
+                already,
+            } => Self::new(
+                StatusCode::CONFLICT,
+                "limit-exceeded",
+                "Purchase limit exceeded",
+                detail,
+            )
+            .with("ticket_type", json!(ticket_type.as_str()))
+            .with("limit", json!(limit))
+            .with("already", json!(already)),
+            E::UnknownTicketType(_) | E::Invalid(_) | E::TooManyTicketTypes => {
+                Self::invalid(detail)
+            }
+            E::HoldNotFound => Self::hold_not_found(),
+            E::HoldNotActive(status) => Self::new(
+                StatusCode::CONFLICT,
+                "hold-not-active",
+                "Hold is not active",
+                detail,
+            )
+            .with("status", json!(status.as_str())),
+            E::OrderNotFound => Self::new(
+                StatusCode::NOT_FOUND,
+                "order-not-found",
+                "Order not found",
+                detail,
+            ),
+            E::HoldIdTaken | E::OrderIdTaken => {
+                Self::new(StatusCode::CONFLICT, "conflict", "Conflict", detail)
+            }
+            E::CapacityBelowCommitted { committed } => Self::new(
+                StatusCode::CONFLICT,
+                "capacity-below-committed",
+                "Capacity below committed seats",
+                detail,
+            )
+            .with("committed", json!(committed)),
+        }
+    }
+}
+
+impl From<BackendError> for Problem {
+    fn from(error: BackendError) -> Self {
+        match error {
+            BackendError::Inventory(e) => e.into(),
+            BackendError::EventNotFound => Self::event_not_found(),
+            BackendError::EmailTaken => Self::new(
+                StatusCode::CONFLICT,
+                "email-taken",
+                "Email already registered",
+                "an account with this email exists",
+            ),
+            BackendError::Overloaded => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "Overloaded",
+                "too many requests for this event right now; retry after the delay in Retry-After",
+            )
+            .retry_after(1),
+            BackendError::Unavailable(why) => {
+                tracing::warn!(%why, "backend unavailable");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "Temporarily unavailable",
+                    "the service is recovering; retry shortly",
+                )
+                .retry_after(1)
+            }
+            BackendError::Internal(why) => {
+                tracing::error!(%why, "backend failed");
+                Self::internal()
+            }
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! `POST /v1/events`, `GET /v1/events[/{id}]`, `GET /v1/events/{id}/availability`.
+
+use std::collections::BTreeSet;
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use holdfast_actors::{EventId, TicketCode};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use super::rfc3339;
+use crate::AppState;
+use crate::auth::{AuthUser, Role};
+use crate::backend::{EventInfo, NewEvent, TicketTypeSpec};
+use crate::extract::ApiJson;
+use crate::problem::Problem;
+
+pub const CAPACITY_MAX: u64 = 1_000_000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateEvent {
+    pub name: String,
+    #[serde(default)]
+    pub venue: String,
+    pub starts_at: String,
+    pub ticket_types: Vec<TicketTypeRequest>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TicketTypeRequest {
+    pub code: String,
+    pub name: String,
+    pub price: i64,
+    pub currency: String,
+    pub capacity: u64,
+    #[serde(default)]
+    pub per_user_limit: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Page {
+    pub limit: Option<u32>,
+    pub offset: Option<u32>,
+}
+
+/// A path segment that is not an event id names no event.
+pub fn parse_event_id(raw: &str) -> Result<EventId, Problem> {
+    raw.parse().map_err(|_| Problem::event_not_found())
+}
+
+fn text(field: &str, value: &str, max: usize, required: bool) -> Result<String, Problem> {
+    let value = value.trim();
+    if (required && value.is_empty()) || value.chars().count() > max {
+        return Err(Problem::invalid(format!(
+            "{field} must be {} to {max} characters",
+            usize::from(required)
+        )));
+    }
+    Ok(value.to_owned())
+}
+
+fn parse_ticket_type(t: &TicketTypeRequest) -> Result<TicketTypeSpec, Problem> {
+    let code = TicketCode::parse(&t.code)
+        .map_err(|e| Problem::invalid(format!("ticket type {:?}: {e}", t.code)))?;
+    if t.price < 0 {
+        return Err(Problem::invalid(format!(
+            "ticket type {code}: price must not be negative"
+        )));
+    }
+    if t.currency.len() != 3 || !t.currency.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err(Problem::invalid(format!(
+            "ticket type {code}: currency must be a 3-letter ISO 4217 code like VND"
+        )));
+    }
+    if t.capacity > CAPACITY_MAX {
+        return Err(Problem::invalid(format!(
+            "ticket type {code}: capacity must be at most {CAPACITY_MAX}"
+        )));
+    }
+    let per_user_limit = match t.per_user_limit {
+        None => None,
+        Some(0) => {
+            return Err(Problem::invalid(format!(
+                "ticket type {code}: per_user_limit must be at least 1"
+            )));
+        }
+        Some(n) => Some(u32::try_from(n).unwrap_or(u32::MAX)),
+    };
+    Ok(TicketTypeSpec {
+        name: text("ticket type name", &t.name, 100, true)?,
+        code,
+        price: t.price,
+        currency: t.currency.clone(),
+        capacity: u32::try_from(t.capacity).unwrap_or(u32::MAX),
+        per_user_limit,
+    })
+}
+
+pub fn event_json(e: &EventInfo) -> Value {
+    json!({
+        "id": e.id,
+        "organizer_id": e.organizer,
+        "name": e.name,
+        "venue": e.venue,
+        "starts_at": rfc3339(e.starts_at),
+        "created_at": rfc3339(e.created_at),
+        "ticket_types": e.ticket_types.iter().map(|t| json!({
+            "code": t.code.as_str(),
+            "name": t.name,
+            "price": t.price,
+            "currency": t.currency,
+            "capacity": t.capacity,
+            "per_user_limit": t.per_user_limit,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    user: AuthUser,
+    ApiJson(req): ApiJson<CreateEvent>,
+) -> Result<(StatusCode, HeaderMap, Json<Value>), Problem> {
+    user.require(&[Role::Organizer, Role::Admin])?;
+    let starts_at = OffsetDateTime::parse(&req.starts_at, &Rfc3339).map_err(|_| {
+        Problem::invalid("starts_at must be an RFC 3339 time like 2026-12-31T20:00:00Z")
+    })?;
+    if req.ticket_types.is_empty()
+        || req.ticket_types.len() > holdfast_actors::inventory::TICKET_TYPES_MAX
+    {
+        return Err(Problem::invalid(format!(
+            "an event needs 1 to {} ticket types",
+            holdfast_actors::inventory::TICKET_TYPES_MAX
+        )));
+    }
+    let ticket_types = req
+        .ticket_types
+        .iter()
+        .map(parse_ticket_type)
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut codes = BTreeSet::new();
+    if let Some(dup) = ticket_types.iter().find(|t| !codes.insert(&t.code)) {
+        return Err(Problem::invalid(format!(
+            "ticket type code {} appears twice",
+            dup.code
+        )));
+    }
+    let event = NewEvent {
+        id: EventId::generate(),
+        organizer: user.id,
+        name: text("name", &req.name, 200, true)?,
+        venue: text("venue", &req.venue, 200, false)?,
+        starts_at,
+        ticket_types,
+    };
+    let created = state.backend().create_event(event).await?;
+    tracing::info!(event = %created.id, organizer = %user.id, "event created");
+    let mut headers = HeaderMap::new();
+    if let Ok(location) = HeaderValue::from_str(&format!("/v1/events/{}", created.id)) {
+        headers.insert(header::LOCATION, location);
+    }
+    Ok((StatusCode::CREATED, headers, Json(event_json(&created))))
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    page: Result<Query<Page>, QueryRejection>,
+) -> Result<Json<Value>, Problem> {
+    let Query(page) = page.map_err(|e| Problem::invalid(e.body_text()))?;
+    let limit = page.limit.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        return Err(Problem::invalid("limit must be between 1 and 200"));
+    }
+    let events = state
+        .backend()
+        .events(limit, page.offset.unwrap_or(0))
+        .await?;
+    Ok(Json(Value::Array(events.iter().map(event_json).collect())))
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, Problem> {
+    let id = parse_event_id(&id)?;
+    let event = state
+        .backend()
+        .event(id)
+        .await?
+        .ok_or_else(Problem::event_not_found)?;
+    Ok(Json(event_json(&event)))
+}
+
+pub async fn availability(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, Problem> {
+    let id = parse_event_id(&id)?;
+    let stock = state.backend().availability(id).await?;
+    Ok(Json(json!({
+        "event_id": id,
+        "ticket_types": stock.iter().map(|(code, s)| json!({
+            "code": code.as_str(),
+            "capacity": s.capacity,
+            "available": s.available,
+            "held": s.held,
+            "sold": s.sold,
+        })).collect::<Vec<_>>(),
+    })))
+}

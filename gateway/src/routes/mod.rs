@@ -1,0 +1,22 @@
+//! REST handlers, one module per API.md section.
+
+pub mod accounts;
+pub mod events;
+pub mod holds;
+pub mod ops;
+
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// RFC 3339 in UTC, as every time in the API is written.
+pub fn rfc3339(t: OffsetDateTime) -> String {
+    t.to_offset(time::UtcOffset::UTC)
+        .format(&Rfc3339)
+        .unwrap_or_default()
+}
+
+pub fn rfc3339_millis(millis: i64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(millis) * 1_000_000)
+        .map(rfc3339)
+        .unwrap_or_default()
+}

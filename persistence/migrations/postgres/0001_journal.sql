@@ -1,0 +1,17 @@
+-- The event-sourced inventory: one journal per event, and its latest snapshot.
+CREATE TABLE journal (
+    event_id   TEXT   NOT NULL,
+    seq        BIGINT NOT NULL,
+    epoch      BIGINT NOT NULL,
+    payload    BYTEA  NOT NULL,
+    written_at BIGINT NOT NULL,
+    PRIMARY KEY (event_id, seq)
+);
+
+CREATE TABLE snapshots (
+    event_id TEXT   NOT NULL PRIMARY KEY,
+    seq      BIGINT NOT NULL,
+    epoch    BIGINT NOT NULL,
+    state    BYTEA  NOT NULL,
+    taken_at BIGINT NOT NULL
+);

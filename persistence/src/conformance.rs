@@ -1,0 +1,650 @@
+//! The store's conformance suite, written once and run against SQLite and PostgreSQL.
+
+use holdfast_actors::actor::{self, Journal, JournalError, Record, Snapshot};
+use holdfast_actors::{
+    Command, EventId, HoldId, Inventory, Line, OrderId, Quantity, TicketCode, Timestamp, UserId,
+};
+use uuid::Uuid;
+
+use crate::{Error, EventRow, Idempotency, NewUser, Store, StoredResponse, TicketTypeRow};
+
+/// Instantiates every suite function below as a test on each backend.
+macro_rules! store_test_suite {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let (store, _dir) = crate::testing::sqlite_store().await;
+                    super::$name(&store).await;
+                    store.close().await;
+                }
+            )*
+        }
+
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let store = crate::testing::postgres_store().await;
+                    super::$name(&store).await;
+                    crate::testing::drop_postgres_store(store).await;
+                }
+            )*
+        }
+    };
+}
+
+store_test_suite!(
+    ping_answers,
+    journal_round_trips_in_order,
+    journal_conflict_stores_nothing_of_the_batch,
+    journal_appends_a_multi_chunk_batch,
+    journal_snapshot_trims_and_never_regresses,
+    journal_fences_stale_epochs,
+    journal_recovers_an_inventory,
+    users_are_unique_by_email_in_any_case,
+    events_round_trip_with_ordered_ticket_types,
+    idempotency_lifecycle,
+    idempotency_begin_is_race_free,
+);
+
+fn records(seqs: impl IntoIterator<Item = u64>) -> Vec<Record> {
+    seqs.into_iter()
+        .map(|seq| Record {
+            seq,
+            payload: format!("event {seq}").into_bytes(),
+        })
+        .collect()
+}
+
+fn seqs(records: &[Record]) -> Vec<u64> {
+    records.iter().map(|r| r.seq).collect()
+}
+
+async fn ping_answers(store: &Store) {
+    store.ping().await.expect("ping");
+}
+
+async fn journal_round_trips_in_order(store: &Store) {
+    let journal = store.journal();
+    let event = EventId::generate();
+    let other = EventId::generate();
+
+    let empty = journal.load(event).await.expect("load");
+    assert!(empty.snapshot.is_none() && empty.tail.is_empty());
+    journal.append(event, 1, &[]).await.expect("empty append");
+
+    journal
+        .append(event, 1, &records(1..=3))
+        .await
+        .expect("append");
+    journal
+        .append(other, 1, &records(1..=2))
+        .await
+        .expect("append other");
+    journal
+        .append(event, 1, &records(4..=5))
+        .await
+        .expect("append");
+    let stored = journal.load(event).await.expect("load");
+    assert!(stored.snapshot.is_none());
+    assert_eq!(stored.tail, records(1..=5));
+    assert_eq!(
+        journal.load(other).await.expect("load").tail,
+        records(1..=2)
+    );
+}
+
+async fn journal_conflict_stores_nothing_of_the_batch(store: &Store) {
+    let journal = store.journal();
+    let event = EventId::generate();
+    journal
+        .append(event, 1, &records(1..=3))
+        .await
+        .expect("append");
+
+    let err = journal
+        .append(event, 1, &records(3..=6))
+        .await
+        .expect_err("seq 3 is written");
+    assert!(matches!(err, JournalError::Conflict { seq: 3 }), "{err:?}");
+    assert_eq!(
+        journal.load(event).await.expect("load").tail,
+        records(1..=3)
+    );
+
+    // The clash is in the second chunk: the first chunk's rows must be rolled back too.
+    let late = EventId::generate();
+    journal
+        .append(late, 1, &records([650]))
+        .await
+        .expect("append");
+    let err = journal
+        .append(late, 1, &records(1..=700))
+        .await
+        .expect_err("seq 650 is written");
+    assert!(matches!(err, JournalError::Conflict { seq: 1 }), "{err:?}");
+    assert_eq!(
+        seqs(&journal.load(late).await.expect("load").tail),
+        vec![650]
+    );
+}
+
+async fn journal_appends_a_multi_chunk_batch(store: &Store) {
+    let journal = store.journal();
+    let event = EventId::generate();
+    journal
+        .append(event, 1, &records(1..=1_200))
+        .await
+        .expect("append");
+    journal
+        .append(event, 1, &records([1_201]))
+        .await
+        .expect("append");
+    let stored = journal.load(event).await.expect("load");
+    assert_eq!(stored.tail, records(1..=1_201));
+}
+
+async fn journal_snapshot_trims_and_never_regresses(store: &Store) {
+    let journal = store.journal();
+    let event = EventId::generate();
+    journal
+        .append(event, 1, &records(1..=10))
+        .await
+        .expect("append");
+    let snapshot = |seq: u64| Snapshot {
+        seq,
+        state: format!("state at {seq}").into_bytes(),
+    };
+
+    journal
+        .save_snapshot(event, 1, snapshot(6))
+        .await
+        .expect("snapshot");
+    let stored = journal.load(event).await.expect("load");
+    assert_eq!(stored.snapshot, Some(snapshot(6)));
+    assert_eq!(stored.tail, records(7..=10));
+
+    // A late, older snapshot is ignored, and the rows it covers are gone already.
+    journal
+        .save_snapshot(event, 1, snapshot(4))
+        .await
+        .expect("old snapshot");
+    let stored = journal.load(event).await.expect("load");
+    assert_eq!(stored.snapshot, Some(snapshot(6)));
+    assert_eq!(stored.tail, records(7..=10));
+
+    journal
+        .save_snapshot(event, 1, snapshot(10))
+        .await
+        .expect("snapshot");
+    journal
+        .append(event, 1, &records(11..=12))
+        .await
+        .expect("append after snapshot");
+    let stored = journal.load(event).await.expect("load");
+    assert_eq!(stored.snapshot, Some(snapshot(10)));
+    assert_eq!(stored.tail, records(11..=12));
+}
+
+async fn journal_fences_stale_epochs(store: &Store) {
+    let journal = store.journal();
+    let event = EventId::generate();
+    journal
+        .append(event, 2, &records(1..=3))
+        .await
+        .expect("append");
+
+    let err = journal
+        .append(event, 1, &records([4]))
+        .await
+        .expect_err("epoch 1 < 2");
+    assert!(matches!(err, JournalError::Fenced { epoch: 1 }), "{err:?}");
+    journal
+        .append(event, 2, &records([4]))
+        .await
+        .expect("same epoch");
+    journal
+        .append(event, 3, &records([5]))
+        .await
+        .expect("newer epoch takes over");
+    let err = journal
+        .append(event, 2, &records([6]))
+        .await
+        .expect_err("epoch 2 < 3");
+    assert!(matches!(err, JournalError::Fenced { epoch: 2 }), "{err:?}");
+
+    // Once a snapshot trimmed every row, the snapshot's epoch still fences.
+    let snapshot = Snapshot {
+        seq: 5,
+        state: b"state".to_vec(),
+    };
+    journal
+        .save_snapshot(event, 3, snapshot.clone())
+        .await
+        .expect("snapshot");
+    assert!(journal.load(event).await.expect("load").tail.is_empty());
+    let err = journal
+        .append(event, 2, &records([6]))
+        .await
+        .expect_err("snapshot epoch 3");
+    assert!(matches!(err, JournalError::Fenced { epoch: 2 }), "{err:?}");
+    let err = journal
+        .save_snapshot(event, 2, snapshot)
+        .await
+        .expect_err("stale snapshot");
+    assert!(matches!(err, JournalError::Fenced { epoch: 2 }), "{err:?}");
+    journal
+        .append(event, 3, &records([6]))
+        .await
+        .expect("current epoch");
+    assert_eq!(journal.load(event).await.expect("load").tail, records([6]));
+}
+
+/// Applies `command` to `inventory` and journals the events it caused.
+async fn apply_and_append(
+    journal: &dyn Journal,
+    inventory: &mut Inventory,
+    now: Timestamp,
+    command: Command,
+) {
+    let seq_before = inventory.seq();
+    let events = inventory.apply(now, command).expect("command accepted");
+    let records: Vec<Record> = (seq_before + 1..)
+        .zip(&events)
+        .map(|(seq, event)| Record {
+            seq,
+            payload: actor::encode_event(event),
+        })
+        .collect();
+    journal
+        .append(inventory.event_id(), 1, &records)
+        .await
+        .expect("append");
+}
+
+async fn journal_recovers_an_inventory(store: &Store) {
+    let journal = store.journal();
+    let event_id = EventId::generate();
+    let mut inventory = Inventory::new(event_id);
+    let code = |c: &str| TicketCode::parse(c).expect("ticket code");
+    let line = |c: &str, n: u32| Line {
+        ticket_type: code(c),
+        quantity: Quantity::new(n).expect("quantity"),
+    };
+    let t0 = Timestamp::from_millis(1_700_000_000_000);
+    for (c, capacity, per_user_limit) in [("GA", 100, None), ("VIP", 10, Some(2))] {
+        let define = Command::DefineTicketType {
+            code: code(c),
+            capacity,
+            per_user_limit,
+        };
+        apply_and_append(&journal, &mut inventory, t0, define).await;
+    }
+    let holds: Vec<HoldId> = (0..6).map(|_| HoldId::generate()).collect();
+    for (i, hold_id) in holds.iter().enumerate() {
+        let hold = Command::Hold {
+            hold_id: *hold_id,
+            user: UserId::generate(),
+            items: vec![line("GA", 3), line("VIP", 1)],
+            ttl_ms: 60_000 * (i as i64 + 1),
+        };
+        apply_and_append(&journal, &mut inventory, t0.plus_millis(i as i64), hold).await;
+    }
+    let release = Command::Release { hold_id: holds[0] };
+    apply_and_append(&journal, &mut inventory, t0.plus_millis(10), release).await;
+    let confirm = Command::Confirm {
+        hold_id: holds[1],
+        order_id: OrderId::generate(),
+    };
+    apply_and_append(&journal, &mut inventory, t0.plus_millis(20), confirm).await;
+
+    let from_journal =
+        actor::recover(event_id, journal.load(event_id).await.expect("load")).expect("recover");
+    assert_eq!(from_journal, inventory);
+
+    let snapshot = Snapshot {
+        seq: inventory.seq(),
+        state: actor::encode_state(&inventory),
+    };
+    journal
+        .save_snapshot(event_id, 1, snapshot)
+        .await
+        .expect("snapshot");
+    // Holds 2 and 3 (ttl 3 and 4 minutes) expire; the rest stay.
+    apply_and_append(
+        &journal,
+        &mut inventory,
+        t0.plus_millis(4 * 60_000 + 10),
+        Command::Expire,
+    )
+    .await;
+    let release = Command::Release { hold_id: holds[5] };
+    apply_and_append(
+        &journal,
+        &mut inventory,
+        t0.plus_millis(4 * 60_000 + 20),
+        release,
+    )
+    .await;
+
+    let stored = journal.load(event_id).await.expect("load");
+    assert!(stored.snapshot.is_some());
+    assert_eq!(
+        stored.tail.len(),
+        3,
+        "two expiries and a release after the snapshot"
+    );
+    let recovered = actor::recover(event_id, stored).expect("recover");
+    assert_eq!(recovered, inventory);
+}
+
+fn new_user(email: &str) -> NewUser {
+    NewUser {
+        id: Uuid::now_v7(),
+        email: email.to_owned(),
+        name: "Alice Nguyen".to_owned(),
+        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".to_owned(),
+        role: "customer".to_owned(),
+        created_at_ms: 1_700_000_000_123,
+    }
+}
+
+async fn users_are_unique_by_email_in_any_case(store: &Store) {
+    let alice = new_user("Alice@Example.com");
+    store.create_user(&alice).await.expect("create");
+
+    let err = store
+        .create_user(&new_user("alice@EXAMPLE.COM"))
+        .await
+        .expect_err("email taken");
+    assert!(matches!(err, Error::Conflict), "{err:?}");
+
+    let found = store
+        .user_by_email("ALICE@example.com")
+        .await
+        .expect("by email")
+        .expect("found");
+    assert_eq!(found.id, alice.id);
+    assert_eq!(found.email, alice.email, "stored as registered");
+    assert_eq!(found.name, alice.name);
+    assert_eq!(found.password_hash, alice.password_hash);
+    assert_eq!(found.role, alice.role);
+    assert_eq!(found.created_at_ms, alice.created_at_ms);
+    assert_eq!(
+        store.user_by_id(alice.id).await.expect("by id"),
+        Some(found)
+    );
+
+    assert_eq!(
+        store
+            .user_by_email("bob@example.com")
+            .await
+            .expect("by email"),
+        None
+    );
+    assert_eq!(store.user_by_id(Uuid::now_v7()).await.expect("by id"), None);
+    store
+        .create_user(&new_user("bob@example.com"))
+        .await
+        .expect("other email");
+}
+
+fn event_row(name: &str, starts_at_ms: i64, ticket_types: &[(&str, i64, Option<i64>)]) -> EventRow {
+    EventRow {
+        id: Uuid::now_v7(),
+        organizer_id: Uuid::now_v7(),
+        name: name.to_owned(),
+        venue: "Hoa Binh Theater".to_owned(),
+        starts_at_ms,
+        created_at_ms: 1_700_000_000_000,
+        ticket_types: ticket_types
+            .iter()
+            .map(|&(code, price, per_user_limit)| TicketTypeRow {
+                code: code.to_owned(),
+                name: format!("{code} seat"),
+                price,
+                currency: "VND".to_owned(),
+                capacity: 500,
+                per_user_limit,
+            })
+            .collect(),
+    }
+}
+
+async fn events_round_trip_with_ordered_ticket_types(store: &Store) {
+    // Ticket types deliberately out of alphabetical order: the listing order is kept.
+    let concert = event_row(
+        "Concert",
+        2_000,
+        &[
+            ("VIP", 3_000_000, Some(2)),
+            ("GA", 800_000, None),
+            ("BALCONY", 500_000, Some(4)),
+        ],
+    );
+    let early = event_row("Matinee", 1_000, &[("GA", 100_000, None)]);
+    let bare = event_row("Announcement", 3_000, &[]);
+    // Same start as the concert: the id breaks the tie.
+    let mut twin = event_row("Twin", 2_000, &[("GA", 1, None)]);
+    twin.id = Uuid::from_u128(u128::MAX);
+    for event in [&concert, &early, &bare, &twin] {
+        store.create_event(event).await.expect("create event");
+    }
+
+    assert_eq!(
+        store.event(concert.id).await.expect("event"),
+        Some(concert.clone())
+    );
+    assert_eq!(
+        store.event(bare.id).await.expect("event"),
+        Some(bare.clone())
+    );
+    assert_eq!(store.event(Uuid::now_v7()).await.expect("event"), None);
+
+    let err = store.create_event(&concert).await.expect_err("id taken");
+    assert!(matches!(err, Error::Conflict), "{err:?}");
+    let duplicate_codes = event_row("Dup", 5_000, &[("GA", 1, None), ("GA", 2, None)]);
+    let err = store
+        .create_event(&duplicate_codes)
+        .await
+        .expect_err("duplicate code");
+    assert!(matches!(err, Error::Conflict), "{err:?}");
+    assert_eq!(
+        store.event(duplicate_codes.id).await.expect("event"),
+        None,
+        "nothing stored"
+    );
+
+    let all = store.list_events(10, 0).await.expect("list");
+    assert_eq!(
+        all,
+        vec![early.clone(), concert.clone(), twin.clone(), bare.clone()]
+    );
+    assert_eq!(
+        store.list_events(2, 0).await.expect("page 1"),
+        vec![early, concert]
+    );
+    assert_eq!(
+        store.list_events(2, 2).await.expect("page 2"),
+        vec![twin, bare]
+    );
+    assert!(store.list_events(2, 4).await.expect("page 3").is_empty());
+}
+
+async fn idempotency_lifecycle(store: &Store) {
+    let (scope, key, now) = ("user:1:POST /v1/holds", "key-1", 1_000);
+    let begin = move |key: &'static str, hash: &'static [u8]| {
+        store.idempotency_begin(scope, key, hash, now)
+    };
+
+    assert_eq!(
+        begin(key, b"hash-a").await.expect("begin"),
+        Idempotency::Started
+    );
+    assert_eq!(
+        begin(key, b"hash-a").await.expect("begin"),
+        Idempotency::InProgress
+    );
+    assert_eq!(
+        begin(key, b"hash-b").await.expect("begin"),
+        Idempotency::Mismatch
+    );
+    let other_scope = store.idempotency_begin("user:2:POST /v1/holds", key, b"hash-b", now);
+    assert_eq!(other_scope.await.expect("begin"), Idempotency::Started);
+
+    let response = StoredResponse {
+        status: 201,
+        content_type: Some("application/json".to_owned()),
+        body: br#"{"hold_id":"h"}"#.to_vec(),
+    };
+    store
+        .idempotency_complete(scope, key, &response)
+        .await
+        .expect("complete");
+    assert_eq!(
+        begin(key, b"hash-a").await.expect("begin"),
+        Idempotency::Done(response.clone())
+    );
+    assert_eq!(
+        begin(key, b"hash-b").await.expect("begin"),
+        Idempotency::Mismatch
+    );
+    store
+        .idempotency_abandon(scope, key)
+        .await
+        .expect("abandon");
+    assert_eq!(
+        begin(key, b"hash-a").await.expect("begin"),
+        Idempotency::Done(response),
+        "completed keys stay"
+    );
+
+    let empty = StoredResponse {
+        status: 204,
+        content_type: None,
+        body: Vec::new(),
+    };
+    assert_eq!(
+        begin("key-2", b"hash").await.expect("begin"),
+        Idempotency::Started
+    );
+    store
+        .idempotency_complete(scope, "key-2", &empty)
+        .await
+        .expect("complete");
+    assert_eq!(
+        begin("key-2", b"hash").await.expect("begin"),
+        Idempotency::Done(empty)
+    );
+
+    assert_eq!(
+        begin("key-3", b"hash").await.expect("begin"),
+        Idempotency::Started
+    );
+    store
+        .idempotency_abandon(scope, "key-3")
+        .await
+        .expect("abandon");
+    assert_eq!(
+        begin("key-3", b"other").await.expect("begin"),
+        Idempotency::Started,
+        "abandoned keys are free"
+    );
+
+    let later = store.idempotency_begin(scope, "key-4", b"hash", now + 10_000);
+    assert_eq!(later.await.expect("begin"), Idempotency::Started);
+    assert_eq!(store.idempotency_purge(now + 1).await.expect("purge"), 4);
+    assert_eq!(
+        begin(key, b"hash-b").await.expect("begin"),
+        Idempotency::Started,
+        "purged"
+    );
+    let kept = store.idempotency_begin(scope, "key-4", b"hash", now + 10_000);
+    assert_eq!(kept.await.expect("begin"), Idempotency::InProgress);
+}
+
+async fn idempotency_begin_is_race_free(store: &Store) {
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .idempotency_begin("race", "same-key", b"hash", 1_000)
+                    .await
+            })
+        })
+        .collect();
+    let mut started = 0;
+    for task in tasks {
+        match task.await.expect("task").expect("begin") {
+            Idempotency::Started => started += 1,
+            Idempotency::InProgress => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(started, 1);
+}
+
+#[tokio::test]
+async fn sqlite_store_keeps_data_across_reopen() {
+    let (store, dir) = crate::testing::sqlite_store().await;
+    let event = EventId::generate();
+    store
+        .journal()
+        .append(event, 1, &records(1..=3))
+        .await
+        .expect("append");
+    let user = new_user("carol@example.com");
+    store.create_user(&user).await.expect("create user");
+    store.close().await;
+
+    let reopened = Store::connect(&crate::testing::sqlite_url(dir.path()), 2)
+        .await
+        .expect("reopen");
+    reopened.migrate().await.expect("migrations are idempotent");
+    assert_eq!(
+        reopened.journal().load(event).await.expect("load").tail,
+        records(1..=3)
+    );
+    let found = reopened
+        .user_by_id(user.id)
+        .await
+        .expect("by id")
+        .expect("found");
+    assert_eq!(found.email, user.email);
+    reopened.close().await;
+}
+
+#[tokio::test]
+async fn sqlite_connections_are_durable_and_checked() {
+    use sqlx::Row;
+
+    let (store, _dir) = crate::testing::sqlite_store().await;
+    // Every pooled connection, not only the first, gets the settings.
+    let mut conns = Vec::new();
+    for _ in 0..3 {
+        conns.push(store.pool.acquire().await.expect("connection"));
+    }
+    for conn in &mut conns {
+        for (pragma, expected) in [
+            ("journal_mode", "wal"),
+            ("synchronous", "2"),
+            ("busy_timeout", "5000"),
+            ("foreign_keys", "1"),
+        ] {
+            let row = sqlx::query(&format!("PRAGMA {pragma}"))
+                .fetch_one(&mut **conn)
+                .await
+                .expect("pragma");
+            let value = row
+                .try_get::<String, _>(0)
+                .or_else(|_| row.try_get::<i64, _>(0).map(|n| n.to_string()))
+                .expect("pragma value");
+            assert_eq!(value, expected, "{pragma}");
+        }
+    }
+    drop(conns);
+    store.close().await;
+}

@@ -1,0 +1,242 @@
+//! The SQL stores of Holdfast: event journals and snapshots, accounts, the event catalog and
+//! idempotency keys.
+//!
+//! One code path serves both backends through sqlx's `Any` driver: PostgreSQL in production,
+//! SQLite as the embedded default. To stay portable every query uses `$N` placeholders and binds
+//! only integers, text and bytes; uuids are stored as text and times as milliseconds since the
+//! Unix epoch. Each backend has its own migrations (`migrations/{sqlite,postgres}`) because the
+//! column types differ (`BLOB` / `BYTEA`).
+
+use std::borrow::Cow;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sqlx::any::{Any, AnyPoolOptions};
+use sqlx::migrate::Migrator;
+use sqlx::{AnyPool, Executor, Transaction};
+use uuid::Uuid;
+
+mod accounts;
+mod catalog;
+mod idempotency;
+mod journal;
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing;
+
+#[cfg(test)]
+mod conformance;
+
+pub use accounts::{NewUser, UserRow};
+pub use catalog::{EVENTS_PAGE_MAX, EventRow, TicketTypeRow};
+pub use idempotency::{Idempotency, StoredResponse};
+pub use journal::SqlJournal;
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("unsupported database url: expected sqlite:// or postgres://")]
+    UnsupportedUrl,
+    /// A row with the same unique key exists (a user's email, an event id).
+    #[error("already exists")]
+    Conflict,
+    /// A value does not fit its column (e.g. a `u64` above `i64::MAX`).
+    #[error("{0} is out of range")]
+    OutOfRange(&'static str),
+    /// A stored value cannot be read back (e.g. a malformed uuid).
+    #[error("stored data is invalid: {0}")]
+    Corrupt(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// The database behind a [`Store`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    fn of_url(url: &str) -> Result<Self, Error> {
+        if url.starts_with("sqlite:") {
+            Ok(Self::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Self::Postgres)
+        } else {
+            Err(Error::UnsupportedUrl)
+        }
+    }
+}
+
+/// A connection pool to one database; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+impl Store {
+    /// Connects to `sqlite://path/to/file.db` (created if missing; its directory must exist) or
+    /// `postgres://…`, and opens one connection to check the settings.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Store, Error> {
+        sqlx::any::install_default_drivers();
+        let backend = Backend::of_url(url)?;
+        let options = AnyPoolOptions::new().max_connections(max_connections.max(1));
+        let pool = match backend {
+            Backend::Sqlite => {
+                options
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            // WAL lets readers run beside the one writer; FULL makes every commit
+                            // durable, which is what an acknowledged hold promises.
+                            conn.execute("PRAGMA journal_mode = WAL").await?;
+                            conn.execute("PRAGMA synchronous = FULL").await?;
+                            conn.execute("PRAGMA busy_timeout = 5000").await?;
+                            conn.execute("PRAGMA foreign_keys = ON").await?;
+                            Ok(())
+                        })
+                    })
+                    .connect(&sqlite_create_url(url))
+                    .await?
+            }
+            Backend::Postgres => options.connect(url).await?,
+        };
+        Ok(Store { pool, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Applies the migrations this binary embeds for the store's backend.
+    pub async fn migrate(&self) -> Result<(), Error> {
+        let migrator = match self.backend {
+            Backend::Sqlite => &SQLITE_MIGRATIONS,
+            Backend::Postgres => &POSTGRES_MIGRATIONS,
+        };
+        migrator.run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Checks that the database answers (readiness).
+    pub async fn ping(&self) -> Result<(), Error> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// The event journal on this store.
+    pub fn journal(&self) -> SqlJournal {
+        SqlJournal::new(self.clone())
+    }
+
+    /// Closes every connection; later calls fail.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Begins a transaction that will write.
+    ///
+    /// SQLite takes the write lock up front (`BEGIN IMMEDIATE`): a deferred transaction that
+    /// reads and then writes fails at once with `SQLITE_BUSY`, without waiting for the busy
+    /// timeout, when another connection committed in between.
+    async fn begin_write(&self) -> Result<Transaction<'static, Any>, sqlx::Error> {
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.pool.begin().await,
+        }
+    }
+
+    /// Begins a read-only transaction whose statements all see one snapshot.
+    async fn begin_read(&self) -> Result<Transaction<'static, Any>, sqlx::Error> {
+        match self.backend {
+            // A deferred SQLite transaction reads one WAL snapshot from its first statement on.
+            Backend::Sqlite => self.pool.begin().await,
+            Backend::Postgres => {
+                self.pool
+                    .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                    .await
+            }
+        }
+    }
+}
+
+/// Adds `mode=rwc` so that SQLite creates a missing database file.
+fn sqlite_create_url(url: &str) -> Cow<'_, str> {
+    if url.contains("mode=") || url.contains(":memory:") {
+        Cow::Borrowed(url)
+    } else if url.contains('?') {
+        Cow::Owned(format!("{url}&mode=rwc"))
+    } else {
+        Cow::Owned(format!("{url}?mode=rwc"))
+    }
+}
+
+fn is_unique_violation(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(e) if e.is_unique_violation())
+}
+
+fn uuid_text(id: Uuid) -> String {
+    id.hyphenated().to_string()
+}
+
+fn parse_uuid(column: &str, text: &str) -> Result<Uuid, Error> {
+    Uuid::parse_str(text).map_err(|e| Error::Corrupt(format!("{column} {text:?}: {e}")))
+}
+
+fn to_i64(value: u64, what: &'static str) -> Result<i64, Error> {
+    i64::try_from(value).map_err(|_| Error::OutOfRange(what))
+}
+
+/// Wall-clock milliseconds for bookkeeping columns (`written_at`, `taken_at`) that no logic reads.
+fn now_ms() -> i64 {
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_follows_the_url_scheme() {
+        assert_eq!(
+            Backend::of_url("sqlite://data/holdfast.db").ok(),
+            Some(Backend::Sqlite)
+        );
+        assert_eq!(
+            Backend::of_url("sqlite:holdfast.db").ok(),
+            Some(Backend::Sqlite)
+        );
+        assert_eq!(
+            Backend::of_url("postgres://u@h/db").ok(),
+            Some(Backend::Postgres)
+        );
+        assert_eq!(
+            Backend::of_url("postgresql://u@h/db").ok(),
+            Some(Backend::Postgres)
+        );
+        assert!(matches!(
+            Backend::of_url("mysql://u@h/db"),
+            Err(Error::UnsupportedUrl)
+        ));
+    }
+
+    #[test]
+    fn sqlite_files_are_created_if_missing() {
+        assert_eq!(sqlite_create_url("sqlite://a.db"), "sqlite://a.db?mode=rwc");
+        assert_eq!(
+            sqlite_create_url("sqlite://a.db?cache=shared"),
+            "sqlite://a.db?cache=shared&mode=rwc"
+        );
+        assert_eq!(
+            sqlite_create_url("sqlite://a.db?mode=ro"),
+            "sqlite://a.db?mode=ro"
+        );
+    }
+}
