@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::TicketCode;
 use crate::domain::{EventId, HoldId, Timestamp};
@@ -115,6 +115,9 @@ pub struct Options {
     /// Snapshot after this long if anything changed.
     pub snapshot_every_secs: u64,
     pub durability: Durability,
+    /// An actor that receives nothing for this long snapshots and stops (passivation); the next
+    /// message starts it again. 0 keeps actors running.
+    pub idle_passivate_secs: u64,
 }
 
 impl Default for Options {
@@ -125,6 +128,7 @@ impl Default for Options {
             snapshot_every_events: 10_000,
             snapshot_every_secs: 30,
             durability: Durability::Sync,
+            idle_passivate_secs: 600,
         }
     }
 }
@@ -165,7 +169,10 @@ enum Request {
 #[derive(Clone, Debug)]
 pub struct Handle {
     event_id: EventId,
+    epoch: u64,
     tx: mpsc::Sender<Request>,
+    /// Becomes true (or loses its sender) when the actor task has ended.
+    exited: watch::Receiver<bool>,
 }
 
 impl Handle {
@@ -173,9 +180,22 @@ impl Handle {
         self.event_id
     }
 
-    /// False once the actor has stopped; the owner then starts a new one.
+    /// The writer epoch the actor journals with.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// False once the actor refuses messages (stopping or stopped); the owner then waits for
+    /// [`Handle::exited`] and starts a new one.
     pub fn is_running(&self) -> bool {
         !self.tx.is_closed()
+    }
+
+    /// Resolves once the actor task has ended: its last batch is journaled (or failed) and no
+    /// write of it can follow, so a successor may recover.
+    pub async fn exited(&self) {
+        let mut exited = self.exited.clone();
+        let _ = exited.wait_for(|done| *done).await;
     }
 
     /// Sends `command`; on success returns the hold it concerns, if any, after the command.
@@ -320,6 +340,7 @@ pub async fn start(
     tracing::debug!(%event_id, epoch, replayed, seq = inventory.seq(), elapsed_ms = started.elapsed().as_millis() as u64, "event actor recovered");
     metrics::histogram!("holdfast_actor_recovery_seconds").record(started.elapsed().as_secs_f64());
     let (tx, rx) = mpsc::channel(options.mailbox_capacity.max(1));
+    let (exited_tx, exited) = watch::channel(false);
     let actor = Actor {
         event_id,
         epoch,
@@ -330,8 +351,16 @@ pub async fn start(
         clock,
         options,
     };
-    tokio::spawn(actor.run(rx));
-    Ok(Handle { event_id, tx })
+    tokio::spawn(async move {
+        actor.run(rx).await;
+        let _ = exited_tx.send(true);
+    });
+    Ok(Handle {
+        event_id,
+        epoch,
+        tx,
+        exited,
+    })
 }
 
 struct Actor {
@@ -360,6 +389,8 @@ impl Actor {
         let mut batch = Vec::with_capacity(batch_max);
         let snapshot_every = Duration::from_secs(self.options.snapshot_every_secs.max(1));
         let mut stop: Option<oneshot::Sender<()>> = None;
+        let idle_after = Duration::from_secs(self.options.idle_passivate_secs);
+        let mut last_message = Instant::now();
         while stop.is_none() {
             let expiry = self.inventory.next_expiry().map(|at| {
                 let wait_ms = at
@@ -373,6 +404,17 @@ impl Actor {
                 n = rx.recv_many(&mut batch, batch_max) => {
                     if n == 0 {
                         break;
+                    }
+                    last_message = Instant::now();
+                }
+                () = tokio::time::sleep(idle_after.saturating_sub(last_message.elapsed())), if !idle_after.is_zero() => {
+                    if last_message.elapsed() >= idle_after {
+                        tracing::debug!(event_id = %self.event_id, "passivating idle event actor");
+                        // Refuse new messages first, then apply what raced in before the close.
+                        rx.close();
+                        if rx.recv_many(&mut batch, batch_max).await == 0 {
+                            break;
+                        }
                     }
                 }
                 () = tokio::time::sleep(expiry.unwrap_or_default()), if expiry.is_some() => {}

@@ -38,6 +38,21 @@ uuid_id!(
     /// An event on sale; one inventory actor owns each.
     EventId
 );
+impl EventId {
+    /// The shard this event lives in, of `shards`. Stable forever: it decides which node owns
+    /// the event and which journal fence applies.
+    pub fn shard(self, shards: u32) -> u32 {
+        // splitmix64 of both halves: well spread whatever the id's version.
+        let v = self.0.as_u128();
+        let mut x = (v as u64) ^ ((v >> 64) as u64);
+        x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        x ^= x >> 31;
+        (x % u64::from(shards.max(1))) as u32
+    }
+}
+
 uuid_id!(
     /// A hold, unique within its event.
     HoldId
@@ -197,6 +212,21 @@ mod tests {
         for bad in ["", "xyz", &"g".repeat(64), &text[..63], &format!("{text}0")] {
             assert_eq!(bad.parse::<HoldRef>(), Err(InvalidHoldRef), "{bad}");
         }
+    }
+
+    #[test]
+    fn shards_are_stable_and_spread() {
+        let id = EventId(Uuid::from_u128(0x0194_f3a2_0000_7000_8000_0000_0000_0001));
+        assert_eq!(id.shard(256), id.shard(256));
+        assert_eq!(id.shard(1), 0);
+        let mut counts = [0u32; 8];
+        for _ in 0..8000 {
+            counts[EventId::generate().shard(8) as usize] += 1;
+        }
+        assert!(
+            counts.iter().all(|&n| (700..1300).contains(&n)),
+            "{counts:?}"
+        );
     }
 
     #[test]

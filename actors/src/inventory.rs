@@ -154,7 +154,7 @@ pub enum Error {
     #[error("unknown ticket type {0}")]
     UnknownTicketType(TicketCode),
     #[error("invalid request: {0}")]
-    Invalid(&'static str),
+    Invalid(String),
     #[error("hold not found")]
     HoldNotFound,
     #[error("hold id already used by another user")]
@@ -374,7 +374,7 @@ impl Inventory {
             };
         }
         if ttl_ms <= 0 {
-            return Err(Error::Invalid("hold ttl must be positive"));
+            return Err(Error::Invalid("hold ttl must be positive".to_owned()));
         }
         let items = merge_lines(items)?;
         let mut short = false;
@@ -595,10 +595,10 @@ impl Inventory {
 /// Sums lines of the same ticket type; refuses empty and oversized holds.
 fn merge_lines(items: Vec<Line>) -> Result<Vec<Line>, Error> {
     if items.is_empty() {
-        return Err(Error::Invalid("a hold needs at least one line"));
+        return Err(Error::Invalid("a hold needs at least one line".to_owned()));
     }
     if items.len() > HOLD_LINES_MAX {
-        return Err(Error::Invalid("too many lines in one hold"));
+        return Err(Error::Invalid("too many lines in one hold".to_owned()));
     }
     let mut merged: BTreeMap<TicketCode, u32> = BTreeMap::new();
     for line in items {
@@ -612,7 +612,7 @@ fn merge_lines(items: Vec<Line>) -> Result<Vec<Line>, Error> {
                     ticket_type,
                     quantity,
                 })
-                .map_err(|_| Error::Invalid("quantity too large"))
+                .map_err(|_| Error::Invalid("quantity too large".to_owned()))
         })
         .collect()
 }

@@ -137,7 +137,7 @@ impl Model {
                     };
                 }
                 if lines.is_empty() {
-                    return Err(Error::Invalid("a hold needs at least one line"));
+                    return Err(Error::Invalid("a hold needs at least one line".to_owned()));
                 }
                 let mut items: BTreeMap<&'static str, u32> = BTreeMap::new();
                 for (ty, q) in lines {

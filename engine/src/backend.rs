@@ -6,22 +6,25 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use holdfast_actors::actor::Clock;
-use holdfast_actors::{Command, EventId, HoldRef, HoldView, Line, TicketCode, TypeStock, UserId};
+use holdfast_actors::{EventId, HoldRef, HoldView, Line, TicketCode, TypeStock, UserId};
 use holdfast_gateway::auth::Role;
 use holdfast_gateway::backend::{
-    Account, Backend, BackendError, Credentials, EventInfo, IdempotencyState, NewEvent,
-    StoredResponse, TicketTypeSpec,
+    Account, Backend, BackendError, ClusterProblem, Credentials, EventInfo, IdempotencyState,
+    MoveReport, NewEvent, NodeInfo, ShardInfo, StoredResponse, TicketTypeSpec,
 };
 use holdfast_persistence::{
     self as store, EventRow, Idempotency, NewUser, Store, TicketTypeRow, UserRow,
 };
 use time::OffsetDateTime;
 
-use crate::inventories::{Inventories, call_error};
+use crate::cluster::{self, Cluster};
+use crate::inventories::{Inventories, SINGLE_NODE_EPOCH};
+use crate::ops::{InventoryOp, InventoryReply};
 
 pub struct NodeBackend {
     store: Store,
     inventories: Arc<Inventories>,
+    cluster: Option<Arc<Cluster>>,
     clock: Arc<dyn Clock>,
     hold_ttl_ms: i64,
     ready: AtomicBool,
@@ -39,12 +42,14 @@ impl NodeBackend {
     pub fn new(
         store: Store,
         inventories: Arc<Inventories>,
+        cluster: Option<Arc<Cluster>>,
         clock: Arc<dyn Clock>,
         hold_ttl_secs: u64,
     ) -> Self {
         Self {
             store,
             inventories,
+            cluster,
             clock,
             hold_ttl_ms: i64::try_from(hold_ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
             ready: AtomicBool::new(false),
@@ -57,6 +62,43 @@ impl NodeBackend {
 
     fn now_ms(&self) -> i64 {
         self.clock.now().as_millis()
+    }
+
+    /// Runs an inventory operation where its event lives: this node, or its shard's owner.
+    async fn execute(
+        &self,
+        event_id: EventId,
+        op: InventoryOp,
+    ) -> Result<InventoryReply, BackendError> {
+        let reply = match &self.cluster {
+            Some(cluster) => cluster.execute(event_id, op).await,
+            None => {
+                self.inventories
+                    .execute(event_id, SINGLE_NODE_EPOCH, op)
+                    .await
+            }
+        };
+        reply.map_err(BackendError::from)
+    }
+
+    fn cluster(&self) -> Result<&Cluster, BackendError> {
+        self.cluster
+            .as_deref()
+            .ok_or(BackendError::Cluster(ClusterProblem::NotClustered))
+    }
+}
+
+fn unexpected(reply: InventoryReply) -> BackendError {
+    BackendError::Internal(format!("unexpected inventory reply {reply:?}"))
+}
+
+fn cluster_problem(e: cluster::Error) -> BackendError {
+    match e {
+        cluster::Error::ShardNotFound(s) => ClusterProblem::ShardNotFound(s).into(),
+        cluster::Error::UnknownNode(n) => ClusterProblem::UnknownNode(n).into(),
+        cluster::Error::NodeNotLive(n) => ClusterProblem::NodeNotLive(n).into(),
+        cluster::Error::Store(e) => unavailable(e),
+        e => ClusterProblem::MoveFailed(e.to_string()).into(),
     }
 }
 
@@ -206,12 +248,10 @@ impl Backend for NodeBackend {
         &self,
         id: EventId,
     ) -> Result<Vec<(TicketCode, TypeStock)>, BackendError> {
-        self.inventories
-            .get(id)
-            .await?
-            .stock()
-            .await
-            .map_err(call_error)
+        match self.execute(id, InventoryOp::Stock).await? {
+            InventoryReply::Stock(stock) => Ok(stock),
+            other => Err(unexpected(other)),
+        }
     }
 
     async fn hold(
@@ -220,37 +260,31 @@ impl Backend for NodeBackend {
         user: UserId,
         items: Vec<Line>,
     ) -> Result<HoldView, BackendError> {
-        let command = Command::Hold {
+        let op = InventoryOp::Hold {
             hold_id: hold.hold_id,
             user,
             items,
             ttl_ms: self.hold_ttl_ms,
         };
-        let actor = self.inventories.get(hold.event_id).await?;
-        actor
-            .call(command)
-            .await
-            .map_err(call_error)?
-            .ok_or_else(|| BackendError::Internal("hold placed but not found".to_owned()))
+        match self.execute(hold.event_id, op).await? {
+            InventoryReply::Hold(Some(view)) => Ok(view),
+            other => Err(unexpected(other)),
+        }
     }
 
     async fn get_hold(&self, hold: HoldRef) -> Result<Option<HoldView>, BackendError> {
-        self.inventories
-            .get(hold.event_id)
+        match self
+            .execute(hold.event_id, InventoryOp::GetHold(hold.hold_id))
             .await?
-            .hold(hold.hold_id)
-            .await
-            .map_err(call_error)
+        {
+            InventoryReply::Hold(view) => Ok(view),
+            other => Err(unexpected(other)),
+        }
     }
 
     async fn release(&self, hold: HoldRef) -> Result<(), BackendError> {
-        let actor = self.inventories.get(hold.event_id).await?;
-        actor
-            .call(Command::Release {
-                hold_id: hold.hold_id,
-            })
-            .await
-            .map_err(call_error)?;
+        self.execute(hold.event_id, InventoryOp::Release(hold.hold_id))
+            .await?;
         Ok(())
     }
 
@@ -302,7 +336,56 @@ impl Backend for NodeBackend {
     }
 
     async fn ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) && self.store.ping().await.is_ok()
+        let cluster_ready = self.cluster.as_ref().is_none_or(|c| c.is_ready());
+        self.ready.load(Ordering::Acquire) && cluster_ready && self.store.ping().await.is_ok()
+    }
+
+    async fn shards(&self) -> Result<Vec<ShardInfo>, BackendError> {
+        let table = self
+            .cluster()?
+            .shard_table()
+            .await
+            .map_err(cluster_problem)?;
+        Ok(table
+            .into_iter()
+            .map(|(s, events)| ShardInfo {
+                shard: s.shard,
+                owner: s.owner,
+                epoch: s.epoch,
+                events,
+            })
+            .collect())
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, BackendError> {
+        let now = self.now_ms();
+        let table = self.cluster()?.node_table().await;
+        Ok(table
+            .into_iter()
+            .map(|(n, live, shards)| NodeInfo {
+                node_id: n.node_id,
+                addr: n.addr,
+                http_addr: n.http_addr,
+                live,
+                shards: u32::try_from(shards).unwrap_or(u32::MAX),
+                heartbeat_age_ms: now - n.heartbeat_at_ms,
+            })
+            .collect())
+    }
+
+    async fn move_shard(&self, shard: u32, to: &str) -> Result<MoveReport, BackendError> {
+        let r = self
+            .cluster()?
+            .move_shard(shard, to)
+            .await
+            .map_err(cluster_problem)?;
+        Ok(MoveReport {
+            shard: r.shard,
+            from: r.from,
+            to: r.to,
+            epoch: r.epoch,
+            pause_ms: r.pause_ms,
+        })
     }
 }
 

@@ -38,6 +38,18 @@ pub struct Config {
     pub snapshot_every_secs: u64,
     /// Idempotency keys are kept this long.
     pub idempotency_ttl_secs: u64,
+    /// Idle event actors snapshot and stop after this many seconds (0: never).
+    pub idle_passivate_secs: u64,
+    /// Setting this joins a cluster (needs PostgreSQL): this node's unique, stable name.
+    pub node_id: Option<String>,
+    /// Where the node-to-node API listens (cluster mode).
+    pub internal_addr: SocketAddr,
+    /// What other nodes dial to reach `internal_addr`; unset means `internal_addr`.
+    pub advertise_addr: Option<String>,
+    /// Number of shards; fixed when the cluster is created.
+    pub shards: u32,
+    /// A node whose heartbeat is older than this loses its shards to the others.
+    pub lease_secs: u64,
     /// `text` or `json`.
     pub log_format: LogFormat,
     /// A tracing filter such as `info,holdfast=debug`; `RUST_LOG` is used when unset.
@@ -73,6 +85,12 @@ impl Default for Config {
             snapshot_every_events: actors.snapshot_every_events,
             snapshot_every_secs: actors.snapshot_every_secs,
             idempotency_ttl_secs: 24 * 60 * 60,
+            idle_passivate_secs: actors.idle_passivate_secs,
+            node_id: None,
+            internal_addr: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            advertise_addr: None,
+            shards: 256,
+            lease_secs: 10,
             log_format: LogFormat::Text,
             log: None,
         }
@@ -102,7 +120,9 @@ impl Config {
         // Only our own keys: HOLDFAST_URL and HOLDFAST_TOKEN belong to the CLI.
         let known = Self::keys();
         let config: Self = figment
-            .merge(env.filter(move |key| known.iter().any(|k| key.as_str() == k)))
+            .merge(
+                env.filter(move |key| known.iter().any(|k| key.as_str().eq_ignore_ascii_case(k))),
+            )
             .extract()
             .map_err(|e| Error::Invalid(e.to_string()))?;
         config.validate()?;
@@ -126,6 +146,27 @@ impl Config {
         }
         if self.database_max_connections == 0 {
             return bad("database_max_connections must be at least 1");
+        }
+        if self.shards == 0 || self.shards > 65_536 {
+            return bad("shards must be between 1 and 65536");
+        }
+        if self.lease_secs == 0 {
+            return bad("lease_secs must be at least 1");
+        }
+        if let Some(node) = &self.node_id {
+            if node.is_empty()
+                || node.len() > 64
+                || !node
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+            {
+                return bad("node_id must be 1 to 64 characters of A-Z, a-z, 0-9, '-', '_' or '.'");
+            }
+            if self.is_embedded() {
+                return bad(
+                    "cluster mode (node_id set) needs PostgreSQL: set HOLDFAST_DATABASE_URL=postgres://…",
+                );
+            }
         }
         if let Some(url) = &self.database_url
             && !(url.starts_with("sqlite:")
@@ -155,7 +196,15 @@ impl Config {
             snapshot_every_events: self.snapshot_every_events,
             snapshot_every_secs: self.snapshot_every_secs,
             durability: self.durability,
+            idle_passivate_secs: self.idle_passivate_secs,
         }
+    }
+
+    /// The address other nodes dial for this node's internal API.
+    pub fn advertised(&self) -> String {
+        self.advertise_addr
+            .clone()
+            .unwrap_or_else(|| self.internal_addr.to_string())
     }
 
     pub fn gateway_options(&self) -> holdfast_gateway::Options {
@@ -225,6 +274,10 @@ mod tests {
             ));
             jail.set_env("HOLDFAST_DURABILITY", "sometimes");
             assert!(Config::load(None).is_err());
+            jail.set_env("HOLDFAST_DURABILITY", "sync");
+            jail.set_env("HOLDFAST_NODE_ID", "n1");
+            let err = Config::load(None).expect_err("cluster on sqlite");
+            assert!(err.to_string().contains("PostgreSQL"), "{err}");
             Ok(())
         });
     }

@@ -1,16 +1,21 @@
-//! The event actors of this node: started on first use, recovered from snapshot + journal,
-//! restarted on the next message after a fail-stop.
+//! The event actors of this node: started on first use (recovered from snapshot + journal),
+//! restarted after a fail-stop or passivation, stopped per shard when the shard leaves.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use holdfast_actors::actor::{self, CallError, Clock, Handle, Journal, StartError};
 use holdfast_actors::{Command, EventId, TicketCode};
-use holdfast_gateway::backend::BackendError;
 use holdfast_persistence::Store;
 
-/// Writer epoch of a single node. The cluster assigns real epochs per shard.
+use crate::ops::{InventoryOp, InventoryReply, OpError};
+
+/// Writer epoch of a node that is not clustered.
 pub const SINGLE_NODE_EPOCH: u64 = 1;
+
+/// How long a successor waits for a stopping actor before giving up with 503.
+const EXIT_WAIT: Duration = Duration::from_secs(5);
 
 /// Running event actors by event id.
 pub struct Inventories {
@@ -31,9 +36,17 @@ impl std::fmt::Debug for Inventories {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 impl Inventories {
-    pub fn new(store: Store, clock: Arc<dyn Clock>, options: actor::Options) -> Self {
-        let journal: Arc<dyn Journal> = Arc::new(store.journal());
+    pub fn new(
+        store: Store,
+        journal: Arc<dyn Journal>,
+        clock: Arc<dyn Clock>,
+        options: actor::Options,
+    ) -> Self {
         Self {
             running: Mutex::new(HashMap::new()),
             activating: tokio::sync::Mutex::new(()),
@@ -44,34 +57,40 @@ impl Inventories {
         }
     }
 
-    fn running(&self, event_id: EventId) -> Option<Handle> {
-        let running = self
-            .running
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        running.get(&event_id).filter(|h| h.is_running()).cloned()
+    fn current(&self, event_id: EventId) -> Option<Handle> {
+        lock(&self.running).get(&event_id).cloned()
     }
 
-    /// The actor of `event_id`, started (and recovered) if it is not running.
-    pub async fn get(&self, event_id: EventId) -> Result<Handle, BackendError> {
-        if let Some(handle) = self.running(event_id) {
+    /// The actor of `event_id` writing as `epoch`, started (and recovered) if needed.
+    pub async fn get(&self, event_id: EventId, epoch: u64) -> Result<Handle, OpError> {
+        if let Some(handle) = self.current(event_id)
+            && handle.is_running()
+            && handle.epoch() == epoch
+        {
             return Ok(handle);
         }
         let _guard = self.activating.lock().await;
-        if let Some(handle) = self.running(event_id) {
-            return Ok(handle);
+        if let Some(handle) = self.current(event_id) {
+            if handle.is_running() && handle.epoch() == epoch {
+                return Ok(handle);
+            }
+            // A predecessor (stopping, fail-stopped or of an older epoch) must be gone before a
+            // successor recovers, or the successor could miss its last batch.
+            handle.stop().await;
+            tokio::time::timeout(EXIT_WAIT, handle.exited())
+                .await
+                .map_err(|_| OpError::Unavailable(format!("event {event_id} is still stopping")))?;
         }
         let event = self
             .store
             .event(event_id.0)
             .await
-            .map_err(|e| BackendError::Unavailable(format!("catalog: {e}")))?
-            .ok_or(BackendError::EventNotFound)?;
+            .map_err(|e| OpError::Unavailable(format!("catalog: {e}")))?
+            .ok_or(OpError::EventNotFound)?;
         let mut definitions = Vec::with_capacity(event.ticket_types.len());
         for t in &event.ticket_types {
-            let code = TicketCode::parse(&t.code).map_err(|e| {
-                BackendError::Internal(format!("catalog ticket type {:?}: {e}", t.code))
-            })?;
+            let code = TicketCode::parse(&t.code)
+                .map_err(|e| OpError::Internal(format!("catalog ticket type {:?}: {e}", t.code)))?;
             definitions.push(Command::DefineTicketType {
                 code,
                 capacity: u32::try_from(t.capacity).unwrap_or(u32::MAX),
@@ -82,7 +101,7 @@ impl Inventories {
         }
         let handle = actor::start(
             event_id,
-            SINGLE_NODE_EPOCH,
+            epoch,
             definitions,
             Arc::clone(&self.journal),
             Arc::clone(&self.clock),
@@ -90,41 +109,97 @@ impl Inventories {
         )
         .await
         .map_err(|e| match e {
+            StartError::Journal(actor::JournalError::Fenced { .. }) => OpError::NotOwner,
             StartError::Journal(e) => {
-                BackendError::Unavailable(format!("recovering event {event_id}: {e}"))
+                OpError::Unavailable(format!("recovering event {event_id}: {e}"))
             }
-            e => BackendError::Internal(format!("recovering event {event_id}: {e}")),
+            e => OpError::Internal(format!("recovering event {event_id}: {e}")),
         })?;
-        let mut running = self
-            .running
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut running = lock(&self.running);
         running.insert(event_id, handle.clone());
         metrics::gauge!("holdfast_event_actors").set(running.len() as f64);
         Ok(handle)
     }
 
+    /// Runs `op` on the local actor of `event_id` as writer `epoch`.
+    pub async fn execute(
+        &self,
+        event_id: EventId,
+        epoch: u64,
+        op: InventoryOp,
+    ) -> Result<InventoryReply, OpError> {
+        let actor = self.get(event_id, epoch).await?;
+        let reply = match op {
+            InventoryOp::Hold {
+                hold_id,
+                user,
+                items,
+                ttl_ms,
+            } => InventoryReply::Hold(
+                actor
+                    .call(Command::Hold {
+                        hold_id,
+                        user,
+                        items,
+                        ttl_ms,
+                    })
+                    .await
+                    .map_err(call_error)?,
+            ),
+            InventoryOp::GetHold(hold_id) => {
+                InventoryReply::Hold(actor.hold(hold_id).await.map_err(call_error)?)
+            }
+            InventoryOp::Release(hold_id) => {
+                actor
+                    .call(Command::Release { hold_id })
+                    .await
+                    .map_err(call_error)?;
+                InventoryReply::Done
+            }
+            InventoryOp::Stock => InventoryReply::Stock(actor.stock().await.map_err(call_error)?),
+        };
+        Ok(reply)
+    }
+
+    /// Stops the actors of the events `which` selects, each after its queued messages and a
+    /// final snapshot, and waits until they have ended.
+    pub async fn stop_where(&self, which: impl Fn(EventId) -> bool) -> usize {
+        let _guard = self.activating.lock().await;
+        let handles: Vec<Handle> = {
+            let mut running = lock(&self.running);
+            let ids: Vec<EventId> = running.keys().copied().filter(|id| which(*id)).collect();
+            let handles = ids.iter().filter_map(|id| running.remove(id)).collect();
+            metrics::gauge!("holdfast_event_actors").set(running.len() as f64);
+            handles
+        };
+        for handle in &handles {
+            handle.stop().await;
+            let _ = tokio::time::timeout(EXIT_WAIT, handle.exited()).await;
+        }
+        handles.len()
+    }
+
     /// Stops every actor, each with a final snapshot.
     pub async fn stop_all(&self) {
-        let handles: Vec<Handle> = {
-            let mut running = self
-                .running
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            running.drain().map(|(_, h)| h).collect()
-        };
-        for handle in handles {
-            handle.stop().await;
+        self.stop_where(|_| true).await;
+    }
+
+    /// Number of running actors per shard, for operators.
+    pub fn running_per_shard(&self, shards: u32) -> HashMap<u32, usize> {
+        let mut counts = HashMap::new();
+        for id in lock(&self.running).keys() {
+            *counts.entry(id.shard(shards)).or_default() += 1;
         }
+        counts
     }
 }
 
-pub fn call_error(e: CallError) -> BackendError {
+fn call_error(e: CallError) -> OpError {
     match e {
-        CallError::Rejected(e) => BackendError::Inventory(e),
-        CallError::Overloaded => BackendError::Overloaded,
-        CallError::Unavailable => BackendError::Unavailable(
-            "event actor stopped; it restarts on the next request".to_owned(),
-        ),
+        CallError::Rejected(e) => OpError::Inventory(e),
+        CallError::Overloaded => OpError::Overloaded,
+        CallError::Unavailable => {
+            OpError::Unavailable("event actor stopped; it restarts on the next request".to_owned())
+        }
     }
 }

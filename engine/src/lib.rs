@@ -2,9 +2,12 @@
 //! calls, and the composition of a node. The `holdfast` binary lives in `main.rs`.
 
 pub mod backend;
+pub mod cluster;
 pub mod config;
 pub mod inventories;
 pub mod node;
+pub mod ops;
+pub mod shards_cli;
 
 pub use config::Config;
 pub use node::{RunningNode, start};

@@ -41,6 +41,45 @@ enum Command {
         #[command(subcommand)]
         command: UsersCommand,
     },
+    /// Operates the cluster's shards through any node's admin API.
+    Shards {
+        /// A node's public URL.
+        #[arg(
+            long,
+            global = true,
+            env = "HOLDFAST_URL",
+            default_value = "http://127.0.0.1:8080"
+        )]
+        url: String,
+        /// An admin's access token.
+        #[arg(long, global = true, env = "HOLDFAST_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        #[command(subcommand)]
+        command: ShardsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ShardsCommand {
+    /// Shows every shard's owner, epoch and events, and every node.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Moves SHARD to NODE with a live handoff.
+    Move { shard: u32, node: String },
+    /// Evens out shards across live nodes (least-loaded first); shows the plan first.
+    Rebalance {
+        /// Show the plan, move nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Moves every shard off NODE (before maintenance).
+    Drain {
+        node: String,
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -68,7 +107,7 @@ fn init_tracing(config: &Config) {
         .as_deref()
         .map(EnvFilter::new)
         .or_else(|| EnvFilter::try_from_default_env().ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
+        .unwrap_or_else(|| EnvFilter::new("info,sqlx=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -155,12 +194,49 @@ async fn add_user(
     Ok(())
 }
 
+async fn shards(url: &str, token: Option<String>, command: ShardsCommand) -> anyhow::Result<()> {
+    use holdfast_engine::shards_cli as cli;
+    let admin = cli::Admin::new(url, token)?;
+    match command {
+        ShardsCommand::List { json } => cli::list(&admin, json).await,
+        ShardsCommand::Move { shard, node } => {
+            cli::run_moves(
+                &admin,
+                &[cli::Move {
+                    shard,
+                    from: None,
+                    to: node,
+                }],
+                false,
+            )
+            .await
+        }
+        ShardsCommand::Rebalance { dry_run } => {
+            let (shards, nodes) = (admin.shards().await?, admin.nodes().await?);
+            cli::run_moves(&admin, &cli::plan_rebalance(&shards, &nodes), dry_run).await
+        }
+        ShardsCommand::Drain { node, dry_run } => {
+            let (shards, nodes) = (admin.shards().await?, admin.nodes().await?);
+            cli::run_moves(&admin, &cli::plan_drain(&shards, &nodes, &node)?, dry_run).await
+        }
+    }
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = Config::load(cli.config.as_deref())?;
-    init_tracing(&config);
+    let load = || -> anyhow::Result<Config> {
+        let config = Config::load(cli.config.as_deref())?;
+        init_tracing(&config);
+        Ok(config)
+    };
     match cli.command {
-        Command::Serve { roles } => serve(config, &roles).await,
+        Command::Shards {
+            url,
+            token,
+            command,
+        } => shards(&url, token, command).await,
+        Command::Serve { roles } => serve(load()?, &roles).await,
         Command::Migrate => {
+            let config = load()?;
             let store = node::open_store(&config).await?;
             store.close().await;
             eprintln!(
@@ -177,7 +253,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     password_stdin: _,
                     name,
                 },
-        } => add_user(config, &email, &role, name).await,
+        } => add_user(load()?, &email, &role, name).await,
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use holdfast_actors::actor::{Clock, SystemClock};
+use holdfast_actors::actor::{Clock, Journal, SystemClock};
 use holdfast_gateway::AppState;
 use holdfast_persistence::Store;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::backend::NodeBackend;
+use crate::cluster::{self, Cluster};
 use crate::config::Config;
 use crate::inventories::Inventories;
 
@@ -151,19 +152,72 @@ impl RunningNode {
     }
 }
 
-/// Opens the store, binds the API and serves until shut down.
+/// Opens the store, binds the API (and in cluster mode the internal API, then joins the
+/// cluster) and serves until shut down.
 pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
     let store = open_store(&config).await?;
     let secret = jwt_secret(&config)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let journal: Arc<dyn Journal> = match config.node_id {
+        Some(_) => Arc::new(store.cluster_journal(config.shards)),
+        None => Arc::new(store.journal()),
+    };
     let inventories = Arc::new(Inventories::new(
         store.clone(),
+        journal,
         Arc::clone(&clock),
         config.actor_options(),
     ));
+    let listener = tokio::net::TcpListener::bind(config.http_addr)
+        .await
+        .with_context(|| format!("binding the API to {}", config.http_addr))?;
+    let addr = listener.local_addr()?;
+    let (shutdown, mut stopped) = watch::channel(false);
+    let (cluster, internal_task) = match &config.node_id {
+        Some(node_id) => {
+            let internal = tokio::net::TcpListener::bind(config.internal_addr)
+                .await
+                .with_context(|| format!("binding the internal API to {}", config.internal_addr))?;
+            let internal_addr = internal.local_addr()?;
+            let settings = cluster::Settings {
+                node_id: node_id.clone(),
+                advertise_addr: config
+                    .advertise_addr
+                    .clone()
+                    .unwrap_or_else(|| internal_addr.to_string()),
+                http_addr: addr.to_string(),
+                shards: config.shards,
+                lease: Duration::from_secs(config.lease_secs),
+            };
+            let cluster = Cluster::join(
+                settings,
+                store.clone(),
+                Arc::clone(&inventories),
+                Arc::clone(&clock),
+                &secret,
+            )
+            .await
+            .context("joining the cluster")?;
+            let router = cluster::wire::router(Arc::clone(&cluster));
+            let mut stop = shutdown.subscribe();
+            let task = tokio::spawn(async move {
+                let served = axum::serve(internal, router)
+                    .with_graceful_shutdown(async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    })
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "internal API failed");
+                }
+            });
+            (Some(cluster), Some(task))
+        }
+        None => (None, None),
+    };
     let backend = Arc::new(NodeBackend::new(
         store.clone(),
         Arc::clone(&inventories),
+        cluster.clone(),
         Arc::clone(&clock),
         config.hold_ttl,
     ));
@@ -175,18 +229,13 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
         Arc::new(move || metrics.render()),
     );
     let app = holdfast_gateway::router(state);
-    let listener = tokio::net::TcpListener::bind(config.http_addr)
-        .await
-        .with_context(|| format!("binding the API to {}", config.http_addr))?;
-    let addr = listener.local_addr()?;
-    let (shutdown, mut stopped) = watch::channel(false);
     let purge = tokio::spawn(purge_idempotency_keys(
         store.clone(),
         Arc::clone(&clock),
         config.idempotency_ttl_secs,
     ));
     backend.set_ready(true);
-    tracing::info!(%addr, database = %redact(&config.database_url()), durability = ?config.durability, "holdfast node serving");
+    tracing::info!(%addr, node = ?config.node_id, database = %redact(&config.database_url()), durability = ?config.durability, "holdfast node serving");
     let task = tokio::spawn(async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move {
@@ -195,7 +244,13 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
             .await;
         backend.set_ready(false);
         purge.abort();
-        inventories.stop_all().await;
+        match &cluster {
+            Some(cluster) => cluster.leave().await,
+            None => inventories.stop_all().await,
+        }
+        if let Some(task) = internal_task {
+            let _ = task.await;
+        }
         store.close().await;
         tracing::info!("holdfast node stopped");
         served.context("serving HTTP")

@@ -75,6 +75,53 @@ pub enum IdempotencyState {
     Done(StoredResponse),
 }
 
+/// One shard as operators see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardInfo {
+    pub shard: u32,
+    pub owner: Option<String>,
+    pub epoch: u64,
+    /// Events of the catalog that live in this shard.
+    pub events: u64,
+}
+
+/// One cluster member as operators see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub node_id: String,
+    pub addr: String,
+    pub http_addr: String,
+    pub live: bool,
+    pub shards: u32,
+    pub heartbeat_age_ms: i64,
+}
+
+/// The outcome of a shard move.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MoveReport {
+    pub shard: u32,
+    pub from: String,
+    pub to: String,
+    pub epoch: u64,
+    /// How long requests for the shard were held back.
+    pub pause_ms: u64,
+}
+
+/// Why a cluster operation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterProblem {
+    #[error("this node is not clustered (set HOLDFAST_NODE_ID and a PostgreSQL database)")]
+    NotClustered,
+    #[error("shard {0} does not exist")]
+    ShardNotFound(u32),
+    #[error("node {0} is not a member of the cluster")]
+    UnknownNode(String),
+    #[error("node {0} is not alive")]
+    NodeNotLive(String),
+    #[error("{0}")]
+    MoveFailed(String),
+}
+
 /// Why the node could not do what the gateway asked.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -91,6 +138,8 @@ pub enum BackendError {
     /// Retryable: the event's actor or a store is not available right now.
     #[error("temporarily unavailable: {0}")]
     Unavailable(String),
+    #[error(transparent)]
+    Cluster(#[from] ClusterProblem),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -137,4 +186,17 @@ pub trait Backend: Send + Sync + 'static {
 
     /// True once the node serves traffic (stores reachable, recovery done).
     async fn ready(&self) -> bool;
+
+    /// The shard map; a node that is not clustered has none.
+    async fn shards(&self) -> Result<Vec<ShardInfo>, BackendError> {
+        Err(ClusterProblem::NotClustered.into())
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, BackendError> {
+        Err(ClusterProblem::NotClustered.into())
+    }
+
+    async fn move_shard(&self, _shard: u32, _to: &str) -> Result<MoveReport, BackendError> {
+        Err(ClusterProblem::NotClustered.into())
+    }
 }

@@ -134,6 +134,12 @@ pub fn router(state: AppState) -> Router {
             "/v1/holds/{hold_id}",
             get(routes::holds::get).delete(routes::holds::release),
         )
+        .route("/v1/admin/shards", get(routes::admin::shards))
+        .route(
+            "/v1/admin/shards/{shard}/move",
+            post(routes::admin::move_shard),
+        )
+        .route("/v1/admin/nodes", get(routes::admin::nodes))
         .route("/healthz", get(routes::ops::healthz))
         .route("/readyz", get(routes::ops::readyz))
         .route("/metrics", get(routes::ops::metrics))

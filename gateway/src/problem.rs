@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use holdfast_actors::inventory;
 use serde_json::{Map, Value, json};
 
-use crate::backend::BackendError;
+use crate::backend::{BackendError, ClusterProblem};
 
 pub const CONTENT_TYPE: &str = "application/problem+json";
 
@@ -212,6 +212,42 @@ impl From<BackendError> for Problem {
                     "the service is recovering; retry shortly",
                 )
                 .retry_after(1)
+            }
+            BackendError::Cluster(problem) => {
+                let detail = problem.to_string();
+                match problem {
+                    ClusterProblem::NotClustered => Self::new(
+                        StatusCode::CONFLICT,
+                        "not-clustered",
+                        "Not clustered",
+                        detail,
+                    ),
+                    ClusterProblem::ShardNotFound(_) => Self::new(
+                        StatusCode::NOT_FOUND,
+                        "shard-not-found",
+                        "Shard not found",
+                        detail,
+                    ),
+                    ClusterProblem::UnknownNode(_) => Self::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "unknown-node",
+                        "Unknown node",
+                        detail,
+                    ),
+                    ClusterProblem::NodeNotLive(_) => Self::new(
+                        StatusCode::CONFLICT,
+                        "node-not-live",
+                        "Node not alive",
+                        detail,
+                    ),
+                    ClusterProblem::MoveFailed(_) => Self::new(
+                        StatusCode::CONFLICT,
+                        "move-failed",
+                        "Shard move failed",
+                        detail,
+                    )
+                    .retry_after(1),
+                }
             }
             BackendError::Internal(why) => {
                 tracing::error!(%why, "backend failed");

@@ -47,6 +47,8 @@ store_test_suite!(
     events_round_trip_with_ordered_ticket_types,
     idempotency_lifecycle,
     idempotency_begin_is_race_free,
+    cluster_shards_are_claimed_by_compare_and_set,
+    cluster_journal_is_fenced_by_the_shard_epoch,
 );
 
 fn records(seqs: impl IntoIterator<Item = u64>) -> Vec<Record> {
@@ -647,4 +649,91 @@ async fn sqlite_connections_are_durable_and_checked() {
     }
     drop(conns);
     store.close().await;
+}
+
+async fn cluster_shards_are_claimed_by_compare_and_set(store: &Store) {
+    store.cluster_init(4).await.expect("init");
+    store.cluster_init(4).await.expect("init again is a no-op");
+    assert!(matches!(
+        store.cluster_init(8).await,
+        Err(Error::ShardCountMismatch { .. })
+    ));
+    let shards = store.shards().await.expect("shards");
+    assert_eq!(shards.len(), 4);
+    assert!(shards.iter().all(|s| s.owner.is_none() && s.epoch == 0));
+    assert_eq!(store.claim_shard(2, 0, "a").await.expect("claim"), Some(1));
+    // A second claimant that read epoch 0 loses.
+    assert_eq!(store.claim_shard(2, 0, "b").await.expect("claim"), None);
+    assert_eq!(store.claim_shard(2, 1, "b").await.expect("claim"), Some(2));
+    let row = store.shard(2).await.expect("shard").expect("exists");
+    assert_eq!((row.owner.as_deref(), row.epoch), (Some("b"), 2));
+
+    let node = crate::NodeRow {
+        node_id: "b".into(),
+        addr: "127.0.0.1:1".into(),
+        http_addr: "127.0.0.1:2".into(),
+        heartbeat_at_ms: 10,
+        started_at_ms: 5,
+    };
+    store.node_heartbeat(&node).await.expect("register");
+    store
+        .node_heartbeat(&crate::NodeRow {
+            heartbeat_at_ms: 20,
+            ..node.clone()
+        })
+        .await
+        .expect("beat");
+    let nodes = store.nodes().await.expect("nodes");
+    assert_eq!(nodes.len(), 1);
+    assert_eq!(nodes[0].heartbeat_at_ms, 20);
+    assert_eq!(store.node_leave("b").await.expect("leave"), 1);
+    assert!(store.nodes().await.expect("nodes").is_empty());
+    let row = store.shard(2).await.expect("shard").expect("exists");
+    assert_eq!(
+        (row.owner, row.epoch),
+        (None, 3),
+        "leaving gives shards up under a new epoch"
+    );
+}
+
+async fn cluster_journal_is_fenced_by_the_shard_epoch(store: &Store) {
+    store.cluster_init(4).await.expect("init");
+    let event = EventId(Uuid::now_v7());
+    let shard = event.shard(4);
+    let journal = store.cluster_journal(4);
+    let epoch = store
+        .claim_shard(shard, 0, "a")
+        .await
+        .expect("claim")
+        .expect("won");
+    journal
+        .append(event, epoch, &records(1..=2))
+        .await
+        .expect("owner writes");
+    // The shard moves: the former owner's writes and snapshots are refused from now on.
+    let moved = store
+        .claim_shard(shard, epoch, "b")
+        .await
+        .expect("claim")
+        .expect("won");
+    assert!(matches!(
+        journal.append(event, epoch, &records(3..=3)).await,
+        Err(JournalError::Fenced { .. })
+    ));
+    let snapshot = Snapshot {
+        seq: 2,
+        state: vec![1],
+    };
+    assert!(matches!(
+        journal.save_snapshot(event, epoch, snapshot).await,
+        Err(JournalError::Fenced { .. })
+    ));
+    journal
+        .append(event, moved, &records(3..=3))
+        .await
+        .expect("new owner writes");
+    assert_eq!(
+        seqs(&journal.load(event).await.expect("load").tail),
+        vec![1, 2, 3]
+    );
 }

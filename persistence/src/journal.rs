@@ -21,11 +21,58 @@ pub(crate) const INSERT_ROWS_MAX: usize = 500;
 #[derive(Clone, Debug)]
 pub struct SqlJournal {
     store: Store,
+    /// `Some(shards)` on a clustered node: fence by the shard's epoch.
+    shards: Option<u32>,
 }
 
 impl SqlJournal {
-    pub(crate) fn new(store: Store) -> Self {
-        Self { store }
+    pub(crate) fn new(store: Store, shards: Option<u32>) -> Self {
+        Self { store, shards }
+    }
+
+    /// The fence of this journal, run inside the writer's transaction.
+    async fn fence(
+        &self,
+        conn: &mut AnyConnection,
+        event_id: EventId,
+        epoch: u64,
+    ) -> Result<(), JournalError> {
+        match self.shards {
+            None => check_fence(conn, &uuid_text(event_id.0), epoch).await,
+            Some(shards) => {
+                check_shard_fence(conn, self.store.backend(), event_id.shard(shards), epoch).await
+            }
+        }
+    }
+}
+
+/// Fails with [`JournalError::Fenced`] unless `epoch` is the shard's current epoch. On
+/// PostgreSQL the row is read `FOR SHARE`, so a claim of the shard waits for this transaction:
+/// a write is either committed before the move or refused after it.
+async fn check_shard_fence(
+    conn: &mut AnyConnection,
+    backend: crate::Backend,
+    shard: u32,
+    epoch: u64,
+) -> Result<(), JournalError> {
+    let sql = match backend {
+        crate::Backend::Postgres => "SELECT epoch FROM cluster_shards WHERE shard = $1 FOR SHARE",
+        // SQLite writers are serialised by BEGIN IMMEDIATE already.
+        crate::Backend::Sqlite => "SELECT epoch FROM cluster_shards WHERE shard = $1",
+    };
+    let row = sqlx::query(sql)
+        .bind(i64::from(shard))
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(storage)?;
+    let current = match row {
+        Some(row) => to_u64(row.try_get::<i64, _>("epoch").map_err(storage)?, "epoch")?,
+        None => return Err(JournalError::Fenced { epoch }),
+    };
+    if current == epoch {
+        Ok(())
+    } else {
+        Err(JournalError::Fenced { epoch })
     }
 }
 
@@ -89,6 +136,7 @@ impl Journal for SqlJournal {
         let Some(first) = records.first() else {
             return Ok(());
         };
+        let event = event_id;
         let event_id = uuid_text(event_id.0);
         let epoch_db = to_i64(epoch, "epoch").map_err(storage)?;
         let seqs = records
@@ -99,7 +147,7 @@ impl Journal for SqlJournal {
         let written_at = now_ms();
 
         let mut tx = self.store.begin_write().await.map_err(storage)?;
-        check_fence(&mut tx, &event_id, epoch).await?;
+        self.fence(&mut tx, event, epoch).await?;
         let mut seqs = seqs.into_iter();
         for chunk in records.chunks(INSERT_ROWS_MAX) {
             let sql = insert_sql(chunk.len());
@@ -169,12 +217,13 @@ impl Journal for SqlJournal {
         epoch: u64,
         snapshot: Snapshot,
     ) -> Result<(), JournalError> {
+        let event = event_id;
         let event_id = uuid_text(event_id.0);
         let epoch_db = to_i64(epoch, "epoch").map_err(storage)?;
         let seq = to_i64(snapshot.seq, "seq").map_err(storage)?;
 
         let mut tx = self.store.begin_write().await.map_err(storage)?;
-        check_fence(&mut tx, &event_id, epoch).await?;
+        self.fence(&mut tx, event, epoch).await?;
         sqlx::query(
             "INSERT INTO snapshots (event_id, seq, epoch, state, taken_at) VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT (event_id) DO UPDATE SET seq = excluded.seq, epoch = excluded.epoch, \

@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 mod accounts;
 mod catalog;
+mod cluster;
 mod idempotency;
 mod journal;
 #[cfg(any(test, feature = "test-util"))]
@@ -27,6 +28,7 @@ mod conformance;
 
 pub use accounts::{NewUser, UserRow};
 pub use catalog::{EVENTS_PAGE_MAX, EventRow, TicketTypeRow};
+pub use cluster::{NodeRow, ShardRow};
 pub use idempotency::{Idempotency, StoredResponse};
 pub use journal::SqlJournal;
 
@@ -47,6 +49,10 @@ pub enum Error {
     /// A stored value cannot be read back (e.g. a malformed uuid).
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
+    #[error(
+        "the cluster was created with {stored} shards, this node is configured with {configured}"
+    )]
+    ShardCountMismatch { stored: String, configured: u32 },
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     #[error("migration failed: {0}")]
@@ -130,7 +136,13 @@ impl Store {
 
     /// The event journal on this store.
     pub fn journal(&self) -> SqlJournal {
-        SqlJournal::new(self.clone())
+        SqlJournal::new(self.clone(), None)
+    }
+
+    /// The journal of a clustered node: every write is fenced by its shard's epoch in
+    /// `cluster_shards`, of `shards` shards.
+    pub fn cluster_journal(&self, shards: u32) -> SqlJournal {
+        SqlJournal::new(self.clone(), Some(shards))
     }
 
     /// Closes every connection; later calls fail.
@@ -143,7 +155,7 @@ impl Store {
     /// SQLite takes the write lock up front (`BEGIN IMMEDIATE`): a deferred transaction that
     /// reads and then writes fails at once with `SQLITE_BUSY`, without waiting for the busy
     /// timeout, when another connection committed in between.
-    async fn begin_write(&self) -> Result<Transaction<'static, Any>, sqlx::Error> {
+    pub(crate) async fn begin_write(&self) -> Result<Transaction<'static, Any>, sqlx::Error> {
         match self.backend {
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
             Backend::Postgres => self.pool.begin().await,

@@ -1,6 +1,7 @@
 //! REST handlers, one module per API.md section.
 
 pub mod accounts;
+pub mod admin;
 pub mod events;
 pub mod holds;
 pub mod ops;

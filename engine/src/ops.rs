@@ -1,0 +1,61 @@
+//! Inventory operations as values, so one node can run them for another: the same enum is
+//! executed locally and sent over the internal API.
+
+use holdfast_actors::{HoldId, HoldView, Line, TicketCode, TypeStock, UserId, inventory};
+use holdfast_gateway::backend::BackendError;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InventoryOp {
+    /// Idempotent by `hold_id`, so a retry after a lost answer is safe.
+    Hold {
+        hold_id: HoldId,
+        user: UserId,
+        items: Vec<Line>,
+        ttl_ms: i64,
+    },
+    GetHold(HoldId),
+    /// Idempotent.
+    Release(HoldId),
+    Stock,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InventoryReply {
+    Hold(Option<HoldView>),
+    Stock(Vec<(TicketCode, TypeStock)>),
+    Done,
+}
+
+/// Why an operation failed, in a form that crosses the wire.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum OpError {
+    /// This node does not own the event's shard (any more): refresh the map and retry.
+    #[error("not the owner of this shard")]
+    NotOwner,
+    #[error("event not found")]
+    EventNotFound,
+    #[error("event is overloaded")]
+    Overloaded,
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Inventory(#[from] inventory::Error),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl From<OpError> for BackendError {
+    fn from(e: OpError) -> Self {
+        match e {
+            OpError::NotOwner => {
+                BackendError::Unavailable("shard is moving; retry shortly".to_owned())
+            }
+            OpError::EventNotFound => BackendError::EventNotFound,
+            OpError::Overloaded => BackendError::Overloaded,
+            OpError::Unavailable(why) => BackendError::Unavailable(why),
+            OpError::Inventory(e) => BackendError::Inventory(e),
+            OpError::Internal(why) => BackendError::Internal(why),
+        }
+    }
+}
