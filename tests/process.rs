@@ -1,1 +1,548 @@
-fn main() {}
+//! Real `holdfast` processes: a flash sale, `kill -9` in the middle of a load, hold expiry,
+//! admission control and the operator commands. Each test has its own port, directory and
+//! database; a failing test prints the server's log.
+//!
+//! Needs the binary: `cargo build --bin holdfast` (or `HOLDFAST_BIN=/path/to/holdfast`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use holdfast_tests::{Backend, PASSWORD, ServerProcess, hold_seats, poll_until, unique_email};
+use serde_json::json;
+use tokio::sync::Barrier;
+use tokio::task::JoinSet;
+
+/// Runs every listed test on SQLite and on PostgreSQL.
+macro_rules! process_test_suite {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(holdfast_tests::Backend::Sqlite).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(holdfast_tests::Backend::Postgres).await;
+                }
+            )*
+        }
+    };
+}
+
+process_test_suite!(
+    flash_sale_sells_exactly_the_capacity,
+    acknowledged_holds_survive_kill_9,
+    holds_expire_on_their_own,
+    full_mailbox_answers_503_overloaded,
+    operator_commands,
+    environment_variables_configure_the_server,
+);
+
+const FLASH_CAPACITY: usize = 100;
+const FLASH_BUYERS: usize = 300;
+
+/// 300 buyers, 100 seats, one seat each, all at once: exactly 100 holds, no 5xx.
+async fn flash_sale_sells_exactly_the_capacity(backend: Backend) {
+    let server = ServerProcess::start(backend, &[]).await;
+    let api = server.client().clone();
+    let organizer = server.organizer_token().await;
+    let event = api
+        .create_ga_event(&organizer, FLASH_CAPACITY as u32, Some(1))
+        .await;
+    let started = Instant::now();
+    let buyers = api.customer_tokens(FLASH_BUYERS, 16).await;
+    eprintln!(
+        "registered and logged in {FLASH_BUYERS} buyers in {:?}",
+        started.elapsed()
+    );
+
+    let barrier = Arc::new(Barrier::new(FLASH_BUYERS));
+    let mut tasks = JoinSet::new();
+    for token in buyers.clone() {
+        let (api, event, barrier) = (api.clone(), event.clone(), Arc::clone(&barrier));
+        tasks.spawn(async move {
+            barrier.wait().await;
+            let reply = api.hold(&token, &event, &[("GA", 1)]).await;
+            (token, reply)
+        });
+    }
+    let started = Instant::now();
+    let mut placed = Vec::new();
+    let mut sold_out = 0;
+    while let Some(done) = tasks.join_next().await {
+        let (token, reply) = done.expect("hold task");
+        match reply.status {
+            201 => {
+                assert_eq!(reply.body["status"], "active", "{reply}");
+                placed.push((token, reply.body["id"].as_str().expect("id").to_owned()));
+            }
+            409 => {
+                reply.assert_problem(409, "sold-out");
+                assert_eq!(
+                    reply.body["available"],
+                    json!([{"ticket_type": "GA", "available": 0}])
+                );
+                sold_out += 1;
+            }
+            _ => panic!("unexpected answer to a flash-sale hold: {reply}"),
+        }
+    }
+    eprintln!(
+        "{FLASH_BUYERS} concurrent holds answered in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(placed.len(), FLASH_CAPACITY, "exactly the capacity is held");
+    assert_eq!(sold_out, FLASH_BUYERS - FLASH_CAPACITY);
+
+    let stock = api.stock(&event, "GA").await;
+    assert_eq!(
+        (stock.available, stock.held, stock.sold),
+        (0, FLASH_CAPACITY as u64, 0)
+    );
+    for (token, id) in &placed {
+        let hold = api.get_hold(token, id).await;
+        hold.assert_status(200);
+        assert_eq!(hold.body["status"], "active", "{hold}");
+        assert_eq!(hold_seats(&hold.body)["GA"], 1);
+    }
+    // Each winner is at their limit of one.
+    let (token, _) = &placed[0];
+    api.hold(token, &event, &[("GA", 1)])
+        .await
+        .assert_problem(409, "limit-exceeded");
+}
+
+/// What the load tasks of a crash round saw.
+#[derive(Debug, Default)]
+struct Load {
+    /// Holds answered 201: (token, hold id, seats).
+    acknowledged: Vec<(String, String, u64)>,
+    /// Seats of requests that got no answer (the server died): they may or may not be held.
+    unanswered_seats: u64,
+}
+
+const LOAD_TASKS: usize = 8;
+
+/// Holds of 1–2 seats from 8 clients until the server dies (or 30 s pass).
+async fn load_until_killed(
+    server: &mut ServerProcess,
+    event: &str,
+    buyers: &[String],
+    round: usize,
+) -> Load {
+    let api = server.client().clone();
+    let held_before = api.stock(event, "GA").await.held;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = JoinSet::new();
+    for (task, token) in buyers.iter().enumerate() {
+        let (api, event, token, stop) = (
+            api.clone(),
+            event.to_owned(),
+            token.clone(),
+            Arc::clone(&stop),
+        );
+        tasks.spawn(async move {
+            let mut load = Load::default();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            for i in 0.. {
+                if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
+                    break;
+                }
+                let seats = 1 + ((i + task + round) % 2) as u64;
+                match api.try_hold(&token, &event, &[("GA", seats as i64)]).await {
+                    Ok(reply) => {
+                        assert_eq!(reply.status, 201, "hold under load: {reply}");
+                        let id = reply.body["id"].as_str().expect("hold id").to_owned();
+                        load.acknowledged.push((token.clone(), id, seats));
+                    }
+                    // No answer: the server is gone; this request may or may not have been held.
+                    Err(_) => {
+                        load.unanswered_seats += seats;
+                        break;
+                    }
+                }
+            }
+            load
+        });
+    }
+    // Kill once the load is well under way (150 more seats held), with requests in flight.
+    let warmed = poll_until(Duration::from_secs(20), Duration::from_millis(20), || {
+        let api = api.clone();
+        let event = event.to_owned();
+        async move {
+            let stock = api.stock(&event, "GA").await;
+            (stock.held >= held_before + 150).then_some(())
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    server.kill9().await;
+    stop.store(true, Ordering::Relaxed);
+    let mut total = Load::default();
+    while let Some(done) = tasks.join_next().await {
+        let load = done.expect("load task");
+        total.acknowledged.extend(load.acknowledged);
+        total.unanswered_seats += load.unanswered_seats;
+    }
+    assert!(
+        warmed.is_some(),
+        "the load did not get going within 20 s ({} holds acknowledged)",
+        total.acknowledged.len()
+    );
+    total
+}
+
+/// `kill -9` under load, twice: every acknowledged hold is still there after each restart.
+async fn acknowledged_holds_survive_kill_9(backend: Backend) {
+    const CAPACITY: u64 = 1_000_000;
+    let mut server = ServerProcess::start(backend, &[]).await;
+    let api = server.client().clone();
+    let organizer = server.organizer_token().await;
+    let event = api.create_ga_event(&organizer, CAPACITY as u32, None).await;
+    let buyers = api.customer_tokens(LOAD_TASKS, LOAD_TASKS).await;
+
+    let mut acknowledged = Vec::new();
+    let mut unanswered_seats = 0;
+    for round in 0..2 {
+        let load = load_until_killed(&mut server, &event, &buyers, round).await;
+        eprintln!(
+            "round {round}: {} holds acknowledged, {} seats unanswered at the kill",
+            load.acknowledged.len(),
+            load.unanswered_seats
+        );
+        acknowledged.extend(load.acknowledged);
+        unanswered_seats += load.unanswered_seats;
+        server.restart().await;
+        let api = server.client();
+
+        let acknowledged_seats: u64 = acknowledged.iter().map(|(_, _, seats)| seats).sum();
+        let stock = api.stock(&event, "GA").await;
+        assert_eq!(stock.sold, 0);
+        assert_eq!(stock.available + stock.held + stock.sold, CAPACITY);
+        assert!(
+            stock.held >= acknowledged_seats,
+            "round {round}: {} seats held after the restart, {acknowledged_seats} acknowledged",
+            stock.held
+        );
+        assert!(
+            stock.held <= acknowledged_seats + unanswered_seats,
+            "round {round}: {} seats held, more than the {acknowledged_seats} acknowledged and \
+             {unanswered_seats} unanswered",
+            stock.held
+        );
+        for (token, id, seats) in &acknowledged {
+            let hold = api.get_hold(token, id).await;
+            hold.assert_status(200);
+            assert_eq!(
+                hold.body["status"], "active",
+                "hold {id} after kill -9: {hold}"
+            );
+            assert_eq!(
+                hold_seats(&hold.body),
+                BTreeMap::from([("GA".to_owned(), *seats)]),
+                "hold {id} keeps its seats"
+            );
+        }
+    }
+    // The node serves writes after the crashes.
+    server
+        .client()
+        .hold(&buyers[0], &event, &[("GA", 1)])
+        .await
+        .assert_status(201);
+}
+
+const HOLD_TTL_SECS: u64 = 2;
+
+/// With a 2 s hold TTL, holds expire by themselves and the expiry is durable.
+async fn holds_expire_on_their_own(backend: Backend) {
+    let mut server = ServerProcess::start(backend, &[("HOLDFAST_HOLD_TTL", "2")]).await;
+    let api = server.client().clone();
+    let organizer = server.organizer_token().await;
+    let customer = api.customer_token().await;
+    let watched = api.create_ga_event(&organizer, 10, None).await;
+    let untouched = api.create_ga_event(&organizer, 10, None).await;
+
+    // The untouched event gets one hold, then no request at all until its hold has expired.
+    let quiet = api.hold(&customer, &untouched, &[("GA", 4)]).await;
+    quiet.assert_status(201);
+    let quiet_id = quiet.body["id"].as_str().expect("id").to_owned();
+    let position = server
+        .sandbox()
+        .database()
+        .journal_position(&untouched)
+        .await;
+
+    let sent = Instant::now();
+    let placed = api.hold(&customer, &watched, &[("GA", 3)]).await;
+    let answered = Instant::now();
+    placed.assert_status(201);
+    let id = placed.body["id"].as_str().expect("id").to_owned();
+    assert_eq!(api.stock(&watched, "GA").await.held, 3);
+
+    // Poll the watched hold alone until it is expired.
+    let expired_at = poll_until(Duration::from_secs(10), Duration::from_millis(100), || {
+        let (api, customer, id) = (api.clone(), customer.clone(), id.clone());
+        async move {
+            let hold = api.get_hold(&customer, &id).await;
+            hold.assert_status(200);
+            match hold.body["status"].as_str() {
+                Some("active") => None,
+                Some("expired") => Some(Instant::now()),
+                _ => panic!("a hold nobody touched became {hold}"),
+            }
+        }
+    })
+    .await
+    .expect("the hold did not expire within 10 s");
+    let ttl = Duration::from_secs(HOLD_TTL_SECS);
+    assert!(
+        expired_at >= sent + ttl,
+        "expired after {:?}, before its TTL",
+        expired_at - sent
+    );
+    assert!(
+        expired_at <= answered + ttl + Duration::from_millis(1500),
+        "expired {:?} after the answer, more than the TTL plus a margin",
+        expired_at - answered
+    );
+    let stock = api.stock(&watched, "GA").await;
+    assert_eq!(
+        (stock.available, stock.held),
+        (10, 0),
+        "seats are back on sale"
+    );
+
+    // No request touched the other event since its hold; its timer alone journaled the expiry.
+    let quiet_deadline = sent + ttl + Duration::from_millis(1500);
+    tokio::time::sleep(quiet_deadline.saturating_duration_since(Instant::now())).await;
+    assert_eq!(
+        server
+            .sandbox()
+            .database()
+            .journal_position(&untouched)
+            .await,
+        position + 1,
+        "the expiry of an untouched hold is journaled by the actor's timer"
+    );
+    assert_eq!(
+        api.get_hold(&customer, &quiet_id).await.body["status"],
+        "expired"
+    );
+    assert_eq!(api.stock(&untouched, "GA").await.available, 10);
+
+    // Expired stays expired after a crash.
+    server.kill9().await;
+    server.restart().await;
+    let api = server.client();
+    for (event, hold) in [(&watched, &id), (&untouched, &quiet_id)] {
+        let after = api.get_hold(&customer, hold).await;
+        after.assert_status(200);
+        assert_eq!(after.body["status"], "expired", "{after}");
+        let stock = api.stock(event, "GA").await;
+        assert_eq!((stock.available, stock.held), (10, 0));
+    }
+}
+
+const OVERLOAD_REQUESTS: usize = 200;
+const OVERLOAD_CAPACITY: u64 = 150;
+
+/// A mailbox of one: concurrent holds beyond it get 503 `overloaded` with `Retry-After`.
+async fn full_mailbox_answers_503_overloaded(backend: Backend) {
+    let server = ServerProcess::start(
+        backend,
+        &[
+            ("HOLDFAST_MAILBOX_CAPACITY", "1"),
+            ("HOLDFAST_BATCH_SIZE_MAX", "1"),
+        ],
+    )
+    .await;
+    let api = server.client().clone();
+    let organizer = server.organizer_token().await;
+    let event = api
+        .create_ga_event(&organizer, OVERLOAD_CAPACITY as u32, None)
+        .await;
+    let buyers = api.customer_tokens(4, 4).await;
+    // The event's actor is started before the rush.
+    assert_eq!(api.stock(&event, "GA").await.available, OVERLOAD_CAPACITY);
+
+    let barrier = Arc::new(Barrier::new(OVERLOAD_REQUESTS));
+    let mut tasks = JoinSet::new();
+    for i in 0..OVERLOAD_REQUESTS {
+        let (api, event, barrier) = (api.clone(), event.clone(), Arc::clone(&barrier));
+        let token = buyers[i % buyers.len()].clone();
+        tasks.spawn(async move {
+            barrier.wait().await;
+            api.hold(&token, &event, &[("GA", 1)]).await
+        });
+    }
+    let mut counts = BTreeMap::<u16, u64>::new();
+    while let Some(done) = tasks.join_next().await {
+        let reply = done.expect("hold task");
+        *counts.entry(reply.status).or_default() += 1;
+        match reply.status {
+            201 => {}
+            409 => {
+                reply.assert_problem(409, "sold-out");
+            }
+            503 => {
+                reply.assert_problem(503, "overloaded");
+                assert!(
+                    reply
+                        .header("retry-after")
+                        .is_some_and(|s| s.parse::<u32>().is_ok_and(|s| s >= 1)),
+                    "503 without a Retry-After in seconds: {reply:?}"
+                );
+            }
+            _ => panic!("unexpected answer under overload: {reply}"),
+        }
+    }
+    eprintln!("answers under overload: {counts:?}");
+    assert!(
+        counts.get(&503).is_some_and(|&n| n > 0),
+        "a mailbox of one under {OVERLOAD_REQUESTS} concurrent holds refused none: {counts:?}"
+    );
+    let placed = counts.get(&201).copied().unwrap_or(0);
+    assert!(placed > 0, "no hold got through: {counts:?}");
+    let stock = api.stock(&event, "GA").await;
+    assert_eq!(stock.held, placed, "held seats are the acknowledged holds");
+    // Once the rush is over the event serves again.
+    if stock.available > 0 {
+        api.hold(&buyers[0], &event, &[("GA", 1)])
+            .await
+            .assert_status(201);
+    }
+}
+
+/// `holdfast migrate` and `holdfast users add`.
+async fn operator_commands(backend: Backend) {
+    let mut server = ServerProcess::start(backend, &[]).await;
+    let email = unique_email("organizer");
+    let add = [
+        "users",
+        "add",
+        email.as_str(),
+        "--role",
+        "organizer",
+        "--password-stdin",
+    ];
+
+    let migrate = server.cli(&["migrate"], "").await;
+    assert!(
+        migrate.status.success(),
+        "holdfast migrate failed: {}",
+        String::from_utf8_lossy(&migrate.stderr)
+    );
+    assert!(String::from_utf8_lossy(&migrate.stderr).contains("up to date"));
+
+    let weak = server.cli(&add, "short\n").await;
+    let stderr = String::from_utf8_lossy(&weak.stderr);
+    assert!(!weak.status.success(), "a weak password was accepted");
+    assert!(
+        stderr.contains("password must be at least 8 characters"),
+        "no clear message for a weak password: {stderr}"
+    );
+    let same_as_email = server.cli(&add, &format!("{email}\n")).await;
+    assert!(!same_as_email.status.success());
+    assert!(
+        String::from_utf8_lossy(&same_as_email.stderr).contains("password must not be the email"),
+        "{}",
+        String::from_utf8_lossy(&same_as_email.stderr)
+    );
+    let bad_role = server
+        .cli(
+            &[
+                "users",
+                "add",
+                &email,
+                "--role",
+                "emperor",
+                "--password-stdin",
+            ],
+            &format!("{PASSWORD}\n"),
+        )
+        .await;
+    assert!(!bad_role.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad_role.stderr).contains("role must be one of"),
+        "{}",
+        String::from_utf8_lossy(&bad_role.stderr)
+    );
+    // Nothing was created by the refused commands.
+    server
+        .client()
+        .login(&email, PASSWORD)
+        .await
+        .assert_problem(401, "invalid-credentials");
+
+    let added = server.cli(&add, &format!("{PASSWORD}\n")).await;
+    assert!(
+        added.status.success(),
+        "holdfast users add failed: {}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    assert!(String::from_utf8_lossy(&added.stderr).contains(&email));
+    let again = server.cli(&add, &format!("{PASSWORD}\n")).await;
+    assert!(!again.status.success(), "the same email was added twice");
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already registered"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+
+    let api = server.client();
+    let token = api.login_token(&email, PASSWORD).await;
+    api.create_ga_event(&token, 10, None).await;
+
+    // Migrating a database in use is a no-op, and the server still serves after a restart.
+    let migrate = server.cli(&["migrate"], "").await;
+    assert!(migrate.status.success());
+    server.restart().await;
+    server.client().login_token(&email, PASSWORD).await;
+}
+
+/// API.md: settings come from `HOLDFAST_*` variables (the harness passes nothing else).
+async fn environment_variables_configure_the_server(backend: Backend) {
+    let server = ServerProcess::start(backend, &[("HOLDFAST_HOLD_TTL", "120")]).await;
+    // Ready on HOLDFAST_HTTP_ADDR (start_with waited for it), with HOLDFAST_DATABASE_URL and
+    // HOLDFAST_JWT_SECRET: an operator account added with the same variables can log in.
+    let organizer = server.organizer_token().await;
+    let api = server.client();
+    let customer = api.customer_token().await;
+    let event = api.create_ga_event(&organizer, 5, None).await;
+    let before = time::OffsetDateTime::now_utc();
+    let hold = api.hold(&customer, &event, &[("GA", 1)]).await;
+    hold.assert_status(201);
+    let expires_at = time::OffsetDateTime::parse(
+        hold.body["expires_at"].as_str().expect("expires_at"),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .expect("RFC 3339 expires_at");
+    let ttl = expires_at - before;
+    assert!(
+        (119.0..=125.0).contains(&ttl.as_seconds_f64()),
+        "HOLDFAST_HOLD_TTL=120 gave a hold of {ttl}"
+    );
+    let data_dir = server.sandbox().data_dir();
+    assert!(
+        !data_dir.join("jwt.secret").exists(),
+        "HOLDFAST_JWT_SECRET was set: no secret file is generated"
+    );
+    if backend == Backend::Sqlite {
+        assert!(
+            data_dir.join("holdfast.db").exists(),
+            "the SQLite database lives in HOLDFAST_DATA_DIR"
+        );
+    }
+    assert!(
+        !server.sandbox().working_dir().join("data").exists(),
+        "nothing was written to the default ./data"
+    );
+}

@@ -306,6 +306,7 @@ impl Backend for NodeBackend {
             Idempotency::Done(r) => IdempotencyState::Done(StoredResponse {
                 status: r.status,
                 content_type: r.content_type,
+                location: r.location,
                 body: r.body,
             }),
         })
@@ -320,6 +321,7 @@ impl Backend for NodeBackend {
         let stored = store::StoredResponse {
             status: response.status,
             content_type: response.content_type,
+            location: response.location,
             body: response.body,
         };
         self.store

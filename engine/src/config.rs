@@ -217,6 +217,10 @@ impl Config {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::result_large_err,
+    reason = "figment::Jail's closures return figment::Error, as its API requires"
+)]
 mod tests {
     use figment::Jail;
 

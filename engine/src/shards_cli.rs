@@ -216,8 +216,8 @@ pub async fn list(admin: &Admin, json: bool) -> anyhow::Result<()> {
     }
     println!();
     println!(
-        "{:<20} {:<6} {:>7} {:>8}  {:<22} {}",
-        "NODE", "LIVE", "SHARDS", "EVENTS", "INTERNAL", "HTTP"
+        "{:<20} {:<6} {:>7} {:>8}  {:<22} HTTP",
+        "NODE", "LIVE", "SHARDS", "EVENTS", "INTERNAL"
     );
     for n in &nodes {
         let events: u64 = shards

@@ -59,6 +59,7 @@ pub struct EventInfo {
 pub struct StoredResponse {
     pub status: u16,
     pub content_type: Option<String>,
+    pub location: Option<String>,
     pub body: Vec<u8>,
 }
 

@@ -23,6 +23,19 @@ const RESPONSE_KEPT_MAX: usize = 1 << 20;
 /// Routes whose answer is a credential: the key is accepted but nothing is stored.
 const EXEMPT: &[&str] = &["/v1/auth/login"];
 
+/// The hold id of a hold request that carries an Idempotency-Key: derived from the caller and
+/// the key, so even a retry that runs again (after a 5xx) places the same hold, not a second one.
+pub fn derived_id(caller: &str, key: &str) -> uuid::Uuid {
+    let digest = Sha256::new()
+        .chain_update(caller.as_bytes())
+        .chain_update([0])
+        .chain_update(key.as_bytes())
+        .finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Uuid::new_v8(bytes)
+}
+
 pub async fn layer(State(state): State<AppState>, request: Request, next: Next) -> Response {
     if request.method() != Method::POST || EXEMPT.contains(&request.uri().path()) {
         return next.run(request).await;
@@ -87,7 +100,24 @@ pub async fn layer(State(state): State<AppState>, request: Request, next: Next) 
         Ok(IdempotencyState::Done(stored)) => return replay(stored),
         Err(e) => return Problem::from(e).into_response(),
     }
-    let response = next.run(Request::from_parts(parts, Body::from(body))).await;
+    // The request runs to its end in a task of its own and its answer is kept, even when the
+    // client disconnects or the request times out: a retry with the same key then gets it.
+    let request = Request::from_parts(parts, Body::from(body));
+    let task = tokio::spawn(run_and_keep(state, scope, key, request, next));
+    task.await.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "idempotent request task failed");
+        Problem::internal().into_response()
+    })
+}
+
+async fn run_and_keep(
+    state: AppState,
+    scope: String,
+    key: String,
+    request: Request,
+    next: Next,
+) -> Response {
+    let response = next.run(request).await;
     let status = response.status();
     if status.is_server_error() {
         // Nothing was promised: let a retry run the request again.
@@ -105,13 +135,17 @@ pub async fn layer(State(state): State<AppState>, request: Request, next: Next) 
             return Problem::internal().into_response();
         }
     };
+    let header_text = |name| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+            .map(str::to_owned)
+    };
     let stored = StoredResponse {
         status: status.as_u16(),
-        content_type: parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned),
+        content_type: header_text(header::CONTENT_TYPE),
+        location: header_text(header::LOCATION),
         body: bytes.to_vec(),
     };
     if let Err(e) = state
@@ -133,6 +167,9 @@ fn replay(stored: StoredResponse) -> Response {
         .and_then(|c| HeaderValue::from_str(&c).ok())
     {
         headers.insert(header::CONTENT_TYPE, ct);
+    }
+    if let Some(location) = stored.location.and_then(|l| HeaderValue::from_str(&l).ok()) {
+        headers.insert(header::LOCATION, location);
     }
     headers.insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
     response

@@ -47,6 +47,7 @@ store_test_suite!(
     events_round_trip_with_ordered_ticket_types,
     idempotency_lifecycle,
     idempotency_begin_is_race_free,
+    idempotency_in_progress_of_a_dead_request_is_taken_over,
     cluster_shards_are_claimed_by_compare_and_set,
     cluster_journal_is_fenced_by_the_shard_epoch,
 );
@@ -499,6 +500,7 @@ async fn idempotency_lifecycle(store: &Store) {
     let response = StoredResponse {
         status: 201,
         content_type: Some("application/json".to_owned()),
+        location: Some("/v1/holds/h".to_owned()),
         body: br#"{"hold_id":"h"}"#.to_vec(),
     };
     store
@@ -526,6 +528,7 @@ async fn idempotency_lifecycle(store: &Store) {
     let empty = StoredResponse {
         status: 204,
         content_type: None,
+        location: None,
         body: Vec::new(),
     };
     assert_eq!(
@@ -736,4 +739,13 @@ async fn cluster_journal_is_fenced_by_the_shard_epoch(store: &Store) {
         seqs(&journal.load(event).await.expect("load").tail),
         vec![1, 2, 3]
     );
+}
+
+async fn idempotency_in_progress_of_a_dead_request_is_taken_over(store: &Store) {
+    let begin = |now| store.idempotency_begin("s", "k", b"hash", now);
+    assert_eq!(begin(0).await.expect("begin"), Idempotency::Started);
+    assert_eq!(begin(30_000).await.expect("begin"), Idempotency::InProgress);
+    // A minute later the first request is presumed dead with its process.
+    assert_eq!(begin(61_000).await.expect("begin"), Idempotency::Started);
+    assert_eq!(begin(62_000).await.expect("begin"), Idempotency::InProgress);
 }

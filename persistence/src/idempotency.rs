@@ -14,6 +14,8 @@ use crate::{Error, Store};
 pub struct StoredResponse {
     pub status: u16,
     pub content_type: Option<String>,
+    /// The `Location` header of the first answer, if it had one.
+    pub location: Option<String>,
     pub body: Vec<u8>,
 }
 
@@ -29,6 +31,10 @@ pub enum Idempotency {
     /// The same request was handled already: answer with its response.
     Done(StoredResponse),
 }
+
+/// A key still in progress after this long belongs to a request that died with its process:
+/// a retry takes it over. Far above any request timeout.
+const IN_PROGRESS_STALE_MS: i64 = 60_000;
 
 /// Times `idempotency_begin` re-inserts after finding the row gone (abandoned in between).
 const BEGIN_ATTEMPTS_MAX: usize = 3;
@@ -46,6 +52,7 @@ fn classify(row: &AnyRow, request_hash: &[u8]) -> Result<Idempotency, Error> {
     Ok(Idempotency::Done(StoredResponse {
         status,
         content_type: row.try_get("content_type")?,
+        location: row.try_get("location")?,
         body: row
             .try_get::<Option<Vec<u8>>, _>("body")?
             .unwrap_or_default(),
@@ -79,7 +86,7 @@ impl Store {
                 return Ok(Idempotency::Started);
             }
             let row = sqlx::query(
-                "SELECT request_hash, status, content_type, body FROM idempotency_keys \
+                "SELECT request_hash, status, content_type, location, body, created_at FROM idempotency_keys \
                  WHERE scope = $1 AND idempotency_key = $2",
             )
             .bind(scope)
@@ -87,7 +94,27 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?;
             if let Some(row) = row {
-                return classify(&row, request_hash);
+                let found = classify(&row, request_hash)?;
+                let created_at: i64 = row.try_get("created_at")?;
+                if found == Idempotency::InProgress && created_at < now_ms - IN_PROGRESS_STALE_MS {
+                    // Take over only if nobody else did since we read it.
+                    let taken = sqlx::query(
+                        "UPDATE idempotency_keys SET created_at = $3 \
+                         WHERE scope = $1 AND idempotency_key = $2 AND status IS NULL AND created_at = $4",
+                    )
+                    .bind(scope)
+                    .bind(key)
+                    .bind(now_ms)
+                    .bind(created_at)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+                    if taken == 1 {
+                        return Ok(Idempotency::Started);
+                    }
+                    continue;
+                }
+                return Ok(found);
             }
         }
         // The key keeps being claimed and abandoned by others: it is busy.
@@ -102,7 +129,7 @@ impl Store {
         response: &StoredResponse,
     ) -> Result<(), Error> {
         let updated = sqlx::query(
-            "UPDATE idempotency_keys SET status = $3, content_type = $4, body = $5 \
+            "UPDATE idempotency_keys SET status = $3, content_type = $4, body = $5, location = $6 \
              WHERE scope = $1 AND idempotency_key = $2",
         )
         .bind(scope)
@@ -110,6 +137,7 @@ impl Store {
         .bind(i64::from(response.status))
         .bind(response.content_type.as_deref())
         .bind(response.body.as_slice())
+        .bind(response.location.as_deref())
         .execute(&self.pool)
         .await?
         .rows_affected();

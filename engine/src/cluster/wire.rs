@@ -187,22 +187,26 @@ fn open<T: DeserializeOwned>(
     cluster: &Cluster,
     headers: &HeaderMap,
     body: &[u8],
-) -> Result<T, Response> {
+) -> Result<T, Box<Response>> {
     if headers.get(KEY_HEADER).and_then(|v| v.to_str().ok()) != Some(cluster.key()) {
-        return Err((StatusCode::UNAUTHORIZED, "wrong cluster key").into_response());
+        return Err(Box::new(
+            (StatusCode::UNAUTHORIZED, "wrong cluster key").into_response(),
+        ));
     }
     let envelope: Envelope<T> = decode(body).map_err(|e| {
-        (StatusCode::BAD_REQUEST, format!("undecodable message: {e}")).into_response()
+        Box::new((StatusCode::BAD_REQUEST, format!("undecodable message: {e}")).into_response())
     })?;
     if envelope.version != WIRE_VERSION {
-        return Err((
-            StatusCode::BAD_REQUEST,
-            format!(
-                "wire version {} not supported; this node speaks {WIRE_VERSION}",
-                envelope.version
-            ),
-        )
-            .into_response());
+        return Err(Box::new(
+            (
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "wire version {} not supported; this node speaks {WIRE_VERSION}",
+                    envelope.version
+                ),
+            )
+                .into_response(),
+        ));
     }
     Ok(envelope.body)
 }
@@ -222,7 +226,7 @@ async fn inventory(
 ) -> Response {
     match open::<InventoryRequest>(&cluster, &headers, &body) {
         Ok(req) => reply(&cluster.execute_local(req.event_id, req.op).await),
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
@@ -239,7 +243,7 @@ async fn handoff(
                 .await
                 .map_err(|e| e.to_string()),
         ),
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
@@ -249,6 +253,6 @@ async fn refresh(State(cluster): State<Arc<Cluster>>, headers: HeaderMap, body: 
             cluster.refresh(true).await;
             reply(&())
         }
-        Err(r) => r,
+        Err(r) => *r,
     }
 }

@@ -71,14 +71,19 @@ pub async fn create(
     State(state): State<AppState>,
     user: AuthUser,
     Path(event): Path<String>,
+    request_headers: HeaderMap,
     ApiJson(req): ApiJson<HoldRequest>,
 ) -> Result<(StatusCode, HeaderMap, Json<Value>), Problem> {
     let event_id = parse_event_id(&event)?;
     let items = parse_items(&req.items)?;
-    let hold_ref = HoldRef {
-        event_id,
-        hold_id: HoldId::generate(),
+    let key = request_headers
+        .get(crate::idempotency::HEADER)
+        .and_then(|v| v.to_str().ok());
+    let hold_id = match key {
+        Some(key) => HoldId(crate::idempotency::derived_id(&user.id.to_string(), key)),
+        None => HoldId::generate(),
     };
+    let hold_ref = HoldRef { event_id, hold_id };
     let hold = state.backend().hold(hold_ref, user.id, items).await?;
     let mut headers = HeaderMap::new();
     if let Ok(location) = HeaderValue::from_str(&format!("/v1/holds/{hold_ref}")) {

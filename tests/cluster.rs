@@ -1,0 +1,417 @@
+//! Cluster tests with real processes on loopback and a real PostgreSQL database: routing from
+//! every node, a shard moved during a flash sale, `kill -9` of a node under load, and a paused
+//! owner fenced after its shard moved.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use holdfast_actors::EventId;
+use holdfast_tests::{Backend, Client, Reply, ServerProcess, TicketType, free_port, poll_until};
+use serde_json::Value;
+use tokio::task::JoinSet;
+
+const SHARDS: u32 = 8;
+
+/// Nodes sharing one fresh PostgreSQL database (node 0's).
+struct TestCluster {
+    nodes: Vec<ServerProcess>,
+    admin: String,
+}
+
+impl TestCluster {
+    async fn start(n: usize, lease_secs: u32, extra: &[(&str, &str)]) -> Self {
+        let lease = lease_secs.to_string();
+        let mut nodes = Vec::with_capacity(n);
+        let mut database = None::<String>;
+        for i in 0..n {
+            let id = format!("n{i}");
+            let internal = format!("127.0.0.1:{}", free_port());
+            let shards = SHARDS.to_string();
+            let mut env: Vec<(&str, &str)> = vec![
+                ("HOLDFAST_NODE_ID", &id),
+                ("HOLDFAST_INTERNAL_ADDR", &internal),
+                ("HOLDFAST_SHARDS", &shards),
+                ("HOLDFAST_LEASE_SECS", &lease),
+            ];
+            env.extend_from_slice(extra);
+            let node = match &database {
+                None => ServerProcess::start(Backend::Postgres, &env).await,
+                Some(url) => {
+                    env.push(("HOLDFAST_DATABASE_URL", url));
+                    // Its own directory; the database is node 0's.
+                    ServerProcess::start(Backend::Sqlite, &env).await
+                }
+            };
+            if database.is_none() {
+                database = Some(node.sandbox().database().url().to_owned());
+            }
+            nodes.push(node);
+        }
+        let admin = nodes[0].user_token("admin").await;
+        Self { nodes, admin }
+    }
+
+    fn client(&self, i: usize) -> &Client {
+        self.nodes[i].client()
+    }
+
+    async fn shards_cli(&self, via: usize, args: &[&str]) -> String {
+        let url = self.client(via).base_url().to_owned();
+        let mut all = vec!["shards", "--url", &url, "--token", &self.admin];
+        all.extend_from_slice(args);
+        let out = self.nodes[via].cli(&all, "").await;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "holdfast shards {args:?} failed: {}{stdout}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+
+    /// shard → owner, from `holdfast shards list --json`.
+    async fn owners(&self, via: usize) -> BTreeMap<u32, String> {
+        let json: Value = serde_json::from_str(&self.shards_cli(via, &["list", "--json"]).await)
+            .expect("list --json is JSON");
+        json.as_array()
+            .expect("an array")
+            .iter()
+            .map(|s| {
+                let shard = u32::try_from(s["shard"].as_u64().expect("shard")).expect("small");
+                (shard, s["owner"].as_str().unwrap_or("").to_owned())
+            })
+            .collect()
+    }
+
+    fn index_of(&self, node_id: &str) -> usize {
+        node_id
+            .trim_start_matches('n')
+            .parse()
+            .expect("node ids are n<i>")
+    }
+}
+
+fn shard_of(event_id: &str) -> u32 {
+    EventId::from_str(event_id).expect("event id").shard(SHARDS)
+}
+
+/// Events until every shard holds at least one.
+async fn events_on_every_shard(
+    client: &Client,
+    organizer: &str,
+    capacity: u32,
+) -> BTreeMap<u32, String> {
+    let mut by_shard = BTreeMap::new();
+    for _ in 0..200 {
+        if by_shard.len() == SHARDS as usize {
+            break;
+        }
+        let id = client
+            .create_event(organizer, &[TicketType::new("GA", capacity, None)])
+            .await;
+        by_shard.entry(shard_of(&id)).or_insert(id);
+    }
+    assert_eq!(by_shard.len(), SHARDS as usize, "events on every shard");
+    by_shard
+}
+
+fn seats(reply: &Reply) -> u64 {
+    reply.body["items"].as_array().map_or(0, |items| {
+        items.iter().filter_map(|i| i["quantity"].as_u64()).sum()
+    })
+}
+
+/// Retryable refusals are the only failures a client may see during moves and failover.
+fn assert_retryable_or_ok(reply: &Reply) {
+    match reply.status {
+        201 | 409 => {}
+        503 => assert!(
+            matches!(reply.slug(), Some("unavailable" | "overloaded"))
+                && reply.header("retry-after").is_some(),
+            "a 503 must be retryable: {reply}"
+        ),
+        _ => panic!("unexpected answer during a move: {reply}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_serve_every_shard_from_every_node() {
+    let cluster = TestCluster::start(3, 3, &[]).await;
+    // The first node claimed everything; rebalance spreads the shards.
+    let plan = cluster.shards_cli(1, &["rebalance", "--dry-run"]).await;
+    assert!(plan.contains("dry run: nothing moved"), "{plan}");
+    assert_eq!(
+        cluster
+            .owners(1)
+            .await
+            .values()
+            .filter(|o| *o == "n0")
+            .count(),
+        SHARDS as usize,
+        "a dry run moves nothing"
+    );
+    cluster.shards_cli(2, &["rebalance"]).await;
+    let owners = cluster.owners(0).await;
+    let mut per_node: BTreeMap<&str, usize> = BTreeMap::new();
+    for owner in owners.values() {
+        *per_node.entry(owner.as_str()).or_default() += 1;
+    }
+    assert_eq!(per_node.len(), 3, "every node owns shards: {owners:?}");
+    assert!(
+        per_node.values().all(|&n| (2..=3).contains(&n)),
+        "balanced: {per_node:?}"
+    );
+
+    let organizer = cluster.nodes[0].organizer_token().await;
+    let events = events_on_every_shard(cluster.client(0), &organizer, 100).await;
+    let buyer = cluster.client(1).customer_token().await;
+    for (shard, event) in &events {
+        for i in 0..3 {
+            let reply = cluster.client(i).hold(&buyer, event, &[("GA", 1)]).await;
+            reply.assert_status(201);
+            let id = reply.body["id"].as_str().expect("hold id").to_owned();
+            // Read back through another node.
+            let read = cluster.client((i + 1) % 3).get_hold(&buyer, &id).await;
+            read.assert_status(200);
+            assert_eq!(read.body["status"], "active", "shard {shard}");
+        }
+        let stock = cluster.client(2).stock(event, "GA").await;
+        assert_eq!((stock.held, stock.available), (3, 97), "shard {shard}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_shard_moved_during_a_flash_sale_loses_nothing() {
+    let cluster = TestCluster::start(3, 3, &[]).await;
+    let organizer = cluster.nodes[0].organizer_token().await;
+    let capacity = 400;
+    let event = cluster
+        .client(0)
+        .create_event(&organizer, &[TicketType::new("GA", capacity, None)])
+        .await;
+    let shard = shard_of(&event);
+    let buyers = cluster.client(0).customer_tokens(8, 8).await;
+
+    let deadline = Instant::now() + Duration::from_secs(4);
+    let mut load = JoinSet::new();
+    for (t, token) in buyers.into_iter().enumerate() {
+        let clients: Vec<Client> = (0..3).map(|i| cluster.client(i).clone()).collect();
+        let event = event.clone();
+        load.spawn(async move {
+            let mut acked = Vec::new();
+            let mut k = t;
+            while Instant::now() < deadline {
+                let reply = clients[k % 3].hold(&token, &event, &[("GA", 1)]).await;
+                assert_retryable_or_ok(&reply);
+                if reply.status == 201 {
+                    acked.push((
+                        token.clone(),
+                        reply.body["id"].as_str().expect("id").to_owned(),
+                        seats(&reply),
+                    ));
+                }
+                k += 1;
+            }
+            acked
+        });
+    }
+    // Two moves while the sale runs: owner → another node → a third.
+    let mut pauses = Vec::new();
+    for step in 0..2 {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let owner = cluster.owners(0).await[&shard].clone();
+        let to = format!("n{}", (cluster.index_of(&owner) + 1 + step) % 3);
+        let out = cluster
+            .shards_cli(step + 1, &["move", &shard.to_string(), &to])
+            .await;
+        let pause: u64 = out
+            .split("paused ")
+            .nth(1)
+            .and_then(|s| s.split(' ').next())
+            .and_then(|s| s.parse().ok())
+            .expect("pause in output");
+        pauses.push(pause);
+        assert_eq!(cluster.owners(2).await[&shard], to, "moved");
+    }
+    let mut acked = Vec::new();
+    while let Some(done) = load.join_next().await {
+        acked.extend(done.expect("load task"));
+    }
+    eprintln!(
+        "flash sale with 2 moves: {} holds acknowledged, handoff pauses {pauses:?} ms",
+        acked.len()
+    );
+    assert!(!acked.is_empty());
+    let acked_seats: u64 = acked.iter().map(|(_, _, s)| s).sum();
+    let stock = cluster.client(1).stock(&event, "GA").await;
+    assert_eq!(
+        stock.available + stock.held + stock.sold,
+        u64::from(capacity),
+        "stock conserved: {stock:?}"
+    );
+    assert!(
+        stock.held >= acked_seats,
+        "every acknowledged seat is held: {stock:?} < {acked_seats}"
+    );
+    let ids: BTreeSet<&str> = acked.iter().map(|(_, id, _)| id.as_str()).collect();
+    assert_eq!(ids.len(), acked.len(), "no hold acknowledged twice");
+    for (token, id, _) in &acked {
+        let read = cluster.client(0).get_hold(token, id).await;
+        assert_eq!(
+            (read.status, read.body["status"].as_str()),
+            (200, Some("active")),
+            "hold {id}: {read}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_node_loses_its_shards_and_no_acknowledged_hold() {
+    let lease = 2;
+    let mut cluster = TestCluster::start(3, lease, &[]).await;
+    cluster.shards_cli(0, &["rebalance"]).await;
+    let organizer = cluster.nodes[0].organizer_token().await;
+    let events = events_on_every_shard(cluster.client(0), &organizer, 1000).await;
+    let buyer = cluster.client(0).customer_token().await;
+    let owners = cluster.owners(0).await;
+    let victim = "n2";
+    let victim_shards: Vec<u32> = owners
+        .iter()
+        .filter(|(_, o)| *o == victim)
+        .map(|(s, _)| *s)
+        .collect();
+    assert!(!victim_shards.is_empty());
+
+    // Holds on every shard through n0, acknowledged before the kill.
+    let mut acked = Vec::new();
+    for event in events.values() {
+        for _ in 0..3 {
+            let reply = cluster.client(0).hold(&buyer, event, &[("GA", 2)]).await;
+            reply.assert_status(201);
+            acked.push((
+                event.clone(),
+                reply.body["id"].as_str().expect("id").to_owned(),
+            ));
+        }
+    }
+    cluster.nodes[2].kill9().await;
+    let killed_at = Instant::now();
+    // Requests for the dead node's shards answer 503 (retryable) until the others claim them.
+    let probe = events[&victim_shards[0]].clone();
+    let recovered = poll_until(Duration::from_secs(30), Duration::from_millis(100), || {
+        let client = cluster.client(1).clone();
+        let (buyer, probe) = (buyer.clone(), probe.clone());
+        async move {
+            let reply = client.hold(&buyer, &probe, &[("GA", 1)]).await;
+            assert_retryable_or_ok(&reply);
+            (reply.status == 201).then_some(reply)
+        }
+    })
+    .await;
+    assert!(
+        recovered.is_some(),
+        "shards of the killed node never came back"
+    );
+    eprintln!(
+        "failover after kill -9 with a {lease} s lease: {:?}",
+        killed_at.elapsed()
+    );
+    let owners = cluster.owners(0).await;
+    assert!(
+        owners.values().all(|o| o == "n0" || o == "n1"),
+        "the dead node owns nothing: {owners:?}"
+    );
+    for (event, id) in &acked {
+        let read = cluster.client(1).get_hold(&buyer, id).await;
+        assert_eq!(
+            (read.status, read.body["status"].as_str()),
+            (200, Some("active")),
+            "event {event} hold {id}: {read}"
+        );
+    }
+    for event in events.values() {
+        let stock = cluster.client(0).stock(event, "GA").await;
+        assert_eq!(stock.available + stock.held + stock.sold, 1000, "{stock:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paused_owner_is_fenced_and_steps_down() {
+    let lease = 2;
+    // Holds of 1 s, so the paused owner's actor has expiries to write the moment it wakes.
+    let cluster = TestCluster::start(2, lease, &[("HOLDFAST_HOLD_TTL", "1")]).await;
+    let organizer = cluster.nodes[0].organizer_token().await;
+    let capacity = 50;
+    let event = cluster
+        .client(0)
+        .create_event(&organizer, &[TicketType::new("GA", capacity, None)])
+        .await;
+    let shard = shard_of(&event);
+    assert_eq!(
+        cluster.owners(0).await[&shard],
+        "n0",
+        "the first node owns every shard"
+    );
+    let buyer = cluster.client(0).customer_token().await;
+    for _ in 0..5 {
+        cluster
+            .client(0)
+            .hold(&buyer, &event, &[("GA", 2)])
+            .await
+            .assert_status(201);
+    }
+
+    cluster.nodes[0].signal("STOP");
+    // n1 takes the shard once n0's lease runs out; holds through n1 work again.
+    let taken = poll_until(Duration::from_secs(30), Duration::from_millis(200), || {
+        let client = cluster.client(1).clone();
+        let (buyer, event) = (buyer.clone(), event.clone());
+        async move {
+            let reply = client.hold(&buyer, &event, &[("GA", 1)]).await;
+            assert_retryable_or_ok(&reply);
+            (reply.status == 201).then_some(())
+        }
+    })
+    .await;
+    assert!(
+        taken.is_some(),
+        "n1 never took over the paused node's shard"
+    );
+    cluster.shards_cli(1, &["list"]).await;
+
+    cluster.nodes[0].signal("CONT");
+    // The woken node must not serve from its stale state: through it, holds are forwarded to n1.
+    let mut acked = Vec::new();
+    for _ in 0..10 {
+        let reply = cluster.client(0).hold(&buyer, &event, &[("GA", 1)]).await;
+        assert_retryable_or_ok(&reply);
+        if reply.status == 201 {
+            acked.push(reply.body["id"].as_str().expect("id").to_owned());
+        }
+    }
+    assert!(
+        !acked.is_empty(),
+        "the woken node forwards to the new owner"
+    );
+    let stepped_down = poll_until(Duration::from_secs(10), Duration::from_millis(200), || {
+        let log = cluster.nodes[0].log();
+        async move { (log.contains("stepping down") || log.contains("fenced")).then_some(()) }
+    })
+    .await;
+    assert!(
+        stepped_down.is_some(),
+        "the paused node never noticed it lost the shard:\n{}",
+        cluster.nodes[0].log()
+    );
+    let stock = cluster.client(1).stock(&event, "GA").await;
+    assert_eq!(
+        stock.available + stock.held + stock.sold,
+        u64::from(capacity),
+        "no seat counted twice: {stock:?}"
+    );
+    for id in &acked {
+        let read = cluster.client(1).get_hold(&buyer, id).await;
+        assert_eq!(read.status, 200, "{read}");
+    }
+}
