@@ -234,10 +234,7 @@ async fn a_full_mailbox_refuses_at_once() {
     while let Some(done) = pending.try_join_next() {
         results.push(done.expect("task"));
     }
-    assert!(
-        results.iter().any(|r| *r == Err(CallError::Overloaded)),
-        "{results:?}"
-    );
+    assert!(results.contains(&Err(CallError::Overloaded)), "{results:?}");
     gate.add_permits(100);
     while let Some(done) = pending.join_next().await {
         assert!(done.expect("task").is_ok());
