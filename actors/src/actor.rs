@@ -25,6 +25,14 @@ pub struct Record {
     pub payload: Vec<u8>,
 }
 
+/// One event's batch in a group commit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Append {
+    pub event_id: EventId,
+    pub epoch: u64,
+    pub records: Vec<Record>,
+}
+
 /// What recovery reads back: the latest snapshot, if any, and the journal after it.
 #[derive(Clone, Debug, Default)]
 pub struct Stored {
@@ -62,6 +70,15 @@ pub trait Journal: Send + Sync + 'static {
         epoch: u64,
         records: &[Record],
     ) -> Result<(), JournalError>;
+    /// Appends several events' batches; each succeeds or fails on its own. A store that can
+    /// commits them together (one transaction, one fsync for many actors).
+    async fn append_many(&self, appends: &[Append]) -> Vec<Result<(), JournalError>> {
+        let mut results = Vec::with_capacity(appends.len());
+        for a in appends {
+            results.push(self.append(a.event_id, a.epoch, &a.records).await);
+        }
+        results
+    }
     /// The latest snapshot and every record after it.
     async fn load(&self, event_id: EventId) -> Result<Stored, JournalError>;
     /// Stores a snapshot taken after `snapshot.seq`; records up to it may then be trimmed.
@@ -110,7 +127,8 @@ pub struct Options {
     pub mailbox_capacity: usize,
     /// Commands applied per journal write at most.
     pub batch_size_max: usize,
-    /// Snapshot after this many events since the last snapshot.
+    /// Snapshot after this many events since the last snapshot (or, once an event keeps more
+    /// holds than this, after as many events as it keeps holds).
     pub snapshot_every_events: u64,
     /// Snapshot after this long if anything changed.
     pub snapshot_every_secs: u64,
@@ -346,6 +364,7 @@ pub async fn start(
         epoch,
         snapshot_seq,
         last_snapshot: Instant::now(),
+        snapshot_task: None,
         inventory,
         journal,
         clock,
@@ -372,6 +391,8 @@ struct Actor {
     options: Options,
     snapshot_seq: u64,
     last_snapshot: Instant,
+    /// The snapshot being written, if any: its position and outcome.
+    snapshot_task: Option<tokio::task::JoinHandle<(u64, Result<(), JournalError>)>>,
 }
 
 /// A reply computed during a batch, sent once the batch is durable.
@@ -499,16 +520,62 @@ impl Actor {
         }
     }
 
+    /// Takes a snapshot when one is due. The state is encoded here, in the actor (a consistent
+    /// copy), but written by a task of its own, so the actor goes on with the next batch;
+    /// one write at a time.
     async fn maybe_snapshot(&mut self, every: Duration) {
+        if let Some(task) = &self.snapshot_task {
+            if !task.is_finished() {
+                return;
+            }
+            self.finish_snapshot().await;
+        }
         let since = self.inventory.seq() - self.snapshot_seq;
-        if since >= self.options.snapshot_every_events
-            || (since > 0 && self.last_snapshot.elapsed() >= every)
-        {
-            self.snapshot().await;
+        // A snapshot costs time in proportion to the state; taking one only after at least as
+        // many events as the state holds keeps that cost constant per event however large a
+        // sale grows (and replay after a crash no longer than reading the snapshot).
+        let every_events = self
+            .options
+            .snapshot_every_events
+            .max(self.inventory.holds_kept() as u64);
+        if since >= every_events || (since > 0 && self.last_snapshot.elapsed() >= every) {
+            let seq = self.inventory.seq();
+            let snapshot = Snapshot {
+                seq,
+                state: encode_state(&self.inventory),
+            };
+            let (journal, event_id, epoch) = (Arc::clone(&self.journal), self.event_id, self.epoch);
+            self.last_snapshot = Instant::now();
+            self.snapshot_task = Some(tokio::spawn(async move {
+                let size = snapshot.state.len();
+                let started = Instant::now();
+                let saved = journal.save_snapshot(event_id, epoch, snapshot).await;
+                metrics::histogram!("holdfast_snapshot_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                tracing::debug!(%event_id, seq, size, ok = saved.is_ok(), "snapshot written");
+                (seq, saved)
+            }));
         }
     }
 
+    /// Waits for the snapshot being written, if any, and records its outcome.
+    async fn finish_snapshot(&mut self) {
+        let Some(task) = self.snapshot_task.take() else {
+            return;
+        };
+        match task.await {
+            Ok((seq, Ok(()))) => self.snapshot_seq = self.snapshot_seq.max(seq),
+            // The journal still holds everything; a later snapshot will try again.
+            Ok((_, Err(error))) => {
+                tracing::warn!(event_id = %self.event_id, %error, "snapshot failed")
+            }
+            Err(error) => tracing::warn!(event_id = %self.event_id, %error, "snapshot task failed"),
+        }
+    }
+
+    /// The final snapshot of a stopping actor, written before it ends.
     async fn snapshot(&mut self) {
+        self.finish_snapshot().await;
         if self.inventory.seq() == self.snapshot_seq {
             return;
         }
@@ -516,21 +583,14 @@ impl Actor {
             seq: self.inventory.seq(),
             state: encode_state(&self.inventory),
         };
-        let size = snapshot.state.len();
         match self
             .journal
             .save_snapshot(self.event_id, self.epoch, snapshot)
             .await
         {
-            Ok(()) => {
-                self.snapshot_seq = self.inventory.seq();
-                self.last_snapshot = Instant::now();
-                tracing::debug!(event_id = %self.event_id, seq = self.snapshot_seq, size, "snapshot saved");
-            }
-            // The journal still holds everything; a later snapshot will try again.
+            Ok(()) => self.snapshot_seq = self.inventory.seq(),
             Err(error) => {
-                self.last_snapshot = Instant::now();
-                tracing::warn!(event_id = %self.event_id, %error, "snapshot failed");
+                tracing::warn!(event_id = %self.event_id, %error, "final snapshot failed")
             }
         }
     }

@@ -252,6 +252,11 @@ impl Inventory {
         self.expiries.first().map(|(at, _)| *at)
     }
 
+    /// Holds kept in memory, active or ended: what the size of a snapshot grows with.
+    pub fn holds_kept(&self) -> usize {
+        self.holds.len()
+    }
+
     pub fn active_holds(&self) -> usize {
         self.expiries.len()
     }

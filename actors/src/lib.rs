@@ -7,6 +7,7 @@
 
 pub mod actor;
 pub mod domain;
+pub mod group_commit;
 pub mod invariants;
 pub mod inventory;
 

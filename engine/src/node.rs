@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use holdfast_actors::actor::{Clock, Journal, SystemClock};
+use holdfast_actors::group_commit::GroupCommit;
 use holdfast_gateway::AppState;
 use holdfast_persistence::Store;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -18,6 +19,11 @@ use crate::cluster::{self, Cluster};
 use crate::config::Config;
 use crate::inventories::Inventories;
 
+/// Event batches written in one group commit at most.
+const GROUP_COMMIT_EVENTS_MAX: usize = 256;
+/// Event batches waiting for the journal writer at most.
+const GROUP_COMMIT_QUEUE_MAX: usize = 4096;
+
 /// The process-wide Prometheus recorder (a process has one, however many nodes it runs).
 pub fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -27,7 +33,8 @@ pub fn metrics_handle() -> PrometheusHandle {
             let batch = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0];
             let builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), &seconds)
-                .and_then(|b| b.set_buckets_for_metric(Matcher::Full("holdfast_journal_batch_events".to_owned()), &batch));
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full("holdfast_journal_batch_events".to_owned()), &batch))
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full("holdfast_group_commit_events".to_owned()), &batch));
             match builder {
                 Ok(b) => b.install_recorder().unwrap_or_else(|e| {
                     tracing::warn!(error = %e, "metrics recorder already installed; /metrics shows nothing from this one");
@@ -158,10 +165,17 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
     let store = open_store(&config).await?;
     let secret = jwt_secret(&config)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let journal: Arc<dyn Journal> = match config.node_id {
+    let store_journal: Arc<dyn Journal> = match config.node_id {
         Some(_) => Arc::new(store.cluster_journal(config.shards)),
         None => Arc::new(store.journal()),
     };
+    // Every actor of the node appends through one writer: batches that arrive together share
+    // one transaction.
+    let journal: Arc<dyn Journal> = Arc::new(GroupCommit::start(
+        store_journal,
+        GROUP_COMMIT_EVENTS_MAX,
+        GROUP_COMMIT_QUEUE_MAX,
+    ));
     let inventories = Arc::new(Inventories::new(
         store.clone(),
         journal,

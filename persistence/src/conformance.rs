@@ -1,6 +1,6 @@
 //! The store's conformance suite, written once and run against SQLite and PostgreSQL.
 
-use holdfast_actors::actor::{self, Journal, JournalError, Record, Snapshot};
+use holdfast_actors::actor::{self, Append, Journal, JournalError, Record, Snapshot};
 use holdfast_actors::{
     Command, EventId, HoldId, Inventory, Line, OrderId, Quantity, TicketCode, Timestamp, UserId,
 };
@@ -41,8 +41,8 @@ store_test_suite!(
     journal_conflict_stores_nothing_of_the_batch,
     journal_appends_a_multi_chunk_batch,
     journal_snapshot_trims_and_never_regresses,
-    journal_fences_stale_epochs,
     journal_recovers_an_inventory,
+    journal_group_commits_many_events_and_isolates_failures,
     users_are_unique_by_email_in_any_case,
     events_round_trip_with_ordered_ticket_types,
     idempotency_lifecycle,
@@ -189,60 +189,6 @@ async fn journal_snapshot_trims_and_never_regresses(store: &Store) {
     let stored = journal.load(event).await.expect("load");
     assert_eq!(stored.snapshot, Some(snapshot(10)));
     assert_eq!(stored.tail, records(11..=12));
-}
-
-async fn journal_fences_stale_epochs(store: &Store) {
-    let journal = store.journal();
-    let event = EventId::generate();
-    journal
-        .append(event, 2, &records(1..=3))
-        .await
-        .expect("append");
-
-    let err = journal
-        .append(event, 1, &records([4]))
-        .await
-        .expect_err("epoch 1 < 2");
-    assert!(matches!(err, JournalError::Fenced { epoch: 1 }), "{err:?}");
-    journal
-        .append(event, 2, &records([4]))
-        .await
-        .expect("same epoch");
-    journal
-        .append(event, 3, &records([5]))
-        .await
-        .expect("newer epoch takes over");
-    let err = journal
-        .append(event, 2, &records([6]))
-        .await
-        .expect_err("epoch 2 < 3");
-    assert!(matches!(err, JournalError::Fenced { epoch: 2 }), "{err:?}");
-
-    // Once a snapshot trimmed every row, the snapshot's epoch still fences.
-    let snapshot = Snapshot {
-        seq: 5,
-        state: b"state".to_vec(),
-    };
-    journal
-        .save_snapshot(event, 3, snapshot.clone())
-        .await
-        .expect("snapshot");
-    assert!(journal.load(event).await.expect("load").tail.is_empty());
-    let err = journal
-        .append(event, 2, &records([6]))
-        .await
-        .expect_err("snapshot epoch 3");
-    assert!(matches!(err, JournalError::Fenced { epoch: 2 }), "{err:?}");
-    let err = journal
-        .save_snapshot(event, 2, snapshot)
-        .await
-        .expect_err("stale snapshot");
-    assert!(matches!(err, JournalError::Fenced { epoch: 2 }), "{err:?}");
-    journal
-        .append(event, 3, &records([6]))
-        .await
-        .expect("current epoch");
-    assert_eq!(journal.load(event).await.expect("load").tail, records([6]));
 }
 
 /// Applies `command` to `inventory` and journals the events it caused.
@@ -748,4 +694,62 @@ async fn idempotency_in_progress_of_a_dead_request_is_taken_over(store: &Store) 
     // A minute later the first request is presumed dead with its process.
     assert_eq!(begin(61_000).await.expect("begin"), Idempotency::Started);
     assert_eq!(begin(62_000).await.expect("begin"), Idempotency::InProgress);
+}
+
+async fn journal_group_commits_many_events_and_isolates_failures(store: &Store) {
+    let journal = store.journal();
+    let events: Vec<EventId> = (0..5).map(|_| EventId::generate()).collect();
+    let appends: Vec<Append> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| Append {
+            event_id: *e,
+            epoch: 1,
+            records: records(1..=(i as u64 + 1)),
+        })
+        .collect();
+    let results = journal.append_many(&appends).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(
+            seqs(&journal.load(*e).await.expect("load").tail),
+            (1..=i as u64 + 1).collect::<Vec<_>>()
+        );
+    }
+    // A batch that rewrites a position fails alone; the others still land.
+    let second = vec![
+        Append {
+            event_id: events[0],
+            epoch: 1,
+            records: records([2]),
+        },
+        Append {
+            event_id: events[1],
+            epoch: 1,
+            records: records([2]),
+        },
+        Append {
+            event_id: events[2],
+            epoch: 1,
+            records: records([4]),
+        },
+    ];
+    let results = journal.append_many(&second).await;
+    assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
+    assert!(
+        matches!(results[1], Err(JournalError::Conflict { .. })),
+        "{results:?}"
+    );
+    assert_eq!(
+        seqs(&journal.load(events[0]).await.expect("load").tail),
+        vec![1, 2]
+    );
+    assert_eq!(
+        seqs(&journal.load(events[1]).await.expect("load").tail),
+        vec![1, 2]
+    );
+    assert_eq!(
+        seqs(&journal.load(events[2]).await.expect("load").tail),
+        vec![1, 2, 3, 4]
+    );
 }

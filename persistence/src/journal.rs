@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 
 use async_trait::async_trait;
 use holdfast_actors::EventId;
-use holdfast_actors::actor::{Journal, JournalError, Record, Snapshot, Stored};
+use holdfast_actors::actor::{Append, Journal, JournalError, Record, Snapshot, Stored};
 use sqlx::{AnyConnection, Row};
 
 use crate::{Error, Store, is_unique_violation, now_ms, to_i64, uuid_text};
@@ -30,7 +30,10 @@ impl SqlJournal {
         Self { store, shards }
     }
 
-    /// The fence of this journal, run inside the writer's transaction.
+    /// The fence of this journal, run inside the writer's transaction. A node that is not
+    /// clustered is the only writer of its events (its epoch never changes; the primary key
+    /// still refuses a second writer's rows), so only a clustered journal checks: against the
+    /// shard's epoch, a one-row lookup.
     async fn fence(
         &self,
         conn: &mut AnyConnection,
@@ -38,7 +41,7 @@ impl SqlJournal {
         epoch: u64,
     ) -> Result<(), JournalError> {
         match self.shards {
-            None => check_fence(conn, &uuid_text(event_id.0), epoch).await,
+            None => Ok(()),
             Some(shards) => {
                 check_shard_fence(conn, self.store.backend(), event_id.shard(shards), epoch).await
             }
@@ -100,33 +103,91 @@ fn insert_sql(rows: usize) -> String {
     sql
 }
 
-/// Fails with [`JournalError::Fenced`] when a writer with a newer epoch than `epoch` has written
-/// this event: its latest journal row or its snapshot. Runs inside the writer's transaction.
-// The cluster replaces this with a check of the shard-epoch table; keep it the only fence.
-async fn check_fence(
-    conn: &mut AnyConnection,
-    event_id: &str,
-    epoch: u64,
-) -> Result<(), JournalError> {
-    let rows = sqlx::query(
-        "SELECT epoch FROM (SELECT epoch FROM journal WHERE event_id = $1 ORDER BY seq DESC LIMIT 1) AS latest \
-         UNION ALL SELECT epoch FROM snapshots WHERE event_id = $1",
-    )
-    .bind(event_id)
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(storage)?;
-    for row in rows {
-        let newest = to_u64(row.try_get::<i64, _>("epoch").map_err(storage)?, "epoch")?;
-        if newest > epoch {
-            return Err(JournalError::Fenced { epoch });
+/// `INSERT` of `rows` records of any events: `$1` written at is shared; each row binds its event
+/// id, seq, epoch and payload.
+fn insert_many_sql(rows: usize) -> String {
+    let mut sql = String::with_capacity(80 + rows * 32);
+    sql.push_str("INSERT INTO journal (event_id, seq, epoch, payload, written_at) VALUES ");
+    for row in 0..rows {
+        let p = 2 + 4 * row;
+        if row > 0 {
+            sql.push_str(", ");
         }
+        let _ = write!(sql, "(${p}, ${}, ${}, ${}, $1)", p + 1, p + 2, p + 3);
     }
-    Ok(())
+    sql
+}
+
+/// Rows per multi-event `INSERT`: 1 + 4 × 400 bind parameters.
+const INSERT_MANY_ROWS_MAX: usize = 400;
+
+impl SqlJournal {
+    /// Every batch of `appends` in one transaction: fenced batches are refused one by one, the
+    /// others are inserted together. Any other failure fails the whole transaction.
+    async fn try_append_many(
+        &self,
+        appends: &[Append],
+    ) -> Result<Vec<Result<(), JournalError>>, JournalError> {
+        let mut tx = self.store.begin_write().await.map_err(storage)?;
+        let mut results = Vec::with_capacity(appends.len());
+        let mut rows: Vec<(String, i64, i64, &[u8])> = Vec::new();
+        for a in appends {
+            match self.fence(&mut tx, a.event_id, a.epoch).await {
+                Ok(()) => {}
+                Err(fenced @ JournalError::Fenced { .. }) => {
+                    results.push(Err(fenced));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+            let event_id = uuid_text(a.event_id.0);
+            let epoch = to_i64(a.epoch, "epoch").map_err(storage)?;
+            for r in &a.records {
+                rows.push((
+                    event_id.clone(),
+                    to_i64(r.seq, "seq").map_err(storage)?,
+                    epoch,
+                    r.payload.as_slice(),
+                ));
+            }
+            results.push(Ok(()));
+        }
+        let written_at = now_ms();
+        for chunk in rows.chunks(INSERT_MANY_ROWS_MAX) {
+            let sql = insert_many_sql(chunk.len());
+            let mut query = sqlx::query(&sql).bind(written_at);
+            for (event_id, seq, epoch, payload) in chunk {
+                query = query
+                    .bind(event_id.as_str())
+                    .bind(*seq)
+                    .bind(*epoch)
+                    .bind(*payload);
+            }
+            query.execute(&mut *tx).await.map_err(storage)?;
+        }
+        tx.commit().await.map_err(storage)?;
+        Ok(results)
+    }
 }
 
 #[async_trait]
 impl Journal for SqlJournal {
+    /// One transaction for all; if it fails (a position written twice, say), each batch is
+    /// retried alone so only the faulty one fails.
+    async fn append_many(&self, appends: &[Append]) -> Vec<Result<(), JournalError>> {
+        if appends.len() > 1 {
+            match self.try_append_many(appends).await {
+                Ok(results) => return results,
+                Err(e) => tracing::debug!(error = %e, "group commit failed; appending one by one"),
+            }
+        }
+        let mut results = Vec::with_capacity(appends.len());
+        for a in appends {
+            results.push(self.append(a.event_id, a.epoch, &a.records).await);
+        }
+        results
+    }
+
     async fn append(
         &self,
         event_id: EventId,
