@@ -34,7 +34,7 @@ start_nodes() { # n
     HOLDFAST_NODE_ID=n$i HOLDFAST_HTTP_ADDR=127.0.0.1:1808$i HOLDFAST_INTERNAL_ADDR=127.0.0.1:1707$i \
       HOLDFAST_DATA_DIR="$out/n$i" HOLDFAST_SHARDS=64 HOLDFAST_LEASE_SECS=3 HOLDFAST_LOG=warn \
       "$bin" serve >>"$out/n$i.log" 2>&1 &
-    pids+=($!)
+    pids+=($!); disown
     for _ in $(seq 1 100); do curl -sf "127.0.0.1:1808$i/readyz" >/dev/null && break; sleep 0.1; done
   done
 }
