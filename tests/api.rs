@@ -8,29 +8,7 @@ use holdfast_tests::{
 use reqwest::Method;
 use serde_json::{Value, json};
 
-/// Runs every listed test on SQLite and on PostgreSQL (like Quickwit's `metastore_test_suite!`).
-macro_rules! api_test_suite {
-    ($($test:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    super::$test(holdfast_tests::Backend::Sqlite).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    super::$test(holdfast_tests::Backend::Postgres).await;
-                }
-            )*
-        }
-    };
-}
-
-api_test_suite!(
+holdfast_tests::on_both_backends!(
     accounts_register_and_login,
     events_create_list_and_read,
     holds_place_read_and_release,

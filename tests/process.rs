@@ -14,29 +14,7 @@ use serde_json::json;
 use tokio::sync::Barrier;
 use tokio::task::JoinSet;
 
-/// Runs every listed test on SQLite and on PostgreSQL.
-macro_rules! process_test_suite {
-    ($($test:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    super::$test(holdfast_tests::Backend::Sqlite).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    super::$test(holdfast_tests::Backend::Postgres).await;
-                }
-            )*
-        }
-    };
-}
-
-process_test_suite!(
+holdfast_tests::on_both_backends!(
     flash_sale_sells_exactly_the_capacity,
     acknowledged_holds_survive_kill_9,
     holds_expire_on_their_own,

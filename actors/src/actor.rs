@@ -73,11 +73,7 @@ pub trait Journal: Send + Sync + 'static {
     /// Appends several events' batches; each succeeds or fails on its own. A store that can
     /// commits them together (one transaction, one fsync for many actors).
     async fn append_many(&self, appends: &[Append]) -> Vec<Result<(), JournalError>> {
-        let mut results = Vec::with_capacity(appends.len());
-        for a in appends {
-            results.push(self.append(a.event_id, a.epoch, &a.records).await);
-        }
-        results
+        append_each(self, appends).await
     }
     /// The latest snapshot and every record after it.
     async fn load(&self, event_id: EventId) -> Result<Stored, JournalError>;
@@ -88,6 +84,18 @@ pub trait Journal: Send + Sync + 'static {
         epoch: u64,
         snapshot: Snapshot,
     ) -> Result<(), JournalError>;
+}
+
+/// Appends each batch on its own, in order: the plain way to serve [`Journal::append_many`].
+pub async fn append_each<J: Journal + ?Sized>(
+    journal: &J,
+    appends: &[Append],
+) -> Vec<Result<(), JournalError>> {
+    let mut results = Vec::with_capacity(appends.len());
+    for a in appends {
+        results.push(journal.append(a.event_id, a.epoch, &a.records).await);
+    }
+    results
 }
 
 /// The wall clock, injected so tests and replays control time.

@@ -8,7 +8,9 @@ use std::fmt::Write as _;
 
 use async_trait::async_trait;
 use holdfast_actors::EventId;
-use holdfast_actors::actor::{Append, Journal, JournalError, Record, Snapshot, Stored};
+use holdfast_actors::actor::{
+    Append, Journal, JournalError, Record, Snapshot, Stored, append_each,
+};
 use sqlx::{AnyConnection, Row};
 
 use crate::{Error, Store, is_unique_violation, now_ms, to_i64, uuid_text};
@@ -181,11 +183,7 @@ impl Journal for SqlJournal {
                 Err(e) => tracing::debug!(error = %e, "group commit failed; appending one by one"),
             }
         }
-        let mut results = Vec::with_capacity(appends.len());
-        for a in appends {
-            results.push(self.append(a.event_id, a.epoch, &a.records).await);
-        }
-        results
+        append_each(self, appends).await
     }
 
     async fn append(

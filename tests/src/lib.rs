@@ -34,6 +34,30 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest any single HTTP request of a test may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Runs every listed async test function `fn(Backend)` on SQLite and on PostgreSQL, one test
+/// per backend (like Quickwit's `metastore_test_suite!`).
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test($crate::Backend::Sqlite).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test($crate::Backend::Postgres).await;
+                }
+            )*
+        }
+    };
+}
+
 /// Polls `check` every `every` until it returns `Some` or `timeout` passes.
 pub async fn poll_until<T, F, Fut>(timeout: Duration, every: Duration, mut check: F) -> Option<T>
 where
