@@ -524,3 +524,146 @@ async fn environment_variables_configure_the_server(backend: Backend) {
         "nothing was written to the default ./data"
     );
 }
+
+/// `holdfast vnpay-sim`: the payment page of a correctly signed payment URL shows the order,
+/// Pay calls the merchant's IPN with a correctly signed paid result and sends the browser back
+/// to the merchant's return URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vnpay_sim_pays_and_calls_the_merchant_ipn() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    // The merchant's IPN endpoint: answers one request and hands over its query.
+    let merchant = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let merchant_addr = merchant.local_addr().expect("address");
+    let ipn = tokio::spawn(async move {
+        let (mut socket, _) = merchant.accept().await.expect("the IPN call");
+        let mut request = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = socket.read(&mut buf).await.expect("read the IPN");
+            assert!(n > 0, "IPN request cut short");
+            request.extend_from_slice(&buf[..n]);
+        }
+        let body = r#"{"RspCode":"00","Message":"Confirm Success"}"#;
+        let reply = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        socket
+            .write_all(reply.as_bytes())
+            .await
+            .expect("answer the IPN");
+        let text = String::from_utf8_lossy(&request).into_owned();
+        let target = text
+            .split_whitespace()
+            .nth(1)
+            .expect("a request target")
+            .to_owned();
+        target
+            .split_once('?')
+            .map(|(_, q)| q.to_owned())
+            .expect("IPN parameters")
+    });
+
+    let port = holdfast_tests::free_port();
+    let secret = "vnpay-sim-test-secret-0123456789";
+    let mut sim = tokio::process::Command::new(holdfast_tests::holdfast_bin())
+        .args([
+            "vnpay-sim",
+            "--addr",
+            &format!("127.0.0.1:{port}"),
+            "--tmn-code",
+            "HFTEST",
+        ])
+        .args([
+            "--hash-secret",
+            secret,
+            "--merchant-ipn-url",
+            &format!("http://{merchant_addr}/ipn"),
+        ])
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start holdfast vnpay-sim");
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let base = format!("http://127.0.0.1:{port}");
+    let up = poll_until(Duration::from_secs(30), Duration::from_millis(50), || {
+        let (http, base) = (http.clone(), base.clone());
+        async move { http.get(format!("{base}/")).send().await.ok().map(|_| ()) }
+    })
+    .await;
+    assert!(up.is_some(), "vnpay-sim did not start");
+
+    let config = holdfast_vnpay::Config {
+        tmn_code: "HFTEST".into(),
+        hash_secret: secret.into(),
+        pay_url: format!("{base}/paymentv2/vpcpay.html"),
+        return_url: "http://127.0.0.1:1/v1/payments/vnpay/return".into(),
+        ipn_url: None,
+        version: "2.1.0".into(),
+        locale: holdfast_vnpay::Locale::default(),
+    };
+    let now = time::OffsetDateTime::now_utc();
+    let request = holdfast_vnpay::PaymentRequest {
+        txn_ref: "order-42".into(),
+        amount_minor: 500_000,
+        order_info: "Holdfast order 42".into(),
+        ip_addr: std::net::IpAddr::from([127, 0, 0, 1]),
+        create_date: now,
+        expire_date: now + Duration::from_secs(900),
+        bank_code: None,
+        locale: None,
+    };
+    let url = holdfast_vnpay::payment_url(&config, &request).expect("payment url");
+    let page = http.get(&url).send().await.expect("payment page");
+    assert_eq!(page.status().as_u16(), 200);
+    let html = page.text().await.expect("page");
+    assert!(
+        html.contains("order-42") && html.contains("500,000 VND"),
+        "{html}"
+    );
+
+    let raw_query = url
+        .split_once('?')
+        .map(|(_, q)| q.to_owned())
+        .expect("query");
+    let form = form_urlencoded::Serializer::new(String::new())
+        .append_pair("q", &raw_query)
+        .finish();
+    let paid = http
+        .post(format!("{base}/paymentv2/pay"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form)
+        .send()
+        .await
+        .expect("pay");
+    assert_eq!(paid.status().as_u16(), 302);
+    let back = paid
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .expect("redirect")
+        .to_owned();
+    assert!(back.starts_with(&config.return_url), "{back}");
+
+    let query = tokio::time::timeout(Duration::from_secs(10), ipn)
+        .await
+        .expect("IPN within 10 s")
+        .expect("IPN task");
+    let pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect();
+    let verified =
+        holdfast_vnpay::verify(&config, &pairs).expect("the IPN is signed with the shared secret");
+    assert!(verified.is_paid());
+    assert_eq!(
+        (verified.txn_ref.as_str(), verified.amount_minor),
+        ("order-42", 500_000)
+    );
+    let _ = sim.kill().await;
+}

@@ -41,6 +41,33 @@ enum Command {
         #[command(subcommand)]
         command: UsersCommand,
     },
+    /// Runs a local stand-in of the VNPAY sandbox: a payment page whose Pay and Cancel buttons
+    /// call the merchant's IPN with a correctly signed result and send the browser back.
+    VnpaySim {
+        /// Where the simulated payment page listens; point HOLDFAST_VNPAY_PAY_URL at
+        /// http://ADDR/paymentv2/vpcpay.html.
+        #[arg(
+            long,
+            env = "HOLDFAST_VNPAY_SIM_ADDR",
+            default_value = "127.0.0.1:9090"
+        )]
+        addr: std::net::SocketAddr,
+        /// The merchant's terminal code (vnp_TmnCode).
+        #[arg(long, env = "HOLDFAST_VNPAY_TMN_CODE", default_value = "HOLDFAST")]
+        tmn_code: String,
+        /// The HMAC-SHA512 secret shared with the merchant.
+        #[arg(long, env = "HOLDFAST_VNPAY_HASH_SECRET", hide_env_values = true)]
+        hash_secret: String,
+        /// The merchant's IPN endpoint; defaults to HOLDFAST_PUBLIC_URL + /v1/payments/vnpay/ipn.
+        #[arg(long)]
+        merchant_ipn_url: Option<String>,
+        #[arg(
+            long,
+            env = "HOLDFAST_PUBLIC_URL",
+            default_value = "http://127.0.0.1:8080"
+        )]
+        public_url: String,
+    },
     /// Operates the cluster's shards through any node's admin API.
     Shards {
         /// A node's public URL.
@@ -222,6 +249,28 @@ async fn shards(url: &str, token: Option<String>, command: ShardsCommand) -> any
     }
 }
 
+async fn vnpay_sim(
+    addr: std::net::SocketAddr,
+    config: holdfast_vnpay::sim::SimConfig,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !config.hash_secret.is_empty(),
+        "the hash secret must not be empty"
+    );
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    let ipn = config.merchant_ipn_url.clone();
+    eprintln!(
+        "VNPAY sandbox stand-in on http://{}/paymentv2/vpcpay.html, IPN to {ipn}",
+        listener.local_addr()?
+    );
+    axum::serve(listener, holdfast_vnpay::sim::router(config))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("serving the VNPAY stand-in")
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let load = || -> anyhow::Result<Config> {
         let config = Config::load(cli.config.as_deref())?;
@@ -234,6 +283,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             token,
             command,
         } => shards(&url, token, command).await,
+        Command::VnpaySim {
+            addr,
+            tmn_code,
+            hash_secret,
+            merchant_ipn_url,
+            public_url,
+        } => {
+            let merchant_ipn_url = merchant_ipn_url.unwrap_or_else(|| {
+                format!("{}/v1/payments/vnpay/ipn", public_url.trim_end_matches('/'))
+            });
+            vnpay_sim(
+                addr,
+                holdfast_vnpay::sim::SimConfig {
+                    hash_secret,
+                    tmn_code,
+                    merchant_ipn_url,
+                },
+            )
+            .await
+        }
         Command::Serve { roles } => serve(load()?, &roles).await,
         Command::Migrate => {
             let config = load()?;
