@@ -429,6 +429,11 @@ impl Cluster {
         let n = self.settings.shards;
         let stopped = self.inventories.stop_where(|e| e.shard(n) == shard).await;
         let claimed = self.store.claim_shard(shard, row.epoch, to).await;
+        if let Ok(Some(epoch)) = claimed {
+            // The view learns of the planned move here, so the refresh below does not take it
+            // for a lost shard (a step-down).
+            self.set_owner(shard, to, epoch);
+        }
         self.refresh(true).await;
         // Actors activated by requests that were already past the gate when it closed.
         self.inventories.stop_where(|e| e.shard(n) == shard).await;
@@ -509,6 +514,17 @@ impl Cluster {
             && let Err(e) = self.client.refresh(&node.addr).await
         {
             tracing::debug!(node = node_id, error = %e, "could not tell the new owner; it will see the move on its next round");
+        }
+    }
+
+    fn set_owner(&self, shard: u32, owner: &str, epoch: u64) {
+        let mut view = self
+            .view
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(row) = view.shards.get_mut(shard as usize) {
+            row.owner = Some(owner.to_owned());
+            row.epoch = epoch;
         }
     }
 
