@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 
 holdfast_tests::on_both_backends!(
     accounts_register_and_login,
+    refresh_tokens_rotate_and_logout_revokes,
     events_create_list_and_read,
     holds_place_read_and_release,
     holds_are_all_or_nothing_when_sold_out,
@@ -641,6 +642,11 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/v1/events/{event_id}/availability", &["get"]),
     ("/v1/events/{event_id}/holds", &["post"]),
     ("/v1/holds/{hold_id}", &["get", "delete"]),
+    ("/v1/auth/refresh", &["post"]),
+    ("/v1/auth/logout", &["post"]),
+    ("/v1/admin/shards", &["get"]),
+    ("/v1/admin/shards/{shard}/move", &["post"]),
+    ("/v1/admin/nodes", &["get"]),
     ("/healthz", &["get"]),
     ("/readyz", &["get"]),
     ("/metrics", &["get"]),
@@ -688,7 +694,8 @@ async fn openapi_lists_every_route(backend: Backend) {
     for (path, item) in paths {
         let concrete = path
             .replace("{event_id}", &uuid::Uuid::now_v7().to_string())
-            .replace("{hold_id}", &hold_id);
+            .replace("{hold_id}", &hold_id)
+            .replace("{shard}", "0");
         for method in ["get", "post", "delete", "put", "patch"] {
             if item.get(method).is_none() {
                 continue;
@@ -902,5 +909,97 @@ async fn retry_after_a_timeout_with_the_same_key_is_answered() {
     retry.assert_status(201);
     assert_eq!(retry.header("idempotent-replayed"), Some("true"), "{retry}");
     assert_eq!(api.stock(&event, "GA").await.held, 1, "one hold, not two");
+    node.shutdown().await;
+}
+
+/// API.md: refresh gives a new pair and the old refresh token stops working; reusing it revokes
+/// the whole family; logout refuses that access token from then on.
+async fn refresh_tokens_rotate_and_logout_revokes(backend: Backend) {
+    let node = InProcessNode::start(backend).await;
+    let api = node.client();
+    let email = holdfast_tests::unique_email("refresh");
+    api.register(&email, holdfast_tests::PASSWORD, "R")
+        .await
+        .assert_status(201);
+    let login = api.login(&email, holdfast_tests::PASSWORD).await;
+    login.assert_status(200);
+    let (access, refresh) = (
+        str_of(&login.body, "access_token").to_owned(),
+        str_of(&login.body, "refresh_token").to_owned(),
+    );
+
+    let refresh_with = |token: String| {
+        let api = api.clone();
+        async move {
+            api.post("/v1/auth/refresh", None, &json!({"refresh_token": token}))
+                .await
+        }
+    };
+    let second = refresh_with(refresh.clone()).await;
+    second.assert_status(200);
+    let (access2, refresh2) = (
+        str_of(&second.body, "access_token").to_owned(),
+        str_of(&second.body, "refresh_token").to_owned(),
+    );
+    assert_ne!(refresh2, refresh);
+    assert_eq!(second.body["token_type"], "Bearer");
+    // The new access token works.
+    api.get("/v1/events", Some(&access2))
+        .await
+        .assert_status(200);
+    let as_customer = api
+        .create_event_reply(&access2, &[holdfast_tests::TicketType::new("GA", 1, None)])
+        .await;
+    as_customer.assert_problem(403, "forbidden");
+
+    // The old refresh token again: a replay. It fails, and so does its successor.
+    refresh_with(refresh.clone())
+        .await
+        .assert_problem(401, "refresh-token-reused");
+    refresh_with(refresh2)
+        .await
+        .assert_problem(401, "invalid-refresh-token");
+    refresh_with("0".repeat(64))
+        .await
+        .assert_problem(401, "invalid-refresh-token");
+    refresh_with(String::new())
+        .await
+        .assert_problem(401, "invalid-refresh-token");
+
+    // Logout: that access token is refused at once, another login is not affected.
+    let other = api.login(&email, holdfast_tests::PASSWORD).await;
+    let other_access = str_of(&other.body, "access_token").to_owned();
+    let other_refresh = str_of(&other.body, "refresh_token").to_owned();
+    let event = api
+        .create_ga_event(&node.organizer_token().await, 10, None)
+        .await;
+    api.hold(&access, &event, &[("GA", 1)])
+        .await
+        .assert_status(201);
+    api.post("/v1/auth/logout", Some(&access), &json!({}))
+        .await
+        .assert_status(204);
+    api.hold(&access, &event, &[("GA", 1)])
+        .await
+        .assert_problem(401, "token-revoked");
+    api.post("/v1/auth/logout", None, &json!({}))
+        .await
+        .assert_problem(401, "unauthorized");
+    api.hold(&other_access, &event, &[("GA", 1)])
+        .await
+        .assert_status(201);
+    refresh_with(other_refresh.clone()).await.assert_status(200);
+    // Logging out the other login ends its refresh tokens too.
+    let third = api.login(&email, holdfast_tests::PASSWORD).await;
+    let (third_access, third_refresh) = (
+        str_of(&third.body, "access_token").to_owned(),
+        str_of(&third.body, "refresh_token").to_owned(),
+    );
+    api.post("/v1/auth/logout", Some(&third_access), &json!({}))
+        .await
+        .assert_status(204);
+    refresh_with(third_refresh)
+        .await
+        .assert_problem(401, "invalid-refresh-token");
     node.shutdown().await;
 }

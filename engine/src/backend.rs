@@ -10,14 +10,15 @@ use holdfast_actors::{EventId, HoldRef, HoldView, Line, TicketCode, TypeStock, U
 use holdfast_gateway::auth::Role;
 use holdfast_gateway::backend::{
     Account, Backend, BackendError, ClusterProblem, Credentials, EventInfo, IdempotencyState,
-    MoveReport, NewEvent, NodeInfo, ShardInfo, StoredResponse, TicketTypeSpec,
+    MoveReport, NewEvent, NodeInfo, RefreshOutcome, ShardInfo, StoredResponse, TicketTypeSpec,
 };
 use holdfast_persistence::{
-    self as store, EventRow, Idempotency, NewUser, Store, TicketTypeRow, UserRow,
+    self as store, EventRow, Idempotency, NewUser, Rotation, Store, TicketTypeRow, UserRow,
 };
 use time::OffsetDateTime;
 
 use crate::cluster::{self, Cluster};
+use crate::deny_list::DenyList;
 use crate::inventories::{Inventories, SINGLE_NODE_EPOCH};
 use crate::ops::{InventoryOp, InventoryReply};
 
@@ -25,6 +26,7 @@ pub struct NodeBackend {
     store: Store,
     inventories: Arc<Inventories>,
     cluster: Option<Arc<Cluster>>,
+    deny_list: Arc<DenyList>,
     clock: Arc<dyn Clock>,
     hold_ttl_ms: i64,
     ready: AtomicBool,
@@ -43,6 +45,7 @@ impl NodeBackend {
         store: Store,
         inventories: Arc<Inventories>,
         cluster: Option<Arc<Cluster>>,
+        deny_list: Arc<DenyList>,
         clock: Arc<dyn Clock>,
         hold_ttl_secs: u64,
     ) -> Self {
@@ -50,6 +53,7 @@ impl NodeBackend {
             store,
             inventories,
             cluster,
+            deny_list,
             clock,
             hold_ttl_ms: i64::try_from(hold_ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
             ready: AtomicBool::new(false),
@@ -335,6 +339,70 @@ impl Backend for NodeBackend {
             .idempotency_abandon(scope, key)
             .await
             .map_err(unavailable)
+    }
+
+    async fn issue_refresh(
+        &self,
+        user: UserId,
+        family: &str,
+        token_hash: &[u8],
+        expires_at_ms: i64,
+    ) -> Result<(), BackendError> {
+        self.store
+            .refresh_insert(token_hash, family, user.0, expires_at_ms, self.now_ms())
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn rotate_refresh(
+        &self,
+        old_hash: &[u8],
+        new_hash: &[u8],
+        expires_at_ms: i64,
+    ) -> Result<RefreshOutcome, BackendError> {
+        match self
+            .store
+            .refresh_rotate(old_hash, new_hash, expires_at_ms, self.now_ms())
+            .await
+            .map_err(unavailable)?
+        {
+            Rotation::Rotated { user_id, family } => {
+                match self.store.user_by_id(user_id).await.map_err(unavailable)? {
+                    Some(row) => Ok(RefreshOutcome::Rotated {
+                        account: account(&row)?,
+                        family,
+                    }),
+                    None => Ok(RefreshOutcome::Invalid),
+                }
+            }
+            Rotation::Invalid => Ok(RefreshOutcome::Invalid),
+            Rotation::Reused { .. } => Ok(RefreshOutcome::Reused),
+        }
+    }
+
+    async fn logout(
+        &self,
+        jti: &str,
+        expires_at_ms: i64,
+        family: Option<&str>,
+    ) -> Result<(), BackendError> {
+        let now = self.now_ms();
+        self.store
+            .access_revoke(jti, expires_at_ms, now)
+            .await
+            .map_err(unavailable)?;
+        self.deny_list.insert(jti.to_owned(), expires_at_ms);
+        if let Some(family) = family {
+            self.store
+                .refresh_revoke_family(family, now)
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    async fn is_access_revoked(&self, jti: &str) -> bool {
+        self.deny_list.contains(jti, self.now_ms())
     }
 
     async fn ready(&self) -> bool {

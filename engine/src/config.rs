@@ -28,6 +28,7 @@ pub struct Config {
     /// File holding the secret; unset means `<data_dir>/jwt.secret`, generated on first start.
     pub jwt_secret_file: Option<PathBuf>,
     pub access_token_ttl_secs: u64,
+    pub refresh_token_ttl_secs: u64,
     pub request_timeout_secs: u64,
     pub body_limit_bytes: usize,
     /// `sync`: reply after the journal commit; `async`: reply before it.
@@ -77,6 +78,7 @@ impl Default for Config {
             jwt_secret: None,
             jwt_secret_file: None,
             access_token_ttl_secs: gateway.access_token_ttl_secs,
+            refresh_token_ttl_secs: gateway.refresh_token_ttl_secs,
             request_timeout_secs: gateway.request_timeout_secs,
             body_limit_bytes: gateway.body_limit_bytes,
             durability: actors.durability,
@@ -210,6 +212,7 @@ impl Config {
     pub fn gateway_options(&self) -> holdfast_gateway::Options {
         holdfast_gateway::Options {
             access_token_ttl_secs: self.access_token_ttl_secs,
+            refresh_token_ttl_secs: self.refresh_token_ttl_secs,
             request_timeout_secs: self.request_timeout_secs,
             body_limit_bytes: self.body_limit_bytes,
         }

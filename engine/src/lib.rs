@@ -4,6 +4,7 @@
 pub mod backend;
 pub mod cluster;
 pub mod config;
+pub mod deny_list;
 pub mod inventories;
 pub mod node;
 pub mod ops;

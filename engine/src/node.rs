@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use crate::backend::NodeBackend;
 use crate::cluster::{self, Cluster};
 use crate::config::Config;
+use crate::deny_list::DenyList;
 use crate::inventories::Inventories;
 
 /// Event batches written in one group commit at most.
@@ -228,10 +229,13 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
         }
         None => (None, None),
     };
+    let deny_list = Arc::new(DenyList::default());
+    let deny_sync = tokio::spawn(Arc::clone(&deny_list).sync(store.clone(), Arc::clone(&clock)));
     let backend = Arc::new(NodeBackend::new(
         store.clone(),
         Arc::clone(&inventories),
         cluster.clone(),
+        deny_list,
         Arc::clone(&clock),
         config.hold_ttl,
     ));
@@ -258,6 +262,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
             .await;
         backend.set_ready(false);
         purge.abort();
+        deny_sync.abort();
         match &cluster {
             Some(cluster) => cluster.leave().await,
             None => inventories.stop_all().await,
@@ -282,6 +287,9 @@ async fn purge_idempotency_keys(store: Store, clock: Arc<dyn Clock>, ttl_secs: u
         every.tick().await;
         let cutoff = clock.now().as_millis()
             - i64::try_from(ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+        if let Err(e) = store.tokens_purge(clock.now().as_millis()).await {
+            tracing::warn!(error = %e, "purging expired tokens failed");
+        }
         match store.idempotency_purge(cutoff).await {
             Ok(n) if n > 0 => tracing::info!(purged = n, "expired idempotency keys removed"),
             Ok(_) => {}

@@ -114,6 +114,9 @@ pub struct Claims {
     pub iat: i64,
     pub exp: i64,
     pub jti: String,
+    /// The login (refresh-token family) this token came from; logout revokes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fam: Option<String>,
 }
 
 /// Signs and checks access tokens (HS256).
@@ -152,12 +155,24 @@ impl TokenKeys {
         role: Role,
         now_secs: i64,
     ) -> Result<String, jsonwebtoken::errors::Error> {
+        self.issue_in_family(user, role, now_secs, None)
+    }
+
+    /// An access token of the login `family` (its refresh-token family).
+    pub fn issue_in_family(
+        &self,
+        user: UserId,
+        role: Role,
+        now_secs: i64,
+        family: Option<&str>,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
         let claims = Claims {
             sub: user.to_string(),
             role,
             iat: now_secs,
             exp: now_secs + i64::try_from(self.access_ttl_secs).unwrap_or(i64::MAX / 2),
             jti: uuid::Uuid::new_v4().simple().to_string(),
+            fam: family.map(str::to_owned),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
     }
@@ -168,10 +183,14 @@ impl TokenKeys {
 }
 
 /// The caller, from a valid `Authorization: Bearer` access token.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct AuthUser {
     pub id: UserId,
     pub role: Role,
+    /// The token's id and expiry (seconds), for logout.
+    pub jti: String,
+    pub exp: i64,
+    pub family: Option<String>,
 }
 
 impl AuthUser {
@@ -214,9 +233,20 @@ impl FromRequestParts<AppState> for AuthUser {
             .sub
             .parse()
             .map_err(|_| Problem::unauthorized("access token names no user"))?;
+        if state.backend().is_access_revoked(&claims.jti).await {
+            return Err(Problem::new(
+                axum::http::StatusCode::UNAUTHORIZED,
+                "token-revoked",
+                "Token revoked",
+                "this access token was logged out; log in again",
+            ));
+        }
         Ok(Self {
             id,
             role: claims.role,
+            jti: claims.jti,
+            exp: claims.exp,
+            family: claims.fam,
         })
     }
 }

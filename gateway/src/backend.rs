@@ -123,6 +123,17 @@ pub enum ClusterProblem {
     MoveFailed(String),
 }
 
+/// What presenting a refresh token did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RefreshOutcome {
+    /// Valid: the successor is stored; here is whose it is.
+    Rotated { account: Account, family: String },
+    /// Unknown, expired or revoked.
+    Invalid,
+    /// Used before: the whole login family is now revoked.
+    Reused,
+}
+
 /// Why the node could not do what the gateway asked.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -184,6 +195,32 @@ pub trait Backend: Send + Sync + 'static {
         response: StoredResponse,
     ) -> Result<(), BackendError>;
     async fn idempotency_abandon(&self, scope: &str, key: &str) -> Result<(), BackendError>;
+
+    /// Stores a new refresh token (its hash) of login `family`.
+    async fn issue_refresh(
+        &self,
+        user: UserId,
+        family: &str,
+        token_hash: &[u8],
+        expires_at_ms: i64,
+    ) -> Result<(), BackendError>;
+    /// Uses refresh token `old_hash` and stores `new_hash` as its successor.
+    async fn rotate_refresh(
+        &self,
+        old_hash: &[u8],
+        new_hash: &[u8],
+        expires_at_ms: i64,
+    ) -> Result<RefreshOutcome, BackendError>;
+    /// Logout: the access token `jti` is refused until `expires_at_ms`, and the login's refresh
+    /// tokens stop working.
+    async fn logout(
+        &self,
+        jti: &str,
+        expires_at_ms: i64,
+        family: Option<&str>,
+    ) -> Result<(), BackendError>;
+    /// Whether access token `jti` was logged out (answered from memory: it runs per request).
+    async fn is_access_revoked(&self, jti: &str) -> bool;
 
     /// True once the node serves traffic (stores reachable, recovery done).
     async fn ready(&self) -> bool;

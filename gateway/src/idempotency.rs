@@ -21,7 +21,7 @@ const KEY_LEN_MAX: usize = 255;
 const RESPONSE_KEPT_MAX: usize = 1 << 20;
 
 /// Routes whose answer is a credential: the key is accepted but nothing is stored.
-const EXEMPT: &[&str] = &["/v1/auth/login"];
+const EXEMPT: &[&str] = &["/v1/auth/login", "/v1/auth/refresh"];
 
 /// The hold id of a hold request that carries an Idempotency-Key: derived from the caller and
 /// the key, so even a retry that runs again (after a 5xx) places the same hold, not a second one.

@@ -39,6 +39,8 @@ pub const REQUEST_ID: &str = "x-request-id";
 pub struct Options {
     /// Lifetime of an access token.
     pub access_token_ttl_secs: u64,
+    /// Lifetime of a refresh token.
+    pub refresh_token_ttl_secs: u64,
     /// A request that takes longer is answered 504 `timeout`.
     pub request_timeout_secs: u64,
     /// Largest accepted request body.
@@ -49,6 +51,7 @@ impl Default for Options {
     fn default() -> Self {
         Self {
             access_token_ttl_secs: 900,
+            refresh_token_ttl_secs: 30 * 24 * 3600,
             request_timeout_secs: 10,
             body_limit_bytes: 64 * 1024,
         }
@@ -120,6 +123,8 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/v1/auth/register", post(routes::accounts::register))
         .route("/v1/auth/login", post(routes::accounts::login))
+        .route("/v1/auth/refresh", post(routes::accounts::refresh))
+        .route("/v1/auth/logout", post(routes::accounts::logout))
         .route(
             "/v1/events",
             post(routes::events::create).get(routes::events::list),

@@ -48,6 +48,7 @@ store_test_suite!(
     idempotency_lifecycle,
     idempotency_begin_is_race_free,
     idempotency_in_progress_of_a_dead_request_is_taken_over,
+    refresh_tokens_rotate_once_and_reuse_revokes_the_family,
     cluster_shards_are_claimed_by_compare_and_set,
     cluster_journal_is_fenced_by_the_shard_epoch,
 );
@@ -752,4 +753,107 @@ async fn journal_group_commits_many_events_and_isolates_failures(store: &Store) 
         seqs(&journal.load(events[2]).await.expect("load").tail),
         vec![1, 2, 3, 4]
     );
+}
+
+async fn refresh_tokens_rotate_once_and_reuse_revokes_the_family(store: &Store) {
+    use crate::Rotation;
+    let user = Uuid::now_v7();
+    store
+        .refresh_insert(b"t1", "fam", user, 10_000, 0)
+        .await
+        .expect("insert");
+    assert_eq!(
+        store
+            .refresh_rotate(b"t1", b"t2", 20_000, 1)
+            .await
+            .expect("rotate"),
+        Rotation::Rotated {
+            user_id: user,
+            family: "fam".into()
+        }
+    );
+    // Presenting t1 again: a replay; the whole family, t2 included, is revoked.
+    assert_eq!(
+        store
+            .refresh_rotate(b"t1", b"t3", 20_000, 2)
+            .await
+            .expect("rotate"),
+        Rotation::Reused {
+            family: "fam".into()
+        }
+    );
+    assert_eq!(
+        store
+            .refresh_rotate(b"t2", b"t4", 20_000, 3)
+            .await
+            .expect("rotate"),
+        Rotation::Invalid
+    );
+    assert_eq!(
+        store
+            .refresh_rotate(b"nope", b"t5", 20_000, 3)
+            .await
+            .expect("rotate"),
+        Rotation::Invalid
+    );
+    // Expiry and explicit revocation.
+    store
+        .refresh_insert(b"e1", "fam2", user, 100, 0)
+        .await
+        .expect("insert");
+    assert_eq!(
+        store
+            .refresh_rotate(b"e1", b"e2", 200, 100)
+            .await
+            .expect("rotate"),
+        Rotation::Invalid
+    );
+    store
+        .refresh_insert(b"r1", "fam3", user, 10_000, 0)
+        .await
+        .expect("insert");
+    store
+        .refresh_revoke_family("fam3", 5)
+        .await
+        .expect("revoke");
+    assert_eq!(
+        store
+            .refresh_rotate(b"r1", b"r2", 20_000, 6)
+            .await
+            .expect("rotate"),
+        Rotation::Invalid
+    );
+    // Revoked access tokens, read back incrementally, until they expire.
+    store.access_revoke("j1", 1_000, 10).await.expect("revoke");
+    store
+        .access_revoke("j1", 1_000, 11)
+        .await
+        .expect("revoking twice is fine");
+    store.access_revoke("j2", 50, 20).await.expect("revoke");
+    let seen: Vec<String> = store
+        .access_revoked_since(0, 30)
+        .await
+        .expect("since")
+        .into_iter()
+        .map(|r| r.0)
+        .collect();
+    assert_eq!(seen.len(), 2);
+    assert!(
+        store
+            .access_revoked_since(15, 30)
+            .await
+            .expect("since")
+            .iter()
+            .all(|r| r.0 == "j2")
+    );
+    assert!(
+        store
+            .access_revoked_since(0, 60)
+            .await
+            .expect("since")
+            .iter()
+            .all(|r| r.0 == "j1"),
+        "j2 expired at 50"
+    );
+    assert!(store.tokens_purge(20_001).await.expect("purge") >= 2);
 }

@@ -22,6 +22,7 @@ mod idempotency;
 mod journal;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
+mod tokens;
 
 #[cfg(test)]
 mod conformance;
@@ -31,6 +32,7 @@ pub use catalog::{EVENTS_PAGE_MAX, EventRow, TicketTypeRow};
 pub use cluster::{NodeRow, ShardRow};
 pub use idempotency::{Idempotency, StoredResponse};
 pub use journal::SqlJournal;
+pub use tokens::Rotation;
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");

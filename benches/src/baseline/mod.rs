@@ -24,7 +24,7 @@ use holdfast_engine::inventories::Inventories;
 use holdfast_gateway::AppState;
 use holdfast_gateway::backend::{
     Account, Backend, BackendError, Credentials, EventInfo, IdempotencyState, NewEvent,
-    StoredResponse,
+    RefreshOutcome, StoredResponse,
 };
 use holdfast_persistence::Store;
 use serde::{Deserialize, Serialize};
@@ -225,6 +225,42 @@ impl Backend for BaselineBackend {
         self.inner.idempotency_abandon(scope, key).await
     }
 
+    async fn issue_refresh(
+        &self,
+        user: UserId,
+        family: &str,
+        token_hash: &[u8],
+        expires_at_ms: i64,
+    ) -> Result<(), BackendError> {
+        self.inner
+            .issue_refresh(user, family, token_hash, expires_at_ms)
+            .await
+    }
+
+    async fn rotate_refresh(
+        &self,
+        old_hash: &[u8],
+        new_hash: &[u8],
+        expires_at_ms: i64,
+    ) -> Result<RefreshOutcome, BackendError> {
+        self.inner
+            .rotate_refresh(old_hash, new_hash, expires_at_ms)
+            .await
+    }
+
+    async fn logout(
+        &self,
+        jti: &str,
+        expires_at_ms: i64,
+        family: Option<&str>,
+    ) -> Result<(), BackendError> {
+        self.inner.logout(jti, expires_at_ms, family).await
+    }
+
+    async fn is_access_revoked(&self, jti: &str) -> bool {
+        self.inner.is_access_revoked(jti).await
+    }
+
     async fn ready(&self) -> bool {
         self.inner.ready().await
     }
@@ -264,6 +300,7 @@ pub async fn serve(options: Options) -> anyhow::Result<()> {
         store.clone(),
         inventories,
         None,
+        Arc::default(),
         Arc::clone(&clock),
         options.hold_ttl_secs,
     );

@@ -8,10 +8,11 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::AppState;
-use crate::auth::{self, Role};
-use crate::backend::Account;
+use crate::auth::{self, AuthUser, Role};
+use crate::backend::{Account, RefreshOutcome};
 use crate::extract::ApiJson;
 use crate::problem::Problem;
+use sha2::Digest as _;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -125,14 +126,110 @@ pub async fn login(
         Some(c) if matches => c.account,
         _ => return Err(invalid()),
     };
+    let family = uuid::Uuid::new_v4().simple().to_string();
+    let (refresh, refresh_hash) = new_refresh_token();
+    state
+        .backend()
+        .issue_refresh(
+            account.id,
+            &family,
+            &refresh_hash,
+            refresh_expiry_ms(&state),
+        )
+        .await?;
+    token_pair(&state, &account, &family, &refresh)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshRequest {
+    pub refresh_token: String,
+}
+
+/// A refresh token (64 hex digits of randomness) and the hash under which it is stored.
+fn new_refresh_token() -> (String, Vec<u8>) {
+    let bytes: [u8; 32] = rand::random();
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let hash = refresh_hash(&token);
+    (token, hash)
+}
+
+fn refresh_hash(token: &str) -> Vec<u8> {
+    sha2::Sha256::digest(token.as_bytes()).to_vec()
+}
+
+fn refresh_expiry_ms(state: &AppState) -> i64 {
+    let ttl_ms = i64::try_from(state.options().refresh_token_ttl_secs.saturating_mul(1000))
+        .unwrap_or(i64::MAX / 2);
+    time::OffsetDateTime::now_utc().unix_timestamp() * 1000 + ttl_ms
+}
+
+fn token_pair(
+    state: &AppState,
+    account: &Account,
+    family: &str,
+    refresh: &str,
+) -> Result<Json<Value>, Problem> {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let token = state
         .tokens()
-        .issue(account.id, account.role, now)
+        .issue_in_family(account.id, account.role, now, Some(family))
         .map_err(|_| Problem::internal())?;
     Ok(Json(json!({
         "access_token": token,
+        "refresh_token": refresh,
         "token_type": "Bearer",
         "expires_in": state.tokens().access_ttl_secs,
     })))
+}
+
+/// `POST /v1/auth/refresh`: a new pair for a valid refresh token, which stops working; a
+/// refresh token presented twice revokes every token of its login.
+pub async fn refresh(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<RefreshRequest>,
+) -> Result<Json<Value>, Problem> {
+    let (refresh, new_hash) = new_refresh_token();
+    let outcome = state
+        .backend()
+        .rotate_refresh(
+            &refresh_hash(&req.refresh_token),
+            &new_hash,
+            refresh_expiry_ms(&state),
+        )
+        .await?;
+    match outcome {
+        RefreshOutcome::Rotated { account, family } => {
+            token_pair(&state, &account, &family, &refresh)
+        }
+        RefreshOutcome::Invalid => Err(Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid-refresh-token",
+            "Invalid refresh token",
+            "the refresh token is unknown, expired or revoked; log in again",
+        )),
+        RefreshOutcome::Reused => {
+            tracing::warn!("refresh token reused: its login family is revoked");
+            Err(Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "refresh-token-reused",
+                "Refresh token reused",
+                "this refresh token was used before, so every token of this login is revoked; log in again",
+            ))
+        }
+    }
+}
+
+/// `POST /v1/auth/logout`: this access token is refused from now on, and the refresh tokens of
+/// its login stop working.
+pub async fn logout(State(state): State<AppState>, user: AuthUser) -> Result<StatusCode, Problem> {
+    state
+        .backend()
+        .logout(
+            &user.jti,
+            user.exp.saturating_mul(1000),
+            user.family.as_deref(),
+        )
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
 }

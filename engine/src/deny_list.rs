@@ -1,0 +1,83 @@
+//! Logged-out access tokens, answered from memory on every request. Revocations are stored in
+//! the database and pulled from it every second, so a logout on any node of a cluster is
+//! honoured by every node within about a second (at once on the node that took it).
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use holdfast_actors::actor::Clock;
+use holdfast_persistence::Store;
+
+/// How often the list is pulled from the database.
+const SYNC_EVERY: Duration = Duration::from_secs(1);
+/// Revocations are pulled from a little before the last one seen: clocks of nodes differ.
+const SYNC_OVERLAP_MS: i64 = 5_000;
+
+#[derive(Debug, Default)]
+pub struct DenyList {
+    /// jti → expiry (ms); an entry is dropped once its token would have expired anyway.
+    revoked: RwLock<HashMap<String, i64>>,
+}
+
+impl DenyList {
+    pub fn contains(&self, jti: &str, now_ms: i64) -> bool {
+        let revoked = self
+            .revoked
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        revoked.get(jti).is_some_and(|&exp| exp > now_ms)
+    }
+
+    pub fn insert(&self, jti: String, expires_at_ms: i64) {
+        let mut revoked = self
+            .revoked
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        revoked.insert(jti, expires_at_ms);
+    }
+
+    fn prune(&self, now_ms: i64) {
+        let mut revoked = self
+            .revoked
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        revoked.retain(|_, exp| *exp > now_ms);
+    }
+
+    /// Pulls revocations from `store` forever (a task of the node), pruning expired ones.
+    pub async fn sync(self: Arc<Self>, store: Store, clock: Arc<dyn Clock>) {
+        let mut since = 0;
+        let mut every = tokio::time::interval(SYNC_EVERY);
+        loop {
+            every.tick().await;
+            let now = clock.now().as_millis();
+            match store.access_revoked_since(since, now).await {
+                Ok(rows) => {
+                    for (jti, expires_at, revoked_at) in rows {
+                        since = since.max(revoked_at - SYNC_OVERLAP_MS);
+                        self.insert(jti, expires_at);
+                    }
+                    self.prune(now);
+                }
+                Err(e) => tracing::warn!(error = %e, "reading revoked tokens failed"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DenyList;
+
+    #[test]
+    fn entries_last_until_the_token_expires() {
+        let list = DenyList::default();
+        list.insert("a".into(), 1_000);
+        assert!(list.contains("a", 999));
+        assert!(!list.contains("a", 1_000));
+        assert!(!list.contains("b", 0));
+        list.prune(1_000);
+        assert!(list.revoked.read().expect("lock").is_empty());
+    }
+}
