@@ -243,7 +243,13 @@ impl Cluster {
         }
         let target = (self.settings.shards as usize).div_ceil(live);
         let mut claimed = Vec::new();
-        for shard in orphans.iter().take(target.saturating_sub(mine)) {
+        // A claim lost to a faster node does not count: go on to the next orphan, so a dead
+        // node's shards are all taken in one round when the survivors have room.
+        let wanted = target.saturating_sub(mine);
+        for shard in &orphans {
+            if claimed.len() >= wanted {
+                break;
+            }
             if let Some(epoch) = self
                 .store
                 .claim_shard(shard.shard, shard.epoch, self.node_id())
