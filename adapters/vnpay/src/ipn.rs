@@ -164,19 +164,8 @@ pub fn handle(
 mod tests {
     use super::*;
     use crate::encoding;
-    use crate::{Config, Locale};
 
-    fn config() -> Config {
-        Config {
-            tmn_code: "HOLDFAST".to_owned(),
-            hash_secret: "s3cret".to_owned(),
-            pay_url: crate::SANDBOX_PAY_URL.to_owned(),
-            return_url: "http://localhost/return".to_owned(),
-            ipn_url: None,
-            version: crate::VERSION.to_owned(),
-            locale: Locale::Vn,
-        }
-    }
+    use crate::test_support::config;
 
     fn query(secret: &str, code: &str, status: &str, amount: &str) -> Vec<(String, String)> {
         let params = [

@@ -39,3 +39,21 @@ pub const VERSION: &str = "2.1.0";
 pub const SANDBOX_PAY_URL: &str = "https://sandbox.vnpayment.vn/paymentv2/vpcpay.html";
 /// VNPAY's sandbox API endpoint for `querydr` and `refund`.
 pub const SANDBOX_API_URL: &str = "https://sandbox.vnpayment.vn/merchant_webapi/api/transaction";
+
+/// The merchant settings the unit tests of several modules share.
+#[cfg(test)]
+mod test_support {
+    use crate::{Config, Locale};
+
+    pub(crate) fn config() -> Config {
+        Config {
+            tmn_code: "HOLDFAST".to_owned(),
+            hash_secret: "s3cret".to_owned(),
+            pay_url: crate::SANDBOX_PAY_URL.to_owned(),
+            return_url: "http://localhost/return".to_owned(),
+            ipn_url: None,
+            version: crate::VERSION.to_owned(),
+            locale: Locale::Vn,
+        }
+    }
+}

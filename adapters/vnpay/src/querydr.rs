@@ -271,20 +271,9 @@ pub fn verify_response(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Locale;
     use time::macros::datetime;
 
-    fn config() -> Config {
-        Config {
-            tmn_code: "HOLDFAST".to_owned(),
-            hash_secret: "s3cret".to_owned(),
-            pay_url: crate::SANDBOX_PAY_URL.to_owned(),
-            return_url: "http://localhost/return".to_owned(),
-            ipn_url: None,
-            version: crate::VERSION.to_owned(),
-            locale: Locale::Vn,
-        }
-    }
+    use crate::test_support::config;
 
     #[test]
     fn request_hash_follows_the_documented_order() {
