@@ -6,7 +6,10 @@ use holdfast_actors::{
 };
 use uuid::Uuid;
 
-use crate::{Error, EventRow, Idempotency, NewUser, Store, StoredResponse, TicketTypeRow};
+use crate::{
+    Error, EventRow, Idempotency, NewUser, NotificationRow, OrderRow, OutboxRecord, Store,
+    StoredResponse, TicketRow, TicketTypeRow,
+};
 
 /// Instantiates every suite function below as a test on each backend.
 macro_rules! store_test_suite {
@@ -51,6 +54,10 @@ store_test_suite!(
     refresh_tokens_rotate_once_and_reuse_revokes_the_family,
     cluster_shards_are_claimed_by_compare_and_set,
     cluster_journal_is_fenced_by_the_shard_epoch,
+    checkout_side_effect_outbox_and_event_id_commit_together,
+    checkout_outbox_publishes_in_order_once,
+    checkout_order_per_hold_and_ticket_per_seat_are_unique,
+    checkout_notifications_are_retried_when_due,
 );
 
 fn records(seqs: impl IntoIterator<Item = u64>) -> Vec<Record> {
@@ -856,4 +863,203 @@ async fn refresh_tokens_rotate_once_and_reuse_revokes_the_family(store: &Store) 
         "j2 expired at 50"
     );
     assert!(store.tokens_purge(20_001).await.expect("purge") >= 2);
+}
+
+fn order(hold: &str) -> OrderRow {
+    OrderRow {
+        id: Uuid::new_v4(),
+        user_id: Uuid::new_v4(),
+        email: "buyer@example.com".to_owned(),
+        event_id: Uuid::new_v4(),
+        hold_id: hold.to_owned(),
+        status: "pending_payment".to_owned(),
+        amount: 1_000_000,
+        currency: "VND".to_owned(),
+        items: r#"[{"ticket_type":"GA","quantity":2}]"#.to_owned(),
+        hold_expires_at: 1_000,
+        payment_url: None,
+        note: None,
+        created_at: 1,
+        updated_at: 1,
+    }
+}
+
+fn outbox_record(topic: &str, n: u32) -> OutboxRecord {
+    OutboxRecord {
+        id: Uuid::new_v4(),
+        topic: topic.to_owned(),
+        key: format!("key-{n}"),
+        payload: format!("payload {n}").into_bytes(),
+    }
+}
+
+async fn checkout_side_effect_outbox_and_event_id_commit_together(store: &Store) {
+    let event = Uuid::new_v4();
+    let first = order("hold-a");
+    // Rolled back: neither the order, the outbox record nor the event id stays.
+    let mut tx = store.checkout_tx().await.unwrap();
+    assert!(tx.first_time("orders", event).await.unwrap());
+    assert!(tx.insert_order(&first).await.unwrap());
+    tx.outbox(&[outbox_record("orders.events", 1)])
+        .await
+        .unwrap();
+    drop(tx);
+    assert_eq!(store.order(first.id).await.unwrap(), None);
+    assert!(store.outbox_unpublished(10).await.unwrap().is_empty());
+    // Committed: all three stay, and the event is handled once only.
+    let mut tx = store.checkout_tx().await.unwrap();
+    assert!(tx.first_time("orders", event).await.unwrap());
+    assert!(tx.insert_order(&first).await.unwrap());
+    tx.outbox(&[outbox_record("orders.events", 1)])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(store.order(first.id).await.unwrap(), Some(first.clone()));
+    assert_eq!(store.outbox_unpublished(10).await.unwrap().len(), 1);
+    let mut tx = store.checkout_tx().await.unwrap();
+    assert!(
+        !tx.first_time("orders", event).await.unwrap(),
+        "a redelivery"
+    );
+    assert!(
+        tx.first_time("tickets", event).await.unwrap(),
+        "another consumer"
+    );
+    let mut locked = tx.order(first.id).await.unwrap().unwrap();
+    locked.status = "confirmed".to_owned();
+    locked.payment_url = Some("https://pay.example/x".to_owned());
+    locked.updated_at = 2;
+    tx.update_order(&locked).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(store.order(first.id).await.unwrap(), Some(locked.clone()));
+    assert_eq!(
+        store.order_by_hold("hold-a").await.unwrap(),
+        Some(locked.clone())
+    );
+    assert_eq!(
+        store.orders_of_user(first.user_id, 10).await.unwrap(),
+        vec![locked]
+    );
+}
+
+async fn checkout_outbox_publishes_in_order_once(store: &Store) {
+    for n in 0..5 {
+        let mut tx = store.checkout_tx().await.unwrap();
+        tx.outbox(&[outbox_record("payments.events", n)])
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    }
+    let pending = store.outbox_unpublished(3).await.unwrap();
+    let keys: Vec<_> = pending.iter().map(|p| p.record.key.clone()).collect();
+    assert_eq!(keys, ["key-0", "key-1", "key-2"]);
+    assert!(pending.windows(2).all(|w| w[0].seq < w[1].seq));
+    store
+        .outbox_published(pending[0].seq, pending[2].seq)
+        .await
+        .unwrap();
+    let rest = store.outbox_unpublished(10).await.unwrap();
+    let keys: Vec<_> = rest.iter().map(|p| p.record.key.clone()).collect();
+    assert_eq!(keys, ["key-3", "key-4"]);
+    assert_eq!(rest[0].record.payload, b"payload 3");
+}
+
+async fn checkout_order_per_hold_and_ticket_per_seat_are_unique(store: &Store) {
+    let first = order("hold-b");
+    let mut tx = store.checkout_tx().await.unwrap();
+    assert!(tx.insert_order(&first).await.unwrap());
+    assert!(
+        !tx.insert_order(&order("hold-b")).await.unwrap(),
+        "one order per hold"
+    );
+    let ticket = TicketRow {
+        id: Uuid::new_v4(),
+        order_id: first.id,
+        user_id: first.user_id,
+        event_id: first.event_id,
+        ticket_type: "GA".to_owned(),
+        seat: 1,
+        code: "HF1.x.y".to_owned(),
+        status: "valid".to_owned(),
+        admitted_at: None,
+        created_at: 5,
+    };
+    assert!(tx.insert_ticket(&ticket).await.unwrap());
+    let again = TicketRow {
+        id: Uuid::new_v4(),
+        ..ticket.clone()
+    };
+    assert!(
+        !tx.insert_ticket(&again).await.unwrap(),
+        "one ticket per seat"
+    );
+    let second = TicketRow {
+        id: Uuid::new_v4(),
+        seat: 2,
+        ..ticket.clone()
+    };
+    assert!(tx.insert_ticket(&second).await.unwrap());
+    tx.set_ticket_status(ticket.id, "admitted", Some(9))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let tickets = store.tickets_of_order(first.id).await.unwrap();
+    assert_eq!(tickets.len(), 2);
+    assert_eq!(tickets[0].status, "admitted");
+    assert_eq!(tickets[0].admitted_at, Some(9));
+    let mut tx = store.checkout_tx().await.unwrap();
+    assert_eq!(tx.void_tickets(first.id).await.unwrap(), 2);
+    tx.commit().await.unwrap();
+    assert_eq!(
+        store.ticket(second.id).await.unwrap().unwrap().status,
+        "void"
+    );
+}
+
+async fn checkout_notifications_are_retried_when_due(store: &Store) {
+    let order_id = Uuid::new_v4();
+    let n = NotificationRow {
+        id: Uuid::new_v4(),
+        order_id,
+        channel: "email".to_owned(),
+        recipient: "buyer@example.com".to_owned(),
+        subject: "Your tickets".to_owned(),
+        body: "See attached".to_owned(),
+        attachments: Some(vec![1, 2, 3]),
+        status: "pending".to_owned(),
+        attempts: 0,
+        next_attempt_at: 100,
+        last_error: None,
+        created_at: 100,
+        sent_at: None,
+    };
+    let mut tx = store.checkout_tx().await.unwrap();
+    assert!(tx.insert_notification(&n).await.unwrap());
+    assert!(!tx.insert_notification(&n).await.unwrap());
+    tx.commit().await.unwrap();
+    assert!(store.notifications_due(99, 10).await.unwrap().is_empty());
+    assert_eq!(
+        store.notifications_due(100, 10).await.unwrap(),
+        vec![n.clone()]
+    );
+    store
+        .notification_attempted(n.id, "pending", 500, Some("connection refused"), 100)
+        .await
+        .unwrap();
+    assert!(store.notifications_due(499, 10).await.unwrap().is_empty());
+    store
+        .notification_attempted(n.id, "sent", 500, None, 600)
+        .await
+        .unwrap();
+    let stored = store.notifications_of_order(order_id).await.unwrap();
+    assert_eq!(stored[0].attempts, 2);
+    assert_eq!(stored[0].status, "sent");
+    assert_eq!(stored[0].sent_at, Some(600));
+    assert!(
+        store
+            .notifications_due(10_000, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }

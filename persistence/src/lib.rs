@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 mod accounts;
 mod catalog;
+mod checkout;
 mod cluster;
 mod idempotency;
 mod journal;
@@ -29,6 +30,9 @@ mod conformance;
 
 pub use accounts::{NewUser, UserRow};
 pub use catalog::{EVENTS_PAGE_MAX, EventRow, TicketTypeRow};
+pub use checkout::{
+    CheckoutTx, NotificationRow, OrderRow, OutboxRecord, PaymentRow, PendingRecord, TicketRow,
+};
 pub use cluster::{NodeRow, ShardRow};
 pub use idempotency::{Idempotency, StoredResponse};
 pub use journal::SqlJournal;
@@ -118,6 +122,11 @@ impl Store {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// The connection pool, for stores of other crates that share this database (the bus).
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
     }
 
     /// Applies the migrations this binary embeds for the store's backend.
