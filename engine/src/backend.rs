@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use holdfast_actors::actor::Clock;
-use holdfast_actors::{EventId, HoldRef, HoldView, Line, TicketCode, TypeStock, UserId};
+use holdfast_actors::{EventId, HoldRef, HoldView, Line, OrderId, TicketCode, TypeStock, UserId};
 use holdfast_gateway::auth::Role;
 use holdfast_gateway::backend::{
     Account, Backend, BackendError, ClusterProblem, Credentials, EventInfo, IdempotencyState,
@@ -83,6 +83,27 @@ impl NodeBackend {
             }
         };
         reply.map_err(BackendError::from)
+    }
+
+    /// Held → sold for paid order `order` (idempotent).
+    pub async fn confirm(&self, hold: HoldRef, order: OrderId) -> Result<(), BackendError> {
+        let op = InventoryOp::Confirm {
+            hold_id: hold.hold_id,
+            order_id: order,
+        };
+        self.execute(hold.event_id, op).await.map(|_| ())
+    }
+
+    /// Puts refunded order `order`'s seats back on sale (idempotent).
+    pub async fn return_stock(&self, event: EventId, order: OrderId) -> Result<(), BackendError> {
+        self.execute(event, InventoryOp::Return { order_id: order })
+            .await
+            .map(|_| ())
+    }
+
+    /// The store of this node.
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     fn cluster(&self) -> Result<&Cluster, BackendError> {

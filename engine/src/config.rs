@@ -51,6 +51,48 @@ pub struct Config {
     pub shards: u32,
     /// A node whose heartbeat is older than this loses its shards to the others.
     pub lease_secs: u64,
+    /// Services this process runs: `all`, or a comma-separated subset of `gateway`,
+    /// `inventory`, `orders`, `payments`, `tickets`, `notifications` (`--roles` wins).
+    pub roles: String,
+    /// `host:port,…` of Kafka brokers: the saga's bus is Kafka. Unset: the durable in-process
+    /// bus in the node's own database.
+    pub kafka_brokers: Option<String>,
+    /// Prefix of bus topic and consumer group names (several deployments on one broker).
+    pub bus_prefix: String,
+    /// The node's public base URL: VNPAY's return URL and links in messages derive from it.
+    /// Unset: `http://<http_addr>`.
+    pub public_url: Option<String>,
+    /// VNPAY merchant terminal code. Unset on the embedded default: the demo merchant that
+    /// `holdfast vnpay-sim` also uses.
+    pub vnpay_tmn_code: Option<String>,
+    /// VNPAY HMAC-SHA512 secret (required with PostgreSQL when the payments service runs).
+    pub vnpay_hash_secret: Option<String>,
+    /// VNPAY's payment page. Unset on the embedded default: a local `holdfast vnpay-sim`.
+    pub vnpay_pay_url: Option<String>,
+    /// VNPAY's API endpoint (`querydr`). Unset: pending payments past their window fail.
+    pub vnpay_api_url: Option<String>,
+    /// Longest payment window in seconds; never past the hold's expiry.
+    pub payment_window_secs: u64,
+    /// Seconds after a payment window closes before a payment without result is reconciled.
+    pub payment_reconcile_grace_secs: u64,
+    /// Milliseconds `POST /v1/orders` waits for the payment URL before answering without it.
+    pub payment_url_wait_ms: u64,
+    /// Ed25519 seed (64 hex digits) signing ticket codes. Unset on the embedded default:
+    /// generated in `<data_dir>/ticket-signing.key` on first start.
+    pub ticket_signing_key: Option<String>,
+    /// Key id written into ticket codes signed by `ticket_signing_key`.
+    pub ticket_key_id: String,
+    /// Further keys check-in trusts (rotation): `kid=public-key-hex,…`.
+    pub ticket_trusted_keys: Option<String>,
+    /// SMTP server for e-mail: `smtp://host:port`, `smtp://host?tls=required`, `smtps://host`.
+    /// Unset: messages are recorded as skipped.
+    pub smtp_url: Option<String>,
+    /// Sender of e-mail.
+    pub mail_from: String,
+    /// Attempts at sending a message before it is given up.
+    pub notify_attempts_max: u32,
+    /// First retry delay of a message in seconds; doubles per attempt up to an hour.
+    pub notify_backoff_secs: u64,
     /// `text` or `json`.
     pub log_format: LogFormat,
     /// A tracing filter such as `info,holdfast=debug`; `RUST_LOG` is used when unset.
@@ -93,6 +135,24 @@ impl Default for Config {
             advertise_addr: None,
             shards: 256,
             lease_secs: 10,
+            roles: "all".to_owned(),
+            kafka_brokers: None,
+            bus_prefix: String::new(),
+            public_url: None,
+            vnpay_tmn_code: None,
+            vnpay_hash_secret: None,
+            vnpay_pay_url: None,
+            vnpay_api_url: None,
+            payment_window_secs: 900,
+            payment_reconcile_grace_secs: 300,
+            payment_url_wait_ms: 3000,
+            ticket_signing_key: None,
+            ticket_key_id: "k1".to_owned(),
+            ticket_trusted_keys: None,
+            smtp_url: None,
+            mail_from: "Holdfast <tickets@holdfast.invalid>".to_owned(),
+            notify_attempts_max: 8,
+            notify_backoff_secs: 5,
             log_format: LogFormat::Text,
             log: None,
         }
@@ -170,6 +230,13 @@ impl Config {
                 );
             }
         }
+        if self.payment_window_secs < 60 {
+            return bad("payment_window_secs must be at least 60 (VNPAY's minimum is a minute)");
+        }
+        if self.notify_attempts_max == 0 {
+            return bad("notify_attempts_max must be at least 1");
+        }
+        self.roles().map_err(Error::Invalid)?;
         if let Some(url) = &self.database_url
             && !(url.starts_with("sqlite:")
                 || url.starts_with("postgres://")
@@ -202,6 +269,20 @@ impl Config {
         }
     }
 
+    /// The roles `roles` names.
+    pub fn roles(&self) -> Result<Roles, String> {
+        parse_roles(&self.roles)
+    }
+
+    /// The public base URL, without a trailing slash.
+    pub fn public_url(&self) -> String {
+        self.public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.http_addr))
+            .trim_end_matches('/')
+            .to_owned()
+    }
+
     /// The address other nodes dial for this node's internal API.
     pub fn advertised(&self) -> String {
         self.advertise_addr
@@ -217,6 +298,71 @@ impl Config {
             body_limit_bytes: self.body_limit_bytes,
         }
     }
+}
+
+/// What a process runs, from `all` or a comma-separated list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Roles {
+    pub gateway: bool,
+    pub inventory: bool,
+    pub saga: crate::checkout::Roles,
+}
+
+pub const ROLE_NAMES: &[&str] = &[
+    "all",
+    "gateway",
+    "inventory",
+    "orders",
+    "payments",
+    "tickets",
+    "notifications",
+];
+
+pub fn parse_roles(text: &str) -> Result<Roles, String> {
+    let mut roles = Roles {
+        gateway: false,
+        inventory: false,
+        saga: crate::checkout::Roles {
+            orders: false,
+            payments: false,
+            tickets: false,
+            notifications: false,
+        },
+    };
+    for role in text.split(',').map(str::trim).filter(|r| !r.is_empty()) {
+        match role {
+            "all" => {
+                return Ok(Roles {
+                    gateway: true,
+                    inventory: true,
+                    saga: crate::checkout::Roles::ALL,
+                });
+            }
+            "gateway" => roles.gateway = true,
+            "inventory" => roles.inventory = true,
+            "orders" => roles.saga.orders = true,
+            "payments" => roles.saga.payments = true,
+            "tickets" => roles.saga.tickets = true,
+            "notifications" => roles.saga.notifications = true,
+            other => {
+                return Err(format!(
+                    "unknown role {other:?}: roles are {}",
+                    ROLE_NAMES.join(", ")
+                ));
+            }
+        }
+    }
+    if !(roles.gateway || roles.inventory || roles.saga.any()) {
+        return Err("roles names no role".to_owned());
+    }
+    if roles.saga.orders && !roles.inventory {
+        return Err(
+            "the orders role runs beside the inventory (it confirms holds in the event actors): \
+             add inventory"
+                .to_owned(),
+        );
+    }
+    Ok(roles)
 }
 
 #[cfg(test)]
@@ -265,6 +411,20 @@ mod tests {
             assert!(!config.is_embedded());
             Ok(())
         });
+    }
+
+    #[test]
+    fn roles_parse_and_explain_mistakes() {
+        assert_eq!(
+            parse_roles("all").unwrap().saga,
+            crate::checkout::Roles::ALL
+        );
+        let tickets = parse_roles("tickets, notifications").unwrap();
+        assert!(tickets.saga.tickets && tickets.saga.notifications);
+        assert!(!tickets.gateway && !tickets.inventory && !tickets.saga.orders);
+        assert!(parse_roles("tikets").unwrap_err().contains("unknown role"));
+        assert!(parse_roles("orders").unwrap_err().contains("inventory"));
+        assert!(parse_roles("").is_err());
     }
 
     #[test]

@@ -156,6 +156,20 @@ impl Inventories {
                     .map_err(call_error)?;
                 InventoryReply::Done
             }
+            InventoryOp::Confirm { hold_id, order_id } => {
+                actor
+                    .call(Command::Confirm { hold_id, order_id })
+                    .await
+                    .map_err(call_error)?;
+                InventoryReply::Done
+            }
+            InventoryOp::Return { order_id } => {
+                actor
+                    .call(Command::Return { order_id })
+                    .await
+                    .map_err(call_error)?;
+                InventoryReply::Done
+            }
             InventoryOp::Stock => InventoryReply::Stock(actor.stock().await.map_err(call_error)?),
         };
         Ok(reply)

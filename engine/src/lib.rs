@@ -2,6 +2,7 @@
 //! calls, and the composition of a node. The `holdfast` binary lives in `main.rs`.
 
 pub mod backend;
+pub mod checkout;
 pub mod cluster;
 pub mod config;
 pub mod deny_list;

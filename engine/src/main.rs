@@ -30,9 +30,10 @@ struct Cli {
 enum Command {
     /// Runs a node: the REST API and the event actors (SQLite in ./data unless configured).
     Serve {
-        /// Roles this process takes, comma-separated: all, gateway, inventory.
-        #[arg(long, default_value = "all", value_delimiter = ',')]
-        roles: Vec<String>,
+        /// Services this process runs, comma-separated: all, or some of gateway, inventory,
+        /// orders, payments, tickets, notifications (default: HOLDFAST_ROLES, else all).
+        #[arg(long)]
+        roles: Option<String>,
     },
     /// Creates or upgrades the database schema, then exits.
     Migrate,
@@ -53,10 +54,17 @@ enum Command {
         )]
         addr: std::net::SocketAddr,
         /// The merchant's terminal code (vnp_TmnCode).
-        #[arg(long, env = "HOLDFAST_VNPAY_TMN_CODE", default_value = "HOLDFAST")]
+        #[arg(long, env = "HOLDFAST_VNPAY_TMN_CODE", default_value = holdfast_engine::node::DEMO_VNPAY_TMN_CODE)]
         tmn_code: String,
-        /// The HMAC-SHA512 secret shared with the merchant.
-        #[arg(long, env = "HOLDFAST_VNPAY_HASH_SECRET", hide_env_values = true)]
+        /// The HMAC-SHA512 secret shared with the merchant; unset: the embedded default's demo
+        /// merchant.
+        #[arg(
+            long,
+            env = "HOLDFAST_VNPAY_HASH_SECRET",
+            hide_env_values = true,
+            default_value = holdfast_engine::node::DEMO_VNPAY_HASH_SECRET,
+            hide_default_value = true
+        )]
         hash_secret: String,
         /// The merchant's IPN endpoint; defaults to HOLDFAST_PUBLIC_URL + /v1/payments/vnpay/ipn.
         #[arg(long)]
@@ -126,8 +134,6 @@ enum UsersCommand {
     },
 }
 
-const ROLES: &[&str] = &["all", "gateway", "inventory"];
-
 fn init_tracing(config: &Config) {
     let filter = config
         .log
@@ -160,13 +166,10 @@ async fn shutdown_signal() {
     }
 }
 
-async fn serve(config: Config, roles: &[String]) -> anyhow::Result<()> {
-    for role in roles {
-        anyhow::ensure!(
-            ROLES.contains(&role.as_str()),
-            "unknown role {role:?}: this build serves {}",
-            ROLES.join(", ")
-        );
+async fn serve(mut config: Config, roles: Option<String>) -> anyhow::Result<()> {
+    if let Some(roles) = roles {
+        holdfast_engine::config::parse_roles(&roles).map_err(anyhow::Error::msg)?;
+        config.roles = roles;
     }
     let node = holdfast_engine::start(config).await?;
     let stop = node.shutdown_sender();
@@ -303,7 +306,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             )
             .await
         }
-        Command::Serve { roles } => serve(load()?, &roles).await,
+        Command::Serve { roles } => serve(load()?, roles).await,
         Command::Migrate => {
             let config = load()?;
             let store = node::open_store(&config).await?;

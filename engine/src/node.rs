@@ -15,6 +15,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::backend::NodeBackend;
+use crate::checkout::notifications::NotifySettings;
+use crate::checkout::payments::PaymentSettings;
+use crate::checkout::{CheckoutNode, Settings};
 use crate::cluster::{self, Cluster};
 use crate::config::Config;
 use crate::deny_list::DenyList;
@@ -239,9 +242,15 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
         Arc::clone(&clock),
         config.hold_ttl,
     ));
+    let checkout = Arc::new(
+        start_checkout(&config, &store, Arc::clone(&backend), Arc::clone(&clock))
+            .await
+            .context("starting the checkout services")?,
+    );
     let metrics = metrics_handle();
     let state = AppState::new(
         backend.clone(),
+        checkout.clone(),
         &secret,
         config.gateway_options(),
         Arc::new(move || metrics.render()),
@@ -261,6 +270,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
             })
             .await;
         backend.set_ready(false);
+        checkout.stop().await;
         purge.abort();
         deny_sync.abort();
         match &cluster {
@@ -279,6 +289,202 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
         shutdown,
         task,
     })
+}
+
+/// The VNPAY merchant of the embedded default: `holdfast vnpay-sim` plays VNPAY for it, so a
+/// purchase can be clicked through on one machine. Never used with PostgreSQL.
+pub const DEMO_VNPAY_TMN_CODE: &str = "HOLDFAST";
+pub const DEMO_VNPAY_HASH_SECRET: &str = "holdfast-demo-secret-for-vnpay-sim-only";
+pub const DEMO_VNPAY_SIM_URL: &str = "http://127.0.0.1:9090";
+
+/// The VNPAY merchant settings: from settings, or the demo merchant on the embedded default.
+fn vnpay_config(config: &Config) -> anyhow::Result<(holdfast_vnpay::Config, Option<String>)> {
+    let demo = config.is_embedded() && config.vnpay_hash_secret.is_none();
+    let hash_secret = match (&config.vnpay_hash_secret, demo) {
+        (Some(secret), _) => secret.clone(),
+        (None, true) => {
+            tracing::warn!(
+                "VNPAY is not configured: payments go to the demo merchant of `holdfast vnpay-sim` \
+                 ({DEMO_VNPAY_SIM_URL}); set HOLDFAST_VNPAY_TMN_CODE, HOLDFAST_VNPAY_HASH_SECRET \
+                 and HOLDFAST_VNPAY_PAY_URL for real payments"
+            );
+            DEMO_VNPAY_HASH_SECRET.to_owned()
+        }
+        (None, false) => anyhow::bail!(
+            "the payments service needs HOLDFAST_VNPAY_TMN_CODE and HOLDFAST_VNPAY_HASH_SECRET \
+             (the demo merchant is only used on the embedded default)"
+        ),
+    };
+    let tmn_code = match (&config.vnpay_tmn_code, demo) {
+        (Some(code), _) => code.clone(),
+        (None, true) => DEMO_VNPAY_TMN_CODE.to_owned(),
+        (None, false) => anyhow::bail!("the payments service needs HOLDFAST_VNPAY_TMN_CODE"),
+    };
+    let pay_url = match (&config.vnpay_pay_url, demo) {
+        (Some(url), _) => url.clone(),
+        (None, true) => format!("{DEMO_VNPAY_SIM_URL}/paymentv2/vpcpay.html"),
+        (None, false) => holdfast_vnpay::SANDBOX_PAY_URL.to_owned(),
+    };
+    let api_url = match (&config.vnpay_api_url, demo) {
+        (Some(url), _) => Some(url.clone()),
+        (None, true) => Some(format!(
+            "{DEMO_VNPAY_SIM_URL}/merchant_webapi/api/transaction"
+        )),
+        (None, false) => None,
+    };
+    let public_url = config.public_url();
+    Ok((
+        holdfast_vnpay::Config {
+            tmn_code,
+            hash_secret,
+            pay_url,
+            return_url: format!("{public_url}/v1/payments/vnpay/return"),
+            ipn_url: Some(format!("{public_url}/v1/payments/vnpay/ipn")),
+            version: holdfast_vnpay::VERSION.to_owned(),
+            locale: holdfast_vnpay::Locale::default(),
+        },
+        api_url,
+    ))
+}
+
+/// The ticket signing key (from settings, or generated on the embedded default) and the keys
+/// check-in trusts.
+fn ticket_keys(
+    config: &Config,
+) -> anyhow::Result<(
+    Option<Arc<holdfast_tickets::Signer>>,
+    holdfast_tickets::Verifier,
+)> {
+    let seed = match &config.ticket_signing_key {
+        Some(seed) => Some(seed.clone()),
+        None if config.is_embedded() => {
+            let path = config.data_dir.join("ticket-signing.key");
+            let seed = if path.exists() {
+                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?
+            } else {
+                write_new_secret(&path)?
+            };
+            Some(String::from_utf8(seed).context("ticket-signing.key is not hex")?)
+        }
+        None => None,
+    };
+    let signer = seed
+        .map(|seed| {
+            holdfast_tickets::Signer::from_seed_hex(config.ticket_key_id.clone(), seed.trim())
+                .map_err(|e| anyhow::anyhow!("HOLDFAST_TICKET_SIGNING_KEY: {e}"))
+        })
+        .transpose()?
+        .map(Arc::new);
+    let mut verifier = match &signer {
+        Some(signer) => holdfast_tickets::Verifier::from_signers([signer.as_ref()]),
+        None => holdfast_tickets::Verifier::new(),
+    };
+    for entry in config
+        .ticket_trusted_keys
+        .as_deref()
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+    {
+        let (kid, key) = entry.split_once('=').with_context(|| {
+            format!("HOLDFAST_TICKET_TRUSTED_KEYS entry {entry:?} is not kid=public-key-hex")
+        })?;
+        verifier
+            .add_public_key_hex(kid.trim(), key)
+            .map_err(|e| anyhow::anyhow!("HOLDFAST_TICKET_TRUSTED_KEYS {kid}: {e}"))?;
+    }
+    Ok((signer, verifier))
+}
+
+/// The saga's bus: Kafka when brokers are set, else the durable bus in the node's database.
+fn saga_bus(config: &Config, store: &Store) -> anyhow::Result<Arc<dyn holdfast_bus::Bus>> {
+    Ok(match &config.kafka_brokers {
+        Some(brokers) => Arc::new(
+            holdfast_bus::KafkaBus::connect(brokers, &config.bus_prefix)
+                .with_context(|| format!("connecting to Kafka at {brokers}"))?,
+        ),
+        None => Arc::new(
+            holdfast_bus::SqlBus::new(
+                store.pool().clone(),
+                holdfast_bus::SqlBusOptions {
+                    prefix: config.bus_prefix.clone(),
+                    ..holdfast_bus::SqlBusOptions::default()
+                },
+            )
+            .context("opening the in-process bus")?,
+        ),
+    })
+}
+
+/// Starts the saga's services this process runs.
+async fn start_checkout(
+    config: &Config,
+    store: &Store,
+    backend: Arc<NodeBackend>,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<CheckoutNode> {
+    let roles = config.roles().map_err(anyhow::Error::msg)?;
+    let (vnpay, api_url) = if roles.saga.payments {
+        vnpay_config(config)?
+    } else {
+        (
+            holdfast_vnpay::Config {
+                tmn_code: String::new(),
+                hash_secret: String::new(),
+                pay_url: String::new(),
+                return_url: String::new(),
+                ipn_url: None,
+                version: holdfast_vnpay::VERSION.to_owned(),
+                locale: holdfast_vnpay::Locale::default(),
+            },
+            None,
+        )
+    };
+    let (signer, verifier) = ticket_keys(config)?;
+    if roles.saga.tickets && signer.is_none() {
+        anyhow::bail!(
+            "the tickets service needs HOLDFAST_TICKET_SIGNING_KEY (64 hex digits; every node \
+             must share it) unless it runs on the embedded default"
+        );
+    }
+    let smtp = config
+        .smtp_url
+        .as_ref()
+        .map(|url| holdfast_notify::MailerSettings {
+            url: Some(url.clone()),
+            host: None,
+            port: None,
+            tls: None,
+            username: None,
+            password: None,
+            from: config.mail_from.clone(),
+            helo_name: None,
+            timeout_secs: 30,
+        });
+    let settings = Settings {
+        roles: roles.saga,
+        payments: PaymentSettings {
+            vnpay,
+            api_url,
+            window: Duration::from_secs(config.payment_window_secs),
+            reconcile_grace: Duration::from_secs(config.payment_reconcile_grace_secs),
+            reconcile_every: Duration::from_secs(config.payment_reconcile_grace_secs.clamp(1, 30)),
+        },
+        notify: NotifySettings {
+            smtp,
+            attempts_max: config.notify_attempts_max,
+            backoff_min: Duration::from_secs(config.notify_backoff_secs),
+            backoff_max: Duration::from_secs(3600),
+            public_url: config.public_url(),
+        },
+        signer,
+        verifier: Arc::new(verifier),
+        payment_url_wait: Duration::from_millis(config.payment_url_wait_ms),
+        group_prefix: config.bus_prefix.clone(),
+    };
+    let bus = saga_bus(config, store)?;
+    CheckoutNode::start(settings, store.clone(), bus, Some(backend), clock)
 }
 
 async fn purge_idempotency_keys(store: Store, clock: Arc<dyn Clock>, ttl_secs: u64) {

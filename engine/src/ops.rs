@@ -1,7 +1,7 @@
 //! Inventory operations as values, so one node can run them for another: the same enum is
 //! executed locally and sent over the internal API.
 
-use holdfast_actors::{HoldId, HoldView, Line, TicketCode, TypeStock, UserId, inventory};
+use holdfast_actors::{HoldId, HoldView, Line, OrderId, TicketCode, TypeStock, UserId, inventory};
 use holdfast_gateway::backend::BackendError;
 use serde::{Deserialize, Serialize};
 
@@ -17,6 +17,15 @@ pub enum InventoryOp {
     GetHold(HoldId),
     /// Idempotent.
     Release(HoldId),
+    /// Held → sold for a paid order. Idempotent by the pair.
+    Confirm {
+        hold_id: HoldId,
+        order_id: OrderId,
+    },
+    /// A refunded order's seats go back on sale. Idempotent by `order_id`.
+    Return {
+        order_id: OrderId,
+    },
     Stock,
 }
 

@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod backend;
+pub mod checkout;
 pub mod extract;
 pub mod idempotency;
 pub mod problem;
@@ -29,6 +30,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::auth::TokenKeys;
 use crate::backend::Backend;
+use crate::checkout::Checkout;
 use crate::problem::Problem;
 
 pub const REQUEST_ID: &str = "x-request-id";
@@ -69,6 +71,7 @@ pub struct AppState {
 
 struct Inner {
     backend: Arc<dyn Backend>,
+    checkout: Arc<dyn Checkout>,
     tokens: TokenKeys,
     options: Options,
     render_metrics: RenderMetrics,
@@ -85,6 +88,7 @@ impl std::fmt::Debug for AppState {
 impl AppState {
     pub fn new(
         backend: Arc<dyn Backend>,
+        checkout: Arc<dyn Checkout>,
         jwt_secret: &[u8],
         options: Options,
         render_metrics: RenderMetrics,
@@ -93,6 +97,7 @@ impl AppState {
         Self {
             inner: Arc::new(Inner {
                 backend,
+                checkout,
                 tokens,
                 options,
                 render_metrics,
@@ -102,6 +107,10 @@ impl AppState {
 
     pub fn backend(&self) -> &dyn Backend {
         self.inner.backend.as_ref()
+    }
+
+    pub fn checkout(&self) -> &dyn Checkout {
+        self.inner.checkout.as_ref()
     }
 
     pub fn tokens(&self) -> &TokenKeys {
@@ -138,6 +147,26 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/holds/{hold_id}",
             get(routes::holds::get).delete(routes::holds::release),
+        )
+        .route(
+            "/v1/orders",
+            post(routes::orders::create).get(routes::orders::list),
+        )
+        .route("/v1/orders/{order_id}", get(routes::orders::get))
+        .route("/v1/orders/{order_id}/refund", post(routes::orders::refund))
+        .route(
+            "/v1/orders/{order_id}/tickets",
+            get(routes::orders::tickets),
+        )
+        .route(
+            "/v1/tickets/{ticket_id}/qr.png",
+            get(routes::tickets::qr_png),
+        )
+        .route("/v1/checkin", post(routes::tickets::checkin))
+        .route("/v1/payments/vnpay/ipn", get(routes::payments::ipn))
+        .route(
+            "/v1/payments/vnpay/return",
+            get(routes::payments::return_page),
         )
         .route("/v1/admin/shards", get(routes::admin::shards))
         .route(

@@ -256,3 +256,67 @@ impl From<BackendError> for Problem {
         }
     }
 }
+
+impl From<crate::checkout::CheckoutError> for Problem {
+    fn from(error: crate::checkout::CheckoutError) -> Self {
+        use crate::checkout::CheckoutError as E;
+        let detail = error.to_string();
+        match error {
+            E::HoldNotActive { status } => Self::new(
+                StatusCode::CONFLICT,
+                "hold-not-active",
+                "Hold is not active",
+                detail,
+            )
+            .with("status", json!(status)),
+            E::HoldNotFound => Self::hold_not_found(),
+            E::OrderNotFound => Self::order_not_found(),
+            E::TicketNotFound => Self::new(
+                StatusCode::NOT_FOUND,
+                "ticket-not-found",
+                "Ticket not found",
+                "no ticket with this id",
+            ),
+            E::InvalidTicket(why) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid-ticket",
+                "Invalid ticket",
+                why,
+            ),
+            E::AlreadyAdmitted { ticket_id } => Self::new(
+                StatusCode::CONFLICT,
+                "already-admitted",
+                "Ticket already admitted",
+                detail,
+            )
+            .with("ticket_id", json!(ticket_id)),
+            E::NotRefundable { status } => Self::new(
+                StatusCode::CONFLICT,
+                "not-refundable",
+                "Order cannot be refunded",
+                detail,
+            )
+            .with("status", json!(status)),
+            E::Invalid(why) => Self::invalid(why),
+            E::NotServedHere(_) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service-unavailable",
+                "Service unavailable",
+                detail,
+            )
+            .retry_after(5),
+            E::Backend(e) => e.into(),
+        }
+    }
+}
+
+impl Problem {
+    pub fn order_not_found() -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "order-not-found",
+            "Order not found",
+            "no order with this id",
+        )
+    }
+}

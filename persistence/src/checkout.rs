@@ -317,6 +317,26 @@ impl Store {
         rows.iter().map(notification_row).collect()
     }
 
+    /// Takes a due notification for one sender: moves its next attempt to `lease_until` if it
+    /// is still pending at `due_at`. False when another sender took it first.
+    pub async fn notification_claim(
+        &self,
+        id: Uuid,
+        due_at: i64,
+        lease_until: i64,
+    ) -> Result<bool, Error> {
+        let done = sqlx::query(
+            "UPDATE notifications SET next_attempt_at = $3 \
+             WHERE id = $1 AND status = 'pending' AND next_attempt_at = $2",
+        )
+        .bind(uuid_text(id))
+        .bind(due_at)
+        .bind(lease_until)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// Records one delivery attempt: `sent`, or the error with the next attempt's time, or
     /// `failed` for good.
     pub async fn notification_attempted(

@@ -1038,6 +1038,17 @@ async fn checkout_notifications_are_retried_when_due(store: &Store) {
     assert!(!tx.insert_notification(&n).await.unwrap());
     tx.commit().await.unwrap();
     assert!(store.notifications_due(99, 10).await.unwrap().is_empty());
+    assert!(
+        !store.notification_claim(n.id, 99, 150).await.unwrap(),
+        "not at that time"
+    );
+    assert!(store.notification_claim(n.id, 100, 150).await.unwrap());
+    assert!(
+        !store.notification_claim(n.id, 100, 150).await.unwrap(),
+        "taken once"
+    );
+    assert!(store.notifications_due(149, 10).await.unwrap().is_empty());
+    assert!(store.notification_claim(n.id, 150, 100).await.unwrap());
     assert_eq!(
         store.notifications_due(100, 10).await.unwrap(),
         vec![n.clone()]

@@ -320,6 +320,7 @@ pub async fn serve(options: Options) -> anyhow::Result<()> {
     let metrics = holdfast_engine::node::metrics_handle();
     let state = AppState::new(
         backend,
+        Arc::new(holdfast_gateway::checkout::NoCheckout),
         options.jwt_secret.as_bytes(),
         holdfast_gateway::Options::default(),
         Arc::new(move || metrics.render()),

@@ -5,6 +5,9 @@ pub mod admin;
 pub mod events;
 pub mod holds;
 pub mod ops;
+pub mod orders;
+pub mod payments;
+pub mod tickets;
 
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;

@@ -1,0 +1,289 @@
+//! The notifications service: turns saga events into messages for the buyer (the payment link,
+//! the tickets with their QR codes, cancellations and refunds), queues them in its own table
+//! in the same transaction as the processed event id, and sends them with retries and backoff.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use holdfast_bus::{ORDERS, PAYMENTS, TICKETS};
+use holdfast_notify::{Attachment, Email, Mailer, MailerSettings};
+use holdfast_persistence::NotificationRow;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, watch};
+use uuid::Uuid;
+
+use super::events::{Envelope, SagaEvent};
+use super::runner::Consumer;
+use super::service::Ctx;
+
+const CONSUMER: &str = "notifications";
+
+/// Settings of the notifications service.
+#[derive(Clone, Debug, Default)]
+pub struct NotifySettings {
+    /// Unset: messages are recorded as `skipped` (nowhere to send them).
+    pub smtp: Option<MailerSettings>,
+    /// Attempts before a message is given up as `failed`.
+    pub attempts_max: u32,
+    /// First retry delay; doubles per attempt up to `backoff_max`.
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    /// Where buyers see their orders, for links in messages.
+    pub public_url: String,
+}
+
+/// A QR attachment, rendered when the message is sent.
+#[derive(Debug, Serialize, Deserialize)]
+struct QrAttachment {
+    filename: String,
+    code: String,
+}
+
+pub(crate) struct Notifications {
+    ctx: Ctx,
+    settings: NotifySettings,
+    mailer: Option<Mailer>,
+    wake: Notify,
+}
+
+/// A lease on a message being sent; a sender that dies mid-send leaves it due again after this.
+const SEND_LEASE_MS: i64 = 60_000;
+
+impl Notifications {
+    pub(crate) fn new(ctx: Ctx, settings: NotifySettings) -> anyhow::Result<Self> {
+        let mailer = match &settings.smtp {
+            Some(smtp) => {
+                Some(Mailer::new(smtp).map_err(|e| anyhow::anyhow!("SMTP settings: {e}"))?)
+            }
+            None => None,
+        };
+        Ok(Self {
+            ctx,
+            settings,
+            mailer,
+            wake: Notify::new(),
+        })
+    }
+
+    fn message(&self, env: &Envelope) -> Option<(String, String, String, Vec<QrAttachment>)> {
+        let order = env.order_id;
+        let orders_url = format!(
+            "{}/v1/orders/{order}",
+            self.settings.public_url.trim_end_matches('/')
+        );
+        match &env.event {
+            SagaEvent::PaymentRequested {
+                email,
+                payment_url,
+                amount,
+                currency,
+                expires_at,
+            } => Some((
+                email.clone(),
+                "Complete your payment".to_owned(),
+                format!(
+                    "Your seats are held for order {order}.\n\nPay {amount} {currency} with VNPAY \
+                     before {}:\n{payment_url}\n\nUnpaid holds are released when they expire.",
+                    holdfast_gateway::routes::rfc3339_millis(*expires_at)
+                ),
+                vec![],
+            )),
+            SagaEvent::TicketsIssued { email, tickets, .. } => Some((
+                email.clone(),
+                format!("Your tickets for order {order}"),
+                format!(
+                    "Thank you for your purchase. Your {} ticket(s) are attached as QR codes; \
+                     show one at the door per person.\n\nYou can also find them at {orders_url}/tickets.",
+                    tickets.len()
+                ),
+                tickets
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| QrAttachment {
+                        filename: format!("ticket-{}-{}.png", t.ticket_type, i + 1),
+                        code: t.code.clone(),
+                    })
+                    .collect(),
+            )),
+            SagaEvent::OrderCancelled { email, reason } => Some((
+                email.clone(),
+                format!("Order {order} was cancelled"),
+                format!("Your order was cancelled: {reason}. The held seats are released."),
+                vec![],
+            )),
+            SagaEvent::OrderRefunded {
+                email,
+                amount,
+                currency,
+                reason,
+                automatic,
+            } => Some((
+                email.clone(),
+                format!("Order {order} was refunded"),
+                if *automatic {
+                    format!(
+                        "We are sorry: {reason}. {amount} {currency} is on its way back to you \
+                         through VNPAY; you do not need to do anything."
+                    )
+                } else {
+                    format!(
+                        "Your refund of {amount} {currency} is on its way ({reason}). Its tickets \
+                         no longer admit."
+                    )
+                },
+                vec![],
+            )),
+            _ => None,
+        }
+    }
+
+    async fn queue(&self, env: &Envelope) -> anyhow::Result<()> {
+        let Some((to, subject, body, attachments)) = self.message(env) else {
+            return Ok(());
+        };
+        let now = self.ctx.now_ms();
+        let row = NotificationRow {
+            id: notification_id(env.id),
+            order_id: env.order_id,
+            channel: "email".to_owned(),
+            recipient: to,
+            subject,
+            body,
+            attachments: (!attachments.is_empty())
+                .then(|| serde_json::to_vec(&attachments).expect("attachments serialise")),
+            status: if self.mailer.is_some() {
+                "pending"
+            } else {
+                "skipped"
+            }
+            .to_owned(),
+            attempts: 0,
+            next_attempt_at: now,
+            last_error: self
+                .mailer
+                .is_none()
+                .then(|| "no SMTP server is configured (HOLDFAST_SMTP_URL)".to_owned()),
+            created_at: now,
+            sent_at: None,
+        };
+        let mut tx = self.ctx.store.checkout_tx().await?;
+        if !tx.first_time(CONSUMER, env.id).await? {
+            return Ok(());
+        }
+        tx.insert_notification(&row).await?;
+        tx.commit().await?;
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Sends due messages until stopped.
+    pub(crate) async fn send_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        loop {
+            if let Err(e) = self.send_due().await {
+                tracing::warn!(error = %e, "sending notifications failed");
+            }
+            tokio::select! {
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
+    async fn send_due(&self) -> anyhow::Result<()> {
+        let Some(mailer) = &self.mailer else {
+            return Ok(());
+        };
+        let store = &self.ctx.store;
+        let now = self.ctx.now_ms();
+        for n in store.notifications_due(now, 50).await? {
+            if !store
+                .notification_claim(n.id, n.next_attempt_at, now + SEND_LEASE_MS)
+                .await?
+            {
+                continue;
+            }
+            let result = match email(&n) {
+                Ok(email) => mailer.send(&email).await,
+                Err(e) => Err(holdfast_notify::Error::Permanent {
+                    reason: e.to_string(),
+                }),
+            };
+            let now = self.ctx.now_ms();
+            match result {
+                Ok(_) => {
+                    store
+                        .notification_attempted(n.id, "sent", now, None, now)
+                        .await?;
+                    metrics::counter!("holdfast_notifications_sent_total", "channel" => "email")
+                        .increment(1);
+                }
+                Err(e) => {
+                    let attempts = u32::try_from(n.attempts + 1).unwrap_or(u32::MAX);
+                    let give_up = !e.is_transient() || attempts >= self.settings.attempts_max;
+                    let delay = self
+                        .settings
+                        .backoff_min
+                        .saturating_mul(2u32.saturating_pow(attempts.saturating_sub(1)))
+                        .min(self.settings.backoff_max);
+                    let next = now + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2);
+                    let status = if give_up { "failed" } else { "pending" };
+                    tracing::warn!(notification = %n.id, order = %n.order_id, attempts, give_up, error = %e, "sending an e-mail failed");
+                    metrics::counter!("holdfast_notifications_failed_attempts_total", "channel" => "email").increment(1);
+                    store
+                        .notification_attempted(n.id, status, next, Some(&e.to_string()), now)
+                        .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The e-mail of a queued notification, its QR codes rendered as PNG attachments.
+fn email(n: &NotificationRow) -> anyhow::Result<Email> {
+    let qrs: Vec<QrAttachment> = match &n.attachments {
+        Some(bytes) => serde_json::from_slice(bytes)?,
+        None => vec![],
+    };
+    let attachments = qrs
+        .into_iter()
+        .map(|a| {
+            Ok(Attachment {
+                filename: a.filename,
+                content_type: "image/png".to_owned(),
+                bytes: holdfast_tickets::qr_png(&a.code)?,
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(Email {
+        to: n.recipient.clone(),
+        subject: n.subject.clone(),
+        text_body: n.body.clone(),
+        attachments,
+        // The same Message-ID on every attempt lets receivers drop a duplicate.
+        message_id: Some(n.id.simple().to_string()),
+        ..Email::default()
+    })
+}
+
+/// The deterministic id keeps a redelivered event from queueing a second message.
+fn notification_id(event: Uuid) -> Uuid {
+    holdfast_gateway::idempotency::derived_id("notification:email", &event.to_string())
+}
+
+#[async_trait]
+impl Consumer for Notifications {
+    fn group(&self) -> &'static str {
+        CONSUMER
+    }
+
+    fn topics(&self) -> &'static [&'static str] {
+        &[ORDERS, PAYMENTS, TICKETS]
+    }
+
+    async fn handle(&self, env: &Envelope) -> anyhow::Result<()> {
+        self.queue(env).await
+    }
+}

@@ -1,0 +1,528 @@
+//! The orders service: places orders for active holds and turns payment results into sales
+//! (`Confirm` in the event's actor), cancellations (release) or automatic refunds.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_trait::async_trait;
+use holdfast_actors::inventory::{self, HoldStatus};
+use holdfast_actors::{HoldId, HoldRef, Line, OrderId, Quantity, TicketCode, UserId};
+use holdfast_bus::PAYMENTS;
+use holdfast_gateway::backend::{Backend, BackendError};
+use holdfast_gateway::checkout::{CheckoutError, OrderLine, OrderView};
+use holdfast_persistence::OrderRow;
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use super::events::{Envelope, Item, SagaEvent};
+use super::runner::Consumer;
+use super::service::{Ctx, store_error};
+use crate::backend::NodeBackend;
+
+pub const PENDING: &str = "pending_payment";
+pub const CONFIRMED: &str = "confirmed";
+pub const CANCELLED: &str = "cancelled";
+pub const REFUNDED: &str = "refunded";
+
+const CONSUMER: &str = "orders";
+/// Orders listed per `GET /v1/orders`.
+const LIST_MAX: u32 = 100;
+
+pub(crate) struct Orders {
+    ctx: Ctx,
+    node: Arc<NodeBackend>,
+    /// Notified whenever a payment URL is recorded, for `create` waiting on it.
+    payment_ready: Notify,
+    payment_url_wait: Duration,
+}
+
+/// What a payment turned into.
+enum Outcome {
+    Confirmed { rereserved: bool },
+    Refunded,
+}
+
+pub(crate) fn view(row: &OrderRow) -> Result<OrderView, CheckoutError> {
+    let corrupt = |what: &str| {
+        CheckoutError::Backend(BackendError::Internal(format!(
+            "order {} has an invalid {what}",
+            row.id
+        )))
+    };
+    let items: Vec<Item> = serde_json::from_str(&row.items).map_err(|_| corrupt("item list"))?;
+    Ok(OrderView {
+        id: OrderId(row.id),
+        user: UserId(row.user_id),
+        hold: row.hold_id.parse().map_err(|_| corrupt("hold id"))?,
+        status: row.status.clone(),
+        amount: row.amount,
+        currency: row.currency.clone(),
+        items: items
+            .into_iter()
+            .map(|i| OrderLine {
+                ticket_type: i.ticket_type,
+                quantity: i.quantity,
+                price: i.price,
+            })
+            .collect(),
+        payment_url: row.payment_url.clone(),
+        note: row.note.clone(),
+        created_at_ms: row.created_at,
+    })
+}
+
+fn lines(items: &[Item]) -> anyhow::Result<Vec<Line>> {
+    items
+        .iter()
+        .map(|i| {
+            Ok(Line {
+                ticket_type: TicketCode::parse(&i.ticket_type)
+                    .map_err(|e| anyhow::anyhow!("ticket type {:?}: {e}", i.ticket_type))?,
+                quantity: Quantity::new(i.quantity)
+                    .map_err(|e| anyhow::anyhow!("quantity {}: {e}", i.quantity))?,
+            })
+        })
+        .collect()
+}
+
+/// The id of the hold that re-reserves a paid order's seats: derived from the order, so a
+/// redelivered payment finds the same hold.
+fn rereserve_hold_id(order: Uuid) -> HoldId {
+    HoldId(holdfast_gateway::idempotency::derived_id(
+        "rereserve",
+        &order.to_string(),
+    ))
+}
+
+impl Orders {
+    pub(crate) fn new(ctx: Ctx, node: Arc<NodeBackend>, payment_url_wait: Duration) -> Self {
+        Self {
+            ctx,
+            node,
+            payment_ready: Notify::new(),
+            payment_url_wait,
+        }
+    }
+
+    /// `POST /v1/orders`: one order per hold; the order and `OrderCreated` commit together.
+    pub(crate) async fn create(
+        &self,
+        user: UserId,
+        hold: HoldRef,
+        order_id: OrderId,
+    ) -> Result<(OrderView, bool), CheckoutError> {
+        let store = &self.ctx.store;
+        if let Some(existing) = store
+            .order_by_hold(&hold.to_string())
+            .await
+            .map_err(store_error)?
+        {
+            return if existing.user_id == user.0 {
+                Ok((view(&existing)?, false))
+            } else {
+                Err(CheckoutError::HoldNotFound)
+            };
+        }
+        let held = match self.node.get_hold(hold).await {
+            Ok(Some(h)) if h.user == user => h,
+            Ok(_) | Err(BackendError::EventNotFound) => return Err(CheckoutError::HoldNotFound),
+            Err(e) => return Err(e.into()),
+        };
+        let now = self.ctx.now_ms();
+        let status = match held.status {
+            HoldStatus::Active if held.expires_at.as_millis() <= now => HoldStatus::Expired,
+            s => s,
+        };
+        if status != HoldStatus::Active {
+            return Err(CheckoutError::HoldNotActive {
+                status: status.as_str().to_owned(),
+            });
+        }
+        let event = self
+            .node
+            .event(hold.event_id)
+            .await?
+            .ok_or(CheckoutError::HoldNotFound)?;
+        let mut items = Vec::with_capacity(held.items.len());
+        let mut currency: Option<String> = None;
+        let mut amount: i64 = 0;
+        for line in &held.items {
+            let spec = event
+                .ticket_types
+                .iter()
+                .find(|t| t.code == line.ticket_type)
+                .ok_or_else(|| {
+                    CheckoutError::Invalid(format!(
+                        "ticket type {} is not on sale",
+                        line.ticket_type.as_str()
+                    ))
+                })?;
+            match &currency {
+                Some(c) if *c != spec.currency => {
+                    return Err(CheckoutError::Invalid(
+                        "the hold mixes currencies; hold each currency separately".to_owned(),
+                    ));
+                }
+                _ => currency = Some(spec.currency.clone()),
+            }
+            amount = spec
+                .price
+                .checked_mul(i64::from(line.quantity.get()))
+                .and_then(|a| a.checked_add(amount))
+                .ok_or_else(|| CheckoutError::Invalid("the order total is too large".to_owned()))?;
+            items.push(Item {
+                ticket_type: line.ticket_type.as_str().to_owned(),
+                quantity: line.quantity.get(),
+                price: spec.price,
+            });
+        }
+        let currency = currency.unwrap_or_else(|| "VND".to_owned());
+        let email = store
+            .user_by_id(user.0)
+            .await
+            .map_err(store_error)?
+            .map(|u| u.email)
+            .ok_or(CheckoutError::HoldNotFound)?;
+        let row = OrderRow {
+            id: order_id.0,
+            user_id: user.0,
+            email: email.clone(),
+            event_id: hold.event_id.0,
+            hold_id: hold.to_string(),
+            status: PENDING.to_owned(),
+            amount,
+            currency: currency.clone(),
+            items: serde_json::to_string(&items).expect("items serialise"),
+            hold_expires_at: held.expires_at.as_millis(),
+            payment_url: None,
+            note: None,
+            created_at: now,
+            updated_at: now,
+        };
+        let created = Envelope::new(
+            order_id.0,
+            now,
+            SagaEvent::OrderCreated {
+                user_id: user.0,
+                email,
+                event_id: hold.event_id.0,
+                hold_id: hold.to_string(),
+                amount,
+                currency,
+                hold_expires_at: row.hold_expires_at,
+                items,
+            },
+        );
+        let mut tx = store.checkout_tx().await.map_err(store_error)?;
+        if !tx.insert_order(&row).await.map_err(store_error)? {
+            drop(tx);
+            // A concurrent request for the same hold won.
+            return match store
+                .order_by_hold(&hold.to_string())
+                .await
+                .map_err(store_error)?
+            {
+                Some(existing) if existing.user_id == user.0 => Ok((view(&existing)?, false)),
+                _ => Err(CheckoutError::HoldNotFound),
+            };
+        }
+        tx.outbox(&[created.record()]).await.map_err(store_error)?;
+        tx.commit().await.map_err(store_error)?;
+        self.ctx.relay.notify_one();
+        metrics::counter!("holdfast_orders_created_total").increment(1);
+        Ok((self.wait_for_payment_url(order_id, row).await, true))
+    }
+
+    /// The order once the payment service has created its payment page, or as it is after
+    /// `payment_url_wait` (the URL then appears on `GET /v1/orders/{id}`).
+    async fn wait_for_payment_url(&self, id: OrderId, row: OrderRow) -> OrderView {
+        let deadline = tokio::time::Instant::now() + self.payment_url_wait;
+        let mut latest = row;
+        loop {
+            let ready = self.payment_ready.notified();
+            tokio::pin!(ready);
+            ready.as_mut().enable();
+            if let Ok(Some(row)) = self.ctx.store.order(id.0).await {
+                latest = row;
+            }
+            if latest.payment_url.is_some() || latest.status != PENDING {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, ready).await.is_err() {
+                break;
+            }
+        }
+        view(&latest).unwrap_or_else(|_| OrderView {
+            id,
+            user: UserId(latest.user_id),
+            hold: HoldRef {
+                event_id: holdfast_actors::EventId(latest.event_id),
+                hold_id: HoldId(Uuid::nil()),
+            },
+            status: latest.status.clone(),
+            amount: latest.amount,
+            currency: latest.currency.clone(),
+            items: vec![],
+            payment_url: latest.payment_url.clone(),
+            note: latest.note.clone(),
+            created_at_ms: latest.created_at,
+        })
+    }
+
+    pub(crate) async fn get(&self, id: OrderId) -> Result<Option<OrderView>, CheckoutError> {
+        match self.ctx.store.order(id.0).await.map_err(store_error)? {
+            Some(row) => Ok(Some(view(&row)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub(crate) async fn of_user(&self, user: UserId) -> Result<Vec<OrderView>, CheckoutError> {
+        let rows = self
+            .ctx
+            .store
+            .orders_of_user(user.0, LIST_MAX)
+            .await
+            .map_err(store_error)?;
+        rows.iter().map(view).collect()
+    }
+
+    /// `POST /v1/orders/{id}/refund`: seats back on sale, the order `refunded`, and
+    /// `OrderRefunded` for the payment and tickets services.
+    pub(crate) async fn refund(&self, id: OrderId, reason: String) -> Result<OrderView, CheckoutError> {
+        let store = &self.ctx.store;
+        let row = store
+            .order(id.0)
+            .await
+            .map_err(store_error)?
+            .ok_or(CheckoutError::OrderNotFound)?;
+        match row.status.as_str() {
+            CONFIRMED => {}
+            REFUNDED => return view(&row),
+            other => {
+                return Err(CheckoutError::NotRefundable {
+                    status: other.to_owned(),
+                });
+            }
+        }
+        match self
+            .node
+            .return_stock(holdfast_actors::EventId(row.event_id), id)
+            .await
+        {
+            Ok(()) | Err(BackendError::Inventory(inventory::Error::OrderNotFound)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let now = self.ctx.now_ms();
+        let mut tx = store.checkout_tx().await.map_err(store_error)?;
+        let mut row = tx
+            .order(id.0)
+            .await
+            .map_err(store_error)?
+            .ok_or(CheckoutError::OrderNotFound)?;
+        if row.status == CONFIRMED {
+            row.status = REFUNDED.to_owned();
+            row.note = Some(format!("refunded: {reason}"));
+            row.updated_at = now;
+            tx.update_order(&row).await.map_err(store_error)?;
+            let refunded = Envelope::new(
+                id.0,
+                now,
+                SagaEvent::OrderRefunded {
+                    email: row.email.clone(),
+                    amount: row.amount,
+                    currency: row.currency.clone(),
+                    reason,
+                    automatic: false,
+                },
+            );
+            tx.outbox(&[refunded.record()]).await.map_err(store_error)?;
+            tx.commit().await.map_err(store_error)?;
+            self.ctx.relay.notify_one();
+        }
+        view(&row)
+    }
+
+    async fn payment_requested(&self, env: &Envelope, payment_url: &str) -> anyhow::Result<()> {
+        let mut tx = self.ctx.store.checkout_tx().await?;
+        if !tx.first_time(CONSUMER, env.id).await? {
+            return Ok(());
+        }
+        if let Some(mut row) = tx.order(env.order_id).await? {
+            if row.payment_url.is_none() {
+                row.payment_url = Some(payment_url.to_owned());
+                row.updated_at = self.ctx.now_ms();
+                tx.update_order(&row).await?;
+            }
+        }
+        tx.commit().await?;
+        self.payment_ready.notify_waiters();
+        Ok(())
+    }
+
+    /// Re-reserves a paid order's seats after its hold ended: a new hold (derived from the
+    /// order) confirmed at once, or a refund when the seats are gone.
+    async fn rereserve(&self, row: &OrderRow) -> anyhow::Result<Outcome> {
+        let items: Vec<Item> = serde_json::from_str(&row.items).context("order items")?;
+        let hold = HoldRef {
+            event_id: holdfast_actors::EventId(row.event_id),
+            hold_id: rereserve_hold_id(row.id),
+        };
+        match self
+            .node
+            .hold(hold, UserId(row.user_id), lines(&items)?)
+            .await
+        {
+            Ok(_) => {}
+            Err(BackendError::Inventory(
+                inventory::Error::SoldOut { .. } | inventory::Error::LimitExceeded { .. },
+            )) => return Ok(Outcome::Refunded),
+            Err(e) => return Err(e.into()),
+        }
+        match self.node.confirm(hold, OrderId(row.id)).await {
+            Ok(()) => Ok(Outcome::Confirmed { rereserved: true }),
+            // The new hold ended before the confirm (a tiny TTL): the seats went back.
+            Err(BackendError::Inventory(inventory::Error::HoldNotActive(_))) => {
+                Ok(Outcome::Refunded)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn payment_succeeded(&self, env: &Envelope) -> anyhow::Result<()> {
+        let Some(row) = self.ctx.store.order(env.order_id).await? else {
+            tracing::warn!(order = %env.order_id, "payment for an unknown order");
+            return Ok(());
+        };
+        if row.status != PENDING {
+            return Ok(());
+        }
+        let hold: HoldRef = row.hold_id.parse().context("order hold id")?;
+        let outcome = match self.node.confirm(hold, OrderId(row.id)).await {
+            Ok(()) => Outcome::Confirmed { rereserved: false },
+            Err(BackendError::Inventory(
+                inventory::Error::HoldNotActive(_) | inventory::Error::HoldNotFound,
+            )) => self.rereserve(&row).await?,
+            Err(e) => return Err(e.into()),
+        };
+        let now = self.ctx.now_ms();
+        let mut tx = self.ctx.store.checkout_tx().await?;
+        if !tx.first_time(CONSUMER, env.id).await? {
+            return Ok(());
+        }
+        let Some(mut row) = tx.order(env.order_id).await? else {
+            return Ok(());
+        };
+        if row.status != PENDING {
+            tx.commit().await?;
+            return Ok(());
+        }
+        let items: Vec<Item> = serde_json::from_str(&row.items).context("order items")?;
+        let next = match outcome {
+            Outcome::Confirmed { rereserved } => {
+                row.status = CONFIRMED.to_owned();
+                if rereserved {
+                    row.note = Some(
+                        "your hold had expired when the payment arrived; the seats were \
+                         reserved again"
+                            .to_owned(),
+                    );
+                }
+                SagaEvent::OrderConfirmed {
+                    user_id: row.user_id,
+                    email: row.email.clone(),
+                    event_id: row.event_id,
+                    items,
+                    rereserved,
+                }
+            }
+            Outcome::Refunded => {
+                let reason = "the payment arrived after the hold expired and the seats were \
+                              sold; the amount is refunded automatically"
+                    .to_owned();
+                row.status = REFUNDED.to_owned();
+                row.note = Some(reason.clone());
+                metrics::counter!("holdfast_orders_auto_refunded_total").increment(1);
+                SagaEvent::OrderRefunded {
+                    email: row.email.clone(),
+                    amount: row.amount,
+                    currency: row.currency.clone(),
+                    reason,
+                    automatic: true,
+                }
+            }
+        };
+        row.updated_at = now;
+        tx.update_order(&row).await?;
+        tx.outbox(&[Envelope::new(row.id, now, next).record()])
+            .await?;
+        tx.commit().await?;
+        self.ctx.relay.notify_one();
+        self.payment_ready.notify_waiters();
+        Ok(())
+    }
+
+    async fn payment_failed(&self, env: &Envelope, reason: &str) -> anyhow::Result<()> {
+        let Some(row) = self.ctx.store.order(env.order_id).await? else {
+            return Ok(());
+        };
+        if row.status != PENDING {
+            return Ok(());
+        }
+        let hold: HoldRef = row.hold_id.parse().context("order hold id")?;
+        match self.node.release(hold).await {
+            Ok(())
+            | Err(BackendError::Inventory(
+                inventory::Error::HoldNotActive(_) | inventory::Error::HoldNotFound,
+            ))
+            | Err(BackendError::EventNotFound) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let now = self.ctx.now_ms();
+        let mut tx = self.ctx.store.checkout_tx().await?;
+        if !tx.first_time(CONSUMER, env.id).await? {
+            return Ok(());
+        }
+        let Some(mut row) = tx.order(env.order_id).await? else {
+            return Ok(());
+        };
+        if row.status == PENDING {
+            row.status = CANCELLED.to_owned();
+            row.note = Some(format!("payment not completed: {reason}"));
+            row.updated_at = now;
+            tx.update_order(&row).await?;
+            let cancelled = SagaEvent::OrderCancelled {
+                email: row.email.clone(),
+                reason: reason.to_owned(),
+            };
+            tx.outbox(&[Envelope::new(row.id, now, cancelled).record()])
+                .await?;
+        }
+        tx.commit().await?;
+        self.ctx.relay.notify_one();
+        self.payment_ready.notify_waiters();
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Consumer for Orders {
+    fn group(&self) -> &'static str {
+        CONSUMER
+    }
+
+    fn topics(&self) -> &'static [&'static str] {
+        &[PAYMENTS]
+    }
+
+    async fn handle(&self, env: &Envelope) -> anyhow::Result<()> {
+        match &env.event {
+            SagaEvent::PaymentRequested { payment_url, .. } => {
+                self.payment_requested(env, payment_url).await
+            }
+            SagaEvent::PaymentSucceeded { .. } => self.payment_succeeded(env).await,
+            SagaEvent::PaymentFailed { reason, .. } => self.payment_failed(env, reason).await,
+            _ => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! The saga's services of one node, started by role, and the [`Checkout`] the gateway calls.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use holdfast_actors::actor::Clock;
+use holdfast_actors::{HoldRef, OrderId, UserId};
+use holdfast_bus::Bus;
+use holdfast_gateway::checkout::{
+    Checkout, CheckoutError, IpnAnswer, OrderView, ReturnPage, TicketView,
+};
+use holdfast_persistence::Store;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+use super::notifications::{Notifications, NotifySettings};
+use super::orders::Orders;
+use super::payments::{PaymentSettings, Payments};
+use super::relay;
+use super::runner::{self, Consumer};
+use super::tickets::Tickets;
+use crate::backend::NodeBackend;
+
+/// Which of the saga's services this process runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Roles {
+    pub orders: bool,
+    pub payments: bool,
+    pub tickets: bool,
+    pub notifications: bool,
+}
+
+impl Roles {
+    pub const ALL: Roles = Roles {
+        orders: true,
+        payments: true,
+        tickets: true,
+        notifications: true,
+    };
+
+    pub fn any(&self) -> bool {
+        self.orders || self.payments || self.tickets || self.notifications
+    }
+}
+
+/// What the services need besides the store and the bus.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub roles: Roles,
+    pub payments: PaymentSettings,
+    pub notify: NotifySettings,
+    pub signer: Option<Arc<holdfast_tickets::Signer>>,
+    pub verifier: Arc<holdfast_tickets::Verifier>,
+    /// How long `POST /v1/orders` waits for the payment URL before answering without it.
+    pub payment_url_wait: Duration,
+    /// Prefix of consumer group names (the bus prefixes topics itself).
+    pub group_prefix: String,
+}
+
+/// Shared by the services of a node.
+#[derive(Clone)]
+pub(crate) struct Ctx {
+    pub store: Store,
+    pub clock: Arc<dyn Clock>,
+    /// Wakes the outbox relay after a commit that wrote to the outbox.
+    pub relay: Arc<Notify>,
+}
+
+impl Ctx {
+    pub(crate) fn now_ms(&self) -> i64 {
+        self.clock.now().as_millis()
+    }
+}
+
+/// The saga's services running on this node.
+pub struct CheckoutNode {
+    orders: Option<Arc<Orders>>,
+    payments: Option<Arc<Payments>>,
+    tickets: Option<Arc<Tickets>>,
+    tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    stop: watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for CheckoutNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckoutNode")
+            .field("orders", &self.orders.is_some())
+            .field("payments", &self.payments.is_some())
+            .field("tickets", &self.tickets.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl CheckoutNode {
+    /// Starts the services `settings.roles` names, their consumers and the outbox relay.
+    pub fn start(
+        settings: Settings,
+        store: Store,
+        bus: Arc<dyn Bus>,
+        node: Option<Arc<NodeBackend>>,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<Self> {
+        let (stop, stopped) = watch::channel(false);
+        let ctx = Ctx {
+            store: store.clone(),
+            clock,
+            relay: Arc::new(Notify::new()),
+        };
+        let mut consumers: Vec<Arc<dyn Consumer>> = Vec::new();
+        let mut tasks = Vec::new();
+        let orders = if settings.roles.orders {
+            let node = node.ok_or_else(|| {
+                anyhow::anyhow!("the orders role needs the inventory on the same node")
+            })?;
+            let orders = Arc::new(Orders::new(ctx.clone(), node, settings.payment_url_wait));
+            consumers.push(orders.clone());
+            Some(orders)
+        } else {
+            None
+        };
+        let payments = if settings.roles.payments {
+            let payments = Arc::new(Payments::new(ctx.clone(), settings.payments.clone()));
+            consumers.push(payments.clone());
+            tasks.push(tokio::spawn(
+                Arc::clone(&payments).reconcile(stopped.clone()),
+            ));
+            Some(payments)
+        } else {
+            None
+        };
+        let tickets = if settings.roles.tickets {
+            let tickets = Arc::new(Tickets::new(
+                ctx.clone(),
+                settings.signer.clone(),
+                Arc::clone(&settings.verifier),
+            ));
+            consumers.push(tickets.clone());
+            Some(tickets)
+        } else {
+            None
+        };
+        if settings.roles.notifications {
+            let notifications = Arc::new(Notifications::new(ctx.clone(), settings.notify.clone())?);
+            consumers.push(notifications.clone());
+            tasks.push(tokio::spawn(notifications.send_loop(stopped.clone())));
+        }
+        for consumer in consumers {
+            tasks.push(tokio::spawn(runner::run(
+                Arc::clone(&bus),
+                consumer,
+                settings.group_prefix.clone(),
+                stopped.clone(),
+            )));
+        }
+        if settings.roles.any() {
+            tasks.push(tokio::spawn(relay::run(
+                store,
+                bus,
+                Arc::clone(&ctx.relay),
+                stopped,
+            )));
+        }
+        Ok(Self {
+            orders,
+            payments,
+            tickets,
+            tasks: std::sync::Mutex::new(tasks),
+            stop,
+        })
+    }
+
+    /// Stops the consumers, the relay and the background loops.
+    pub async fn stop(&self) {
+        let _ = self.stop.send(true);
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+
+    fn orders(&self) -> Result<&Orders, CheckoutError> {
+        self.orders
+            .as_deref()
+            .ok_or(CheckoutError::NotServedHere("orders"))
+    }
+
+    fn tickets(&self) -> Result<&Tickets, CheckoutError> {
+        self.tickets
+            .as_deref()
+            .ok_or(CheckoutError::NotServedHere("tickets"))
+    }
+}
+
+#[async_trait]
+impl Checkout for CheckoutNode {
+    async fn create_order(
+        &self,
+        user: UserId,
+        hold: HoldRef,
+        order: OrderId,
+    ) -> Result<(OrderView, bool), CheckoutError> {
+        self.orders()?.create(user, hold, order).await
+    }
+
+    async fn order(&self, id: OrderId) -> Result<Option<OrderView>, CheckoutError> {
+        self.orders()?.get(id).await
+    }
+
+    async fn orders(&self, user: UserId) -> Result<Vec<OrderView>, CheckoutError> {
+        self.orders()?.of_user(user).await
+    }
+
+    async fn refund(&self, id: OrderId, reason: String) -> Result<OrderView, CheckoutError> {
+        self.orders()?.refund(id, reason).await
+    }
+
+    async fn tickets(&self, order: OrderId) -> Result<Vec<TicketView>, CheckoutError> {
+        self.tickets()?.of_order(order).await
+    }
+
+    async fn ticket(&self, id: uuid::Uuid) -> Result<Option<TicketView>, CheckoutError> {
+        self.tickets()?.get(id).await
+    }
+
+    fn qr_png(&self, code: &str) -> Result<Vec<u8>, CheckoutError> {
+        holdfast_tickets::qr_png(code).map_err(|e| {
+            CheckoutError::Backend(holdfast_gateway::backend::BackendError::Internal(
+                e.to_string(),
+            ))
+        })
+    }
+
+    async fn checkin(&self, code: &str) -> Result<TicketView, CheckoutError> {
+        self.tickets()?.checkin(code).await
+    }
+
+    async fn vnpay_ipn(&self, query: Vec<(String, String)>) -> IpnAnswer {
+        match &self.payments {
+            Some(payments) => payments.ipn(&query).await,
+            None => IpnAnswer {
+                rsp_code: "99".to_owned(),
+                message: "Unknown error".to_owned(),
+            },
+        }
+    }
+
+    async fn vnpay_return(&self, query: Vec<(String, String)>) -> ReturnPage {
+        match &self.payments {
+            Some(payments) => payments.return_page(&query).await,
+            None => ReturnPage {
+                verified: false,
+                order_id: None,
+                paid: false,
+                order_status: None,
+            },
+        }
+    }
+}
+
+/// A store error as the gateway reports it: retryable when the database is unreachable.
+pub(crate) fn store_error(e: holdfast_persistence::Error) -> CheckoutError {
+    use holdfast_gateway::backend::BackendError;
+    match e {
+        holdfast_persistence::Error::Database(_) => {
+            CheckoutError::Backend(BackendError::Unavailable(e.to_string()))
+        }
+        e => CheckoutError::Backend(BackendError::Internal(e.to_string())),
+    }
+}

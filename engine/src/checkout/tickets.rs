@@ -1,0 +1,212 @@
+//! The tickets service: one signed ticket per paid seat, voided by a refund, admitted once at
+//! the door.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use holdfast_actors::{OrderId, UserId};
+use holdfast_bus::ORDERS;
+use holdfast_gateway::backend::BackendError;
+use holdfast_gateway::checkout::{CheckoutError, TicketView};
+use holdfast_persistence::TicketRow;
+use holdfast_tickets::{Signer, Verifier};
+use uuid::Uuid;
+
+use super::events::{Envelope, IssuedTicket, Item, SagaEvent};
+use super::runner::Consumer;
+use super::service::{Ctx, store_error};
+
+const CONSUMER: &str = "tickets";
+
+pub const VALID: &str = "valid";
+pub const ADMITTED: &str = "admitted";
+pub const VOID: &str = "void";
+
+pub(crate) struct Tickets {
+    ctx: Ctx,
+    signer: Option<Arc<Signer>>,
+    verifier: Arc<Verifier>,
+}
+
+fn view(row: &TicketRow) -> TicketView {
+    TicketView {
+        id: row.id,
+        order_id: OrderId(row.order_id),
+        user: UserId(row.user_id),
+        ticket_type: row.ticket_type.clone(),
+        code: row.code.clone(),
+        status: row.status.clone(),
+    }
+}
+
+/// A seat's ticket id, derived from the order: issuing again yields the same ids.
+fn ticket_id(order: Uuid, ticket_type: &str, seat: u32) -> Uuid {
+    holdfast_gateway::idempotency::derived_id(
+        &format!("ticket:{order}"),
+        &format!("{ticket_type}:{seat}"),
+    )
+}
+
+impl Tickets {
+    pub(crate) fn new(ctx: Ctx, signer: Option<Arc<Signer>>, verifier: Arc<Verifier>) -> Self {
+        Self {
+            ctx,
+            signer,
+            verifier,
+        }
+    }
+
+    async fn issue(
+        &self,
+        env: &Envelope,
+        user: Uuid,
+        email: &str,
+        event: Uuid,
+        items: &[Item],
+    ) -> anyhow::Result<()> {
+        let signer = self.signer.as_ref().ok_or_else(|| {
+            anyhow::anyhow!("no ticket signing key on this node (set HOLDFAST_TICKET_SIGNING_KEY)")
+        })?;
+        let now = self.ctx.now_ms();
+        let mut tx = self.ctx.store.checkout_tx().await?;
+        if !tx.first_time(CONSUMER, env.id).await? {
+            return Ok(());
+        }
+        let mut issued = Vec::new();
+        for item in items {
+            for seat in 1..=item.quantity {
+                let id = ticket_id(env.order_id, &item.ticket_type, seat);
+                let code = signer.sign(&signer.payload(id, event, item.ticket_type.clone()))?;
+                let row = TicketRow {
+                    id,
+                    order_id: env.order_id,
+                    user_id: user,
+                    event_id: event,
+                    ticket_type: item.ticket_type.clone(),
+                    seat: i64::from(seat),
+                    code: code.clone(),
+                    status: VALID.to_owned(),
+                    admitted_at: None,
+                    created_at: now,
+                };
+                if tx.insert_ticket(&row).await? {
+                    issued.push(IssuedTicket {
+                        id,
+                        ticket_type: item.ticket_type.clone(),
+                        code,
+                    });
+                }
+            }
+        }
+        if !issued.is_empty() {
+            metrics::counter!("holdfast_tickets_issued_total").increment(issued.len() as u64);
+            let event = SagaEvent::TicketsIssued {
+                email: email.to_owned(),
+                event_id: event,
+                tickets: issued,
+            };
+            tx.outbox(&[Envelope::new(env.order_id, now, event).record()])
+                .await?;
+        }
+        tx.commit().await?;
+        self.ctx.relay.notify_one();
+        Ok(())
+    }
+
+    async fn void(&self, env: &Envelope) -> anyhow::Result<()> {
+        let mut tx = self.ctx.store.checkout_tx().await?;
+        if !tx.first_time(CONSUMER, env.id).await? {
+            return Ok(());
+        }
+        let voided = tx.void_tickets(env.order_id).await?;
+        tx.commit().await?;
+        if voided > 0 {
+            tracing::info!(order = %env.order_id, voided, "tickets voided by a refund");
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn of_order(&self, order: OrderId) -> Result<Vec<TicketView>, CheckoutError> {
+        let rows = self
+            .ctx
+            .store
+            .tickets_of_order(order.0)
+            .await
+            .map_err(store_error)?;
+        Ok(rows.iter().map(view).collect())
+    }
+
+    pub(crate) async fn get(&self, id: Uuid) -> Result<Option<TicketView>, CheckoutError> {
+        let row = self.ctx.store.ticket(id).await.map_err(store_error)?;
+        Ok(row.as_ref().map(view))
+    }
+
+    /// `POST /v1/checkin`: the signature first (no database for forged codes), then the
+    /// ticket's state under a row lock, so two doors scanning one code admit it once.
+    pub(crate) async fn checkin(&self, code: &str) -> Result<TicketView, CheckoutError> {
+        let payload = self
+            .verifier
+            .verify(code)
+            .map_err(|e| CheckoutError::InvalidTicket(e.to_string()))?;
+        let mut tx = self.ctx.store.checkout_tx().await.map_err(store_error)?;
+        let Some(mut row) = tx.ticket(payload.ticket_id).await.map_err(store_error)? else {
+            return Err(CheckoutError::InvalidTicket(
+                "no such ticket was issued".to_owned(),
+            ));
+        };
+        if row.event_id != payload.event_id || row.code != code {
+            return Err(CheckoutError::InvalidTicket(
+                "the code does not match the issued ticket".to_owned(),
+            ));
+        }
+        match row.status.as_str() {
+            VALID => {}
+            ADMITTED => return Err(CheckoutError::AlreadyAdmitted { ticket_id: row.id }),
+            VOID => {
+                return Err(CheckoutError::InvalidTicket(
+                    "the ticket was refunded".to_owned(),
+                ));
+            }
+            other => {
+                return Err(CheckoutError::Backend(BackendError::Internal(format!(
+                    "ticket {} has status {other:?}",
+                    row.id
+                ))));
+            }
+        }
+        let now = self.ctx.now_ms();
+        tx.set_ticket_status(row.id, ADMITTED, Some(now))
+            .await
+            .map_err(store_error)?;
+        tx.commit().await.map_err(store_error)?;
+        metrics::counter!("holdfast_checkins_total").increment(1);
+        row.status = ADMITTED.to_owned();
+        row.admitted_at = Some(now);
+        Ok(view(&row))
+    }
+}
+
+#[async_trait]
+impl Consumer for Tickets {
+    fn group(&self) -> &'static str {
+        CONSUMER
+    }
+
+    fn topics(&self) -> &'static [&'static str] {
+        &[ORDERS]
+    }
+
+    async fn handle(&self, env: &Envelope) -> anyhow::Result<()> {
+        match &env.event {
+            SagaEvent::OrderConfirmed {
+                user_id,
+                email,
+                event_id,
+                items,
+                ..
+            } => self.issue(env, *user_id, email, *event_id, items).await,
+            SagaEvent::OrderRefunded { .. } => self.void(env).await,
+            _ => Ok(()),
+        }
+    }
+}

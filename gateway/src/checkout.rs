@@ -1,0 +1,172 @@
+//! What the gateway needs from the checkout saga's services (orders, payments, tickets), as one
+//! trait. The engine implements it over the services of its node.
+
+use async_trait::async_trait;
+use holdfast_actors::{HoldRef, OrderId, UserId};
+
+use crate::backend::BackendError;
+
+/// One line of an order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OrderLine {
+    pub ticket_type: String,
+    pub quantity: u32,
+    /// Unit price in the currency's minor unit.
+    pub price: i64,
+}
+
+/// An order as its buyer sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OrderView {
+    pub id: OrderId,
+    pub user: UserId,
+    pub hold: HoldRef,
+    /// `pending_payment`, `confirmed`, `cancelled` or `refunded`.
+    pub status: String,
+    pub amount: i64,
+    pub currency: String,
+    pub items: Vec<OrderLine>,
+    /// VNPAY's payment page for this order, once the payment service has created it.
+    pub payment_url: Option<String>,
+    /// Why the order ended as it did (e.g. an automatic refund).
+    pub note: Option<String>,
+    pub created_at_ms: i64,
+}
+
+/// A ticket as its holder sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TicketView {
+    pub id: uuid::Uuid,
+    pub order_id: OrderId,
+    pub user: UserId,
+    pub ticket_type: String,
+    /// The signed text the QR image encodes.
+    pub code: String,
+    /// `valid`, `admitted` or `void`.
+    pub status: String,
+}
+
+/// VNPAY's answer to an IPN call: `RspCode` and `Message`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IpnAnswer {
+    pub rsp_code: String,
+    pub message: String,
+}
+
+/// What the buyer's browser is shown on the return URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReturnPage {
+    /// False when the parameters are not VNPAY's (bad signature).
+    pub verified: bool,
+    pub order_id: Option<String>,
+    /// Paid according to the (signed) parameters.
+    pub paid: bool,
+    /// The order's status now, if the order is known.
+    pub order_status: Option<String>,
+}
+
+/// Why a checkout call was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckoutError {
+    #[error("the hold is not active")]
+    HoldNotActive { status: String },
+    #[error("hold not found")]
+    HoldNotFound,
+    #[error("order not found")]
+    OrderNotFound,
+    #[error("ticket not found")]
+    TicketNotFound,
+    #[error("invalid ticket: {0}")]
+    InvalidTicket(String),
+    #[error("ticket already admitted")]
+    AlreadyAdmitted { ticket_id: uuid::Uuid },
+    #[error("the order cannot be refunded: it is {status}")]
+    NotRefundable { status: String },
+    /// The event's ticket types are priced in more than one currency.
+    #[error("{0}")]
+    Invalid(String),
+    /// This node does not run the service that answers this call.
+    #[error("the {0} service does not run on this node")]
+    NotServedHere(&'static str),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+/// The saga's services as the gateway sees them.
+#[async_trait]
+pub trait Checkout: Send + Sync + 'static {
+    /// Places order `order` for the caller's active hold; a hold that has an order already
+    /// answers with that order (`false`: not created now).
+    async fn create_order(
+        &self,
+        user: UserId,
+        hold: HoldRef,
+        order: OrderId,
+    ) -> Result<(OrderView, bool), CheckoutError>;
+    async fn order(&self, id: OrderId) -> Result<Option<OrderView>, CheckoutError>;
+    async fn orders(&self, user: UserId) -> Result<Vec<OrderView>, CheckoutError>;
+    /// Asks for a refund of a confirmed order.
+    async fn refund(&self, id: OrderId, reason: String) -> Result<OrderView, CheckoutError>;
+
+    async fn tickets(&self, order: OrderId) -> Result<Vec<TicketView>, CheckoutError>;
+    async fn ticket(&self, id: uuid::Uuid) -> Result<Option<TicketView>, CheckoutError>;
+    /// The QR image (PNG) of a ticket code.
+    fn qr_png(&self, code: &str) -> Result<Vec<u8>, CheckoutError>;
+    /// Admits the holder of `code` once.
+    async fn checkin(&self, code: &str) -> Result<TicketView, CheckoutError>;
+
+    async fn vnpay_ipn(&self, query: Vec<(String, String)>) -> IpnAnswer;
+    async fn vnpay_return(&self, query: Vec<(String, String)>) -> ReturnPage;
+}
+
+/// For a node (or a benchmark baseline) that runs none of the saga's services: every call says
+/// so with a retryable 503.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoCheckout;
+
+#[async_trait]
+impl Checkout for NoCheckout {
+    async fn create_order(
+        &self,
+        _: UserId,
+        _: HoldRef,
+        _: OrderId,
+    ) -> Result<(OrderView, bool), CheckoutError> {
+        Err(CheckoutError::NotServedHere("orders"))
+    }
+    async fn order(&self, _: OrderId) -> Result<Option<OrderView>, CheckoutError> {
+        Err(CheckoutError::NotServedHere("orders"))
+    }
+    async fn orders(&self, _: UserId) -> Result<Vec<OrderView>, CheckoutError> {
+        Err(CheckoutError::NotServedHere("orders"))
+    }
+    async fn refund(&self, _: OrderId, _: String) -> Result<OrderView, CheckoutError> {
+        Err(CheckoutError::NotServedHere("orders"))
+    }
+    async fn tickets(&self, _: OrderId) -> Result<Vec<TicketView>, CheckoutError> {
+        Err(CheckoutError::NotServedHere("tickets"))
+    }
+    async fn ticket(&self, _: uuid::Uuid) -> Result<Option<TicketView>, CheckoutError> {
+        Err(CheckoutError::NotServedHere("tickets"))
+    }
+    fn qr_png(&self, _: &str) -> Result<Vec<u8>, CheckoutError> {
+        Err(CheckoutError::NotServedHere("tickets"))
+    }
+    async fn checkin(&self, _: &str) -> Result<TicketView, CheckoutError> {
+        Err(CheckoutError::NotServedHere("tickets"))
+    }
+    async fn vnpay_ipn(&self, _: Vec<(String, String)>) -> IpnAnswer {
+        IpnAnswer {
+            rsp_code: "99".to_owned(),
+            message: "Unknown error".to_owned(),
+        }
+    }
+    async fn vnpay_return(&self, _: Vec<(String, String)>) -> ReturnPage {
+        ReturnPage {
+            verified: false,
+            order_id: None,
+            paid: false,
+            order_status: None,
+        }
+    }
+}

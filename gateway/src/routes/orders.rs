@@ -1,0 +1,140 @@
+//! `POST /v1/orders`, `GET /v1/orders`, `GET /v1/orders/{id}`, `POST /v1/orders/{id}/refund`,
+//! `GET /v1/orders/{id}/tickets`.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use holdfast_actors::{HoldRef, OrderId};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::rfc3339_millis;
+use super::tickets::ticket_json;
+use crate::AppState;
+use crate::auth::{AuthUser, Role};
+use crate::checkout::OrderView;
+use crate::extract::ApiJson;
+use crate::problem::Problem;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderRequest {
+    pub hold_id: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefundRequest {
+    pub reason: String,
+}
+
+pub fn order_json(order: &OrderView) -> Value {
+    json!({
+        "id": order.id,
+        "hold_id": order.hold.to_string(),
+        "event_id": order.hold.event_id,
+        "status": order.status,
+        "amount": order.amount,
+        "currency": order.currency,
+        "items": order.items.iter().map(|l| json!({"ticket_type": l.ticket_type, "quantity": l.quantity, "price": l.price})).collect::<Vec<_>>(),
+        "payment_url": order.payment_url,
+        "note": order.note,
+        "created_at": rfc3339_millis(order.created_at_ms),
+    })
+}
+
+pub fn parse_order_id(raw: &str) -> Result<OrderId, Problem> {
+    raw.parse::<uuid::Uuid>()
+        .map(OrderId)
+        .map_err(|_| Problem::order_not_found())
+}
+
+/// The caller's order (staff and admins see every order); another user's order is missing.
+async fn own_order(state: &AppState, user: &AuthUser, raw: &str) -> Result<OrderView, Problem> {
+    let id = parse_order_id(raw)?;
+    match state.checkout().order(id).await? {
+        Some(order) if order.user == user.id || matches!(user.role, Role::Admin | Role::Staff) => {
+            Ok(order)
+        }
+        _ => Err(Problem::order_not_found()),
+    }
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    user: AuthUser,
+    request_headers: HeaderMap,
+    ApiJson(req): ApiJson<OrderRequest>,
+) -> Result<(StatusCode, HeaderMap, Json<Value>), Problem> {
+    let hold: HoldRef = req
+        .hold_id
+        .parse()
+        .map_err(|_| Problem::invalid(format!("hold_id {:?} is not a hold id", req.hold_id)))?;
+    let key = request_headers
+        .get(crate::idempotency::HEADER)
+        .and_then(|v| v.to_str().ok());
+    let order_id = match key {
+        Some(key) => OrderId(crate::idempotency::derived_id(
+            &format!("order:{}", user.id),
+            key,
+        )),
+        None => OrderId(uuid::Uuid::now_v7()),
+    };
+    let (order, created) = state
+        .checkout()
+        .create_order(user.id, hold, order_id)
+        .await?;
+    let mut headers = HeaderMap::new();
+    if let Ok(location) = HeaderValue::from_str(&format!("/v1/orders/{}", order.id)) {
+        headers.insert(header::LOCATION, location);
+    }
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, headers, Json(order_json(&order))))
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, Problem> {
+    let order = own_order(&state, &user, &id).await?;
+    Ok(Json(order_json(&order)))
+}
+
+pub async fn list(State(state): State<AppState>, user: AuthUser) -> Result<Json<Value>, Problem> {
+    let orders = state.checkout().orders(user.id).await?;
+    Ok(Json(json!({
+        "orders": orders.iter().map(order_json).collect::<Vec<_>>(),
+    })))
+}
+
+pub async fn refund(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<RefundRequest>,
+) -> Result<(StatusCode, Json<Value>), Problem> {
+    let order = own_order(&state, &user, &id).await?;
+    let reason = req.reason.trim();
+    if reason.is_empty() || reason.chars().count() > 500 {
+        return Err(Problem::invalid("reason must be 1-500 characters"));
+    }
+    let order = state.checkout().refund(order.id, reason.to_owned()).await?;
+    Ok((StatusCode::ACCEPTED, Json(order_json(&order))))
+}
+
+pub async fn tickets(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, Problem> {
+    let order = own_order(&state, &user, &id).await?;
+    let tickets = state.checkout().tickets(order.id).await?;
+    Ok(Json(Value::Array(
+        tickets.iter().map(ticket_json).collect(),
+    )))
+}
