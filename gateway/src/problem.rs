@@ -109,7 +109,12 @@ impl Problem {
             "detail": self.detail,
         });
         if let Value::Object(map) = &mut body {
-            map.extend(self.extensions.clone());
+            // Extensions never replace the members RFC 9457 defines.
+            for (key, value) in &self.extensions {
+                if !matches!(key.as_str(), "type" | "title" | "status" | "detail") {
+                    map.insert(key.clone(), value.clone());
+                }
+            }
         }
         body
     }
@@ -164,7 +169,7 @@ impl From<inventory::Error> for Problem {
                 "Hold is not active",
                 detail,
             )
-            .with("status", json!(status.as_str())),
+            .with("hold_status", json!(status.as_str())),
             E::OrderNotFound => Self::new(
                 StatusCode::NOT_FOUND,
                 "order-not-found",
@@ -268,7 +273,7 @@ impl From<crate::checkout::CheckoutError> for Problem {
                 "Hold is not active",
                 detail,
             )
-            .with("status", json!(status)),
+            .with("hold_status", json!(status)),
             E::HoldNotFound => Self::hold_not_found(),
             E::OrderNotFound => Self::order_not_found(),
             E::TicketNotFound => Self::new(
@@ -296,7 +301,7 @@ impl From<crate::checkout::CheckoutError> for Problem {
                 "Order cannot be refunded",
                 detail,
             )
-            .with("status", json!(status)),
+            .with("order_status", json!(status)),
             E::Invalid(why) => Self::invalid(why),
             E::NotServedHere(_) => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,

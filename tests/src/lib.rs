@@ -22,6 +22,12 @@ use tokio::task::JoinSet;
 
 /// The token secret every test node signs with (at least 32 bytes).
 pub const JWT_SECRET: &str = "holdfast-tests-jwt-secret-0123456789abcdef";
+/// The VNPAY merchant of every test node; tests that play VNPAY sign with the same secret.
+pub const VNPAY_TMN_CODE: &str = "HFTEST01";
+pub const VNPAY_HASH_SECRET: &str = "holdfast-tests-vnpay-secret-0123456789";
+/// The ticket signing seed of every test node (Ed25519, hex).
+pub const TICKET_SIGNING_KEY: &str =
+    "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60";
 /// A password every check accepts.
 pub const PASSWORD: &str = "correct horse battery staple";
 /// The server on which PostgreSQL test databases are created, unless
@@ -267,6 +273,9 @@ impl Sandbox {
             database_url: Some(self.database.url().to_owned()),
             database_max_connections: NODE_DB_CONNECTIONS,
             jwt_secret: Some(JWT_SECRET.to_owned()),
+            vnpay_tmn_code: Some(VNPAY_TMN_CODE.to_owned()),
+            vnpay_hash_secret: Some(VNPAY_HASH_SECRET.to_owned()),
+            ticket_signing_key: Some(TICKET_SIGNING_KEY.to_owned()),
             ..Config::default()
         }
     }
@@ -282,6 +291,9 @@ impl Sandbox {
                 NODE_DB_CONNECTIONS.to_string(),
             ),
             ("HOLDFAST_JWT_SECRET", JWT_SECRET.to_owned()),
+            ("HOLDFAST_VNPAY_TMN_CODE", VNPAY_TMN_CODE.to_owned()),
+            ("HOLDFAST_VNPAY_HASH_SECRET", VNPAY_HASH_SECRET.to_owned()),
+            ("HOLDFAST_TICKET_SIGNING_KEY", TICKET_SIGNING_KEY.to_owned()),
             ("HOLDFAST_LOG", "info".to_owned()),
         ]
         .into_iter()
@@ -659,6 +671,8 @@ pub struct Reply {
     pub headers: HeaderMap,
     /// The body as JSON; `Value::Null` when empty, a string when it is not JSON.
     pub body: Value,
+    /// The body as it came (images, pages).
+    pub bytes: Vec<u8>,
 }
 
 impl Reply {
@@ -813,6 +827,7 @@ impl Client {
             status,
             headers,
             body,
+            bytes: bytes.to_vec(),
         };
         assert!(
             reply
@@ -851,6 +866,19 @@ impl Client {
 
     pub async fn get(&self, path: &str, token: Option<&str>) -> Reply {
         self.send(Method::GET, path, token, None, &[]).await
+    }
+
+    /// A POST with an `Idempotency-Key`.
+    pub async fn post_with_key(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: &Value,
+        key: &str,
+    ) -> Reply {
+        let headers = [("idempotency-key", key)];
+        self.send(Method::POST, path, token, Some(Body::Json(body)), &headers)
+            .await
     }
 
     pub async fn post(&self, path: &str, token: Option<&str>, body: &Value) -> Reply {

@@ -1,0 +1,627 @@
+//! The checkout saga over HTTP: hold → order → pay (VNPAY's stand-in, or the test playing VNPAY
+//! with the merchant's secret) → confirmed → tickets with QR codes → check-in, on the embedded
+//! bus (both backends) and on Kafka; payment failures, tampered IPNs, the expiry-before-payment
+//! race, redelivery, a consumer that lost its offsets, and the e-mails buyers get.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use holdfast_engine::Config;
+use holdfast_tests::{
+    Backend, Client, InProcessNode, TestDatabase, TicketType, VNPAY_HASH_SECRET, VNPAY_TMN_CODE,
+    on_both_backends, poll_until,
+};
+use serde_json::{Value, json};
+use sqlx::{AnyConnection, Connection as _, Row as _};
+
+const WAIT: Duration = Duration::from_secs(30);
+const PRICE: i64 = 500_000;
+
+/// A node with a VNPAY stand-in wired to it, an organizer's event and a staff member.
+struct Shop {
+    node: InProcessNode,
+    sim: String,
+    event: String,
+    staff: String,
+}
+
+impl Shop {
+    async fn open(backend: Backend, capacity: u32, adjust: impl FnOnce(&mut Config)) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the VNPAY stand-in");
+        let sim = format!("http://{}", listener.local_addr().expect("address"));
+        let node = InProcessNode::start_with(backend, |c| {
+            c.vnpay_pay_url = Some(format!("{sim}/paymentv2/vpcpay.html"));
+            c.vnpay_api_url = Some(format!("{sim}/merchant_webapi/api/transaction"));
+            adjust(c);
+        })
+        .await;
+        let router = holdfast_vnpay::sim::router(holdfast_vnpay::sim::SimConfig {
+            hash_secret: VNPAY_HASH_SECRET.to_owned(),
+            tmn_code: VNPAY_TMN_CODE.to_owned(),
+            merchant_ipn_url: format!("{}/v1/payments/vnpay/ipn", node.base_url()),
+        });
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        let organizer = node.organizer_token().await;
+        let event = node
+            .client()
+            .create_event(&organizer, &[TicketType::new("GA", capacity, Some(4))])
+            .await;
+        let staff = node.user_token(holdfast_gateway::auth::Role::Staff).await;
+        Self {
+            node,
+            sim,
+            event,
+            staff,
+        }
+    }
+
+    fn client(&self) -> &Client {
+        self.node.client()
+    }
+
+    fn db(&self) -> &TestDatabase {
+        self.node.sandbox().database()
+    }
+
+    /// A new buyer's token and an active hold of `quantity` seats.
+    async fn buyer_with_hold(&self, quantity: i64) -> (String, String) {
+        let token = self.client().customer_token().await;
+        let hold = self
+            .client()
+            .hold(&token, &self.event, &[("GA", quantity)])
+            .await;
+        hold.assert_status(201);
+        (token, hold.body["id"].as_str().expect("hold id").to_owned())
+    }
+
+    async fn order(&self, token: &str, hold: &str, key: &str) -> Value {
+        let reply = self
+            .client()
+            .post_with_key("/v1/orders", Some(token), &json!({"hold_id": hold}), key)
+            .await;
+        reply.assert_status(201);
+        reply.body
+    }
+
+    async fn wait_status(&self, token: &str, order: &str, status: &str) -> Value {
+        let path = format!("/v1/orders/{order}");
+        poll_until(WAIT, Duration::from_millis(50), || async {
+            let reply = self.client().get(&path, Some(token)).await;
+            (reply.body["status"] == status).then_some(reply.body)
+        })
+        .await
+        .unwrap_or_else(|| panic!("order {order} never became {status}"))
+    }
+
+    async fn tickets(&self, token: &str, order: &str, count: usize) -> Vec<Value> {
+        let path = format!("/v1/orders/{order}/tickets");
+        poll_until(WAIT, Duration::from_millis(50), || async {
+            let reply = self.client().get(&path, Some(token)).await;
+            match reply.body.as_array() {
+                Some(list) if list.len() >= count => Some(list.clone()),
+                _ => None,
+            }
+        })
+        .await
+        .unwrap_or_else(|| panic!("order {order} never got {count} tickets"))
+    }
+
+    /// Presses Pay (or Cancel) on the stand-in's payment page; returns the return URL it
+    /// redirects the browser to.
+    async fn press(&self, payment_url: &str, pay: bool) -> String {
+        let query = payment_url.split_once('?').expect("signed query").1;
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client");
+        let page = http.get(payment_url).send().await.expect("payment page");
+        assert_eq!(page.status(), 200, "the stand-in shows the payment page");
+        let button = if pay { "pay" } else { "cancel" };
+        let reply = http
+            .post(format!("{}/paymentv2/{button}", self.sim))
+            .form(&[("q", query)])
+            .send()
+            .await
+            .expect("press the button");
+        assert_eq!(reply.status(), 302, "{:?}", reply.text().await);
+        reply
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .expect("redirect to the return URL")
+            .to_owned()
+    }
+
+    /// Calls the IPN as VNPAY would, signing `params` with the merchant's secret.
+    async fn ipn(&self, params: &[(&str, String)]) -> Value {
+        let query = holdfast_vnpay::encoding::signed_query(VNPAY_HASH_SECRET, params);
+        let reply = self
+            .client()
+            .get(&format!("/v1/payments/vnpay/ipn?{query}"), None)
+            .await;
+        reply.assert_status(200);
+        reply.body
+    }
+
+    async fn count(&self, sql: &str) -> i64 {
+        let mut conn = AnyConnection::connect(self.db().url())
+            .await
+            .expect("connect to the test database");
+        let row = sqlx::query(sql).fetch_one(&mut conn).await.expect(sql);
+        row.try_get::<i64, _>(0).expect("a count")
+    }
+
+    async fn execute(&self, sql: &str) {
+        let mut conn = AnyConnection::connect(self.db().url())
+            .await
+            .expect("connect to the test database");
+        sqlx::query(sql).execute(&mut conn).await.expect(sql);
+    }
+}
+
+/// The signed parameters of a VNPAY result for `order` of `amount` VND.
+fn vnpay_result(
+    order: &str,
+    amount: i64,
+    response: &str,
+    status: &str,
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("vnp_Amount", (amount * 100).to_string()),
+        ("vnp_BankCode", "NCB".to_owned()),
+        ("vnp_OrderInfo", format!("Holdfast order {order}")),
+        ("vnp_PayDate", "20261128153000".to_owned()),
+        ("vnp_ResponseCode", response.to_owned()),
+        ("vnp_TmnCode", VNPAY_TMN_CODE.to_owned()),
+        ("vnp_TransactionNo", "14999001".to_owned()),
+        ("vnp_TransactionStatus", status.to_owned()),
+        ("vnp_TxnRef", order.to_owned()),
+    ]
+}
+
+fn zbar_decode(png: &[u8]) -> String {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("ticket.png");
+    std::fs::write(&path, png).expect("write the PNG");
+    let out = std::process::Command::new("zbarimg")
+        .args(["--quiet", "--raw"])
+        .arg(&path)
+        .output()
+        .expect("zbarimg (Debian's zbar-tools) decodes QR images; tests/run installs it");
+    assert!(out.status.success(), "zbarimg failed: {out:?}");
+    String::from_utf8(out.stdout)
+        .expect("text")
+        .trim()
+        .to_owned()
+}
+
+on_both_backends!(
+    purchase_end_to_end,
+    cancelled_payment_releases_the_seats,
+    tampered_and_replayed_ipns_change_nothing,
+    payment_after_expiry_rereserves_or_refunds,
+    redelivery_and_lost_offsets_change_nothing,
+);
+
+async fn purchase_end_to_end(backend: Backend) {
+    let shop = Shop::open(backend, 10, |_| {}).await;
+    let (buyer, hold) = shop.buyer_with_hold(2).await;
+    let order = shop.order(&buyer, &hold, "order-1").await;
+    let id = order["id"].as_str().expect("order id").to_owned();
+    assert_eq!(order["status"], "pending_payment");
+    assert_eq!(order["amount"], 2 * PRICE);
+    assert_eq!(order["currency"], "VND");
+    assert_eq!(order["hold_id"], hold.as_str());
+    let url = order["payment_url"]
+        .as_str()
+        .expect("a payment URL")
+        .to_owned();
+    assert!(
+        url.starts_with(&format!("{}/paymentv2/vpcpay.html?", shop.sim)),
+        "{url}"
+    );
+    assert!(
+        url.contains(&format!("vnp_Amount={}", 2 * PRICE * 100)),
+        "{url}"
+    );
+    assert!(url.contains(&format!("vnp_TxnRef={id}")), "{url}");
+    assert!(url.contains("vnp_SecureHash="), "{url}");
+    // The same key again: the same order, not a second one; another order for the hold is
+    // the same order too.
+    let again = shop.order(&buyer, &hold, "order-1").await;
+    assert_eq!(again["id"], id.as_str());
+    let other_key = shop
+        .client()
+        .post_with_key(
+            "/v1/orders",
+            Some(&buyer),
+            &json!({"hold_id": hold}),
+            "order-2",
+        )
+        .await;
+    other_key.assert_status(200);
+    assert_eq!(other_key.body["id"], id.as_str());
+    // Nobody else can order or see this hold's order.
+    let stranger = shop.client().customer_token().await;
+    shop.client()
+        .post("/v1/orders", Some(&stranger), &json!({"hold_id": hold}))
+        .await
+        .assert_problem(404, "hold-not-found");
+    shop.client()
+        .get(&format!("/v1/orders/{id}"), Some(&stranger))
+        .await
+        .assert_problem(404, "order-not-found");
+
+    let back = shop.press(&url, true).await;
+    assert!(back.contains("/v1/payments/vnpay/return?"), "{back}");
+    let page = reqwest::get(back.replace(
+        &back[..back.find("/v1/").expect("path")],
+        shop.node.base_url(),
+    ))
+    .await
+    .expect("return page")
+    .text()
+    .await
+    .expect("html");
+    assert!(page.contains("Payment received"), "{page}");
+
+    let confirmed = shop.wait_status(&buyer, &id, "confirmed").await;
+    assert_eq!(confirmed["note"], Value::Null);
+    let stock = shop.client().stock(&shop.event, "GA").await;
+    assert_eq!((stock.sold, stock.held, stock.available), (2, 0, 8));
+    let hold_now = shop.client().get_hold(&buyer, &hold).await;
+    assert_eq!(hold_now.body["status"], "confirmed");
+
+    let tickets = shop.tickets(&buyer, &id, 2).await;
+    assert_eq!(tickets.len(), 2, "one ticket per seat");
+    let ids: BTreeSet<&str> = tickets.iter().filter_map(|t| t["id"].as_str()).collect();
+    assert_eq!(ids.len(), 2);
+    for ticket in &tickets {
+        assert_eq!(ticket["status"], "valid");
+        assert_eq!(ticket["ticket_type"], "GA");
+        let reply = shop
+            .client()
+            .get(
+                &format!("/v1/tickets/{}/qr.png", ticket["id"].as_str().unwrap()),
+                Some(&buyer),
+            )
+            .await;
+        reply.assert_status(200);
+        assert_eq!(reply.header("content-type"), Some("image/png"));
+        assert_eq!(zbar_decode(&reply.bytes), ticket["code"].as_str().unwrap());
+    }
+    shop.client()
+        .get(
+            &format!("/v1/tickets/{}/qr.png", tickets[0]["id"].as_str().unwrap()),
+            Some(&stranger),
+        )
+        .await
+        .assert_problem(404, "ticket-not-found");
+
+    // Check-in: staff only, once, and nothing forged or altered gets in.
+    let code = tickets[0]["code"].as_str().unwrap();
+    shop.client()
+        .post("/v1/checkin", Some(&buyer), &json!({"code": code}))
+        .await
+        .assert_problem(403, "forbidden");
+    let admitted = shop
+        .client()
+        .post("/v1/checkin", Some(&shop.staff), &json!({"code": code}))
+        .await;
+    admitted.assert_status(200);
+    assert_eq!(admitted.body["status"], "admitted");
+    assert_eq!(admitted.body["ticket_id"], tickets[0]["id"]);
+    shop.client()
+        .post("/v1/checkin", Some(&shop.staff), &json!({"code": code}))
+        .await
+        .assert_problem(409, "already-admitted");
+    let mut altered = code.to_owned();
+    let flip = altered.len() - 5;
+    let c = if &altered[flip..=flip] == "A" {
+        "B"
+    } else {
+        "A"
+    };
+    altered.replace_range(flip..=flip, c);
+    for forged in [altered.as_str(), "HF1.bm90LWEtdGlja2V0.c2ln", "", "hello"] {
+        shop.client()
+            .post("/v1/checkin", Some(&shop.staff), &json!({"code": forged}))
+            .await
+            .assert_problem(422, "invalid-ticket");
+    }
+    let list = shop.client().get("/v1/orders", Some(&buyer)).await;
+    assert_eq!(list.body["orders"][0]["id"], id.as_str());
+    assert_eq!(list.body["orders"].as_array().map(Vec::len), Some(1));
+
+    // A refund voids the tickets and puts the seats back.
+    shop.client()
+        .post(
+            &format!("/v1/orders/{id}/refund"),
+            Some(&buyer),
+            &json!({"reason": "cannot come"}),
+        )
+        .await
+        .assert_status(202);
+    shop.wait_status(&buyer, &id, "refunded").await;
+    let second = tickets[1]["code"].as_str().unwrap();
+    poll_until(WAIT, Duration::from_millis(50), || async {
+        let reply = shop
+            .client()
+            .post("/v1/checkin", Some(&shop.staff), &json!({"code": second}))
+            .await;
+        (reply.slug() == Some("invalid-ticket")).then_some(())
+    })
+    .await
+    .expect("a refunded ticket stops admitting");
+    let stock = shop.client().stock(&shop.event, "GA").await;
+    assert_eq!((stock.sold, stock.available), (0, 10));
+    shop.client()
+        .post(
+            &format!("/v1/orders/{id}/refund"),
+            Some(&buyer),
+            &json!({"reason": "again"}),
+        )
+        .await
+        .assert_status(202);
+    shop.node.shutdown().await;
+}
+
+async fn cancelled_payment_releases_the_seats(backend: Backend) {
+    let shop = Shop::open(backend, 4, |_| {}).await;
+    let (buyer, hold) = shop.buyer_with_hold(3).await;
+    let order = shop.order(&buyer, &hold, "k").await;
+    let id = order["id"].as_str().unwrap();
+    let back = shop
+        .press(order["payment_url"].as_str().unwrap(), false)
+        .await;
+    assert!(back.contains("vnp_ResponseCode=24"), "{back}");
+    let cancelled = shop.wait_status(&buyer, id, "cancelled").await;
+    assert!(
+        cancelled["note"]
+            .as_str()
+            .unwrap_or("")
+            .contains("cancelled by the buyer"),
+        "{cancelled}"
+    );
+    let stock = shop.client().stock(&shop.event, "GA").await;
+    assert_eq!((stock.available, stock.held, stock.sold), (4, 0, 0));
+    assert_eq!(
+        shop.client().get_hold(&buyer, &hold).await.body["status"],
+        "released"
+    );
+    assert!(
+        shop.client()
+            .get(&format!("/v1/orders/{id}/tickets"), Some(&buyer))
+            .await
+            .body
+            .as_array()
+            .is_some_and(Vec::is_empty)
+    );
+    // A released hold takes no order.
+    let (other, released) = shop.buyer_with_hold(1).await;
+    shop.client()
+        .release_hold(&other, &released)
+        .await
+        .assert_status(204);
+    shop.client()
+        .post("/v1/orders", Some(&other), &json!({"hold_id": released}))
+        .await
+        .assert_problem(409, "hold-not-active");
+    shop.client()
+        .post("/v1/orders", Some(&other), &json!({"hold_id": "nonsense"}))
+        .await
+        .assert_problem(422, "invalid-request");
+    shop.client()
+        .post(
+            "/v1/orders",
+            Some(&other),
+            &json!({"hold_id": released, "extra": 1}),
+        )
+        .await
+        .assert_problem(422, "invalid-request");
+    shop.node.shutdown().await;
+}
+
+async fn tampered_and_replayed_ipns_change_nothing(backend: Backend) {
+    let shop = Shop::open(backend, 10, |_| {}).await;
+    let (buyer, hold) = shop.buyer_with_hold(2).await;
+    let order = shop.order(&buyer, &hold, "k").await;
+    let id = order["id"].as_str().unwrap().to_owned();
+    let amount = 2 * PRICE;
+    // Signed with another secret, or altered after signing: 97.
+    let params = vnpay_result(&id, amount, "00", "00");
+    let forged = holdfast_vnpay::encoding::signed_query("not-the-merchant-secret", &params);
+    let reply = shop
+        .client()
+        .get(&format!("/v1/payments/vnpay/ipn?{forged}"), None)
+        .await;
+    assert_eq!(reply.body["RspCode"], "97", "{}", reply.body);
+    let signed = holdfast_vnpay::encoding::signed_query(VNPAY_HASH_SECRET, &params);
+    let altered = signed.replace(&format!("vnp_Amount={}", amount * 100), "vnp_Amount=100");
+    let reply = shop
+        .client()
+        .get(&format!("/v1/payments/vnpay/ipn?{altered}"), None)
+        .await;
+    assert_eq!(reply.body["RspCode"], "97", "{}", reply.body);
+    let reply = shop.client().get("/v1/payments/vnpay/ipn", None).await;
+    assert_eq!(reply.body["RspCode"], "97", "no parameters: {}", reply.body);
+    // Correctly signed, but the wrong amount or an unknown order.
+    assert_eq!(
+        shop.ipn(&vnpay_result(&id, amount - 1, "00", "00")).await["RspCode"],
+        "04"
+    );
+    let unknown = uuid::Uuid::new_v4().to_string();
+    assert_eq!(
+        shop.ipn(&vnpay_result(&unknown, amount, "00", "00")).await["RspCode"],
+        "01"
+    );
+    // Nothing of that moved the order.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let still = shop
+        .client()
+        .get(&format!("/v1/orders/{id}"), Some(&buyer))
+        .await;
+    assert_eq!(still.body["status"], "pending_payment");
+    // The genuine result counts once; its replay is `02` and changes nothing.
+    assert_eq!(
+        shop.ipn(&vnpay_result(&id, amount, "00", "00")).await["RspCode"],
+        "00"
+    );
+    assert_eq!(
+        shop.ipn(&vnpay_result(&id, amount, "00", "00")).await["RspCode"],
+        "02"
+    );
+    assert_eq!(
+        shop.ipn(&vnpay_result(&id, amount, "24", "02")).await["RspCode"],
+        "02"
+    );
+    shop.wait_status(&buyer, &id, "confirmed").await;
+    assert_eq!(shop.tickets(&buyer, &id, 2).await.len(), 2);
+    // A forged return page claims nothing.
+    let page = shop
+        .client()
+        .get(&format!("/v1/payments/vnpay/return?{forged}"), None)
+        .await;
+    assert!(String::from_utf8_lossy(&page.bytes).contains("not recognised"));
+    assert_eq!(
+        shop.count("SELECT COUNT(*) FROM payments WHERE status = 'paid'")
+            .await,
+        1
+    );
+    shop.node.shutdown().await;
+}
+
+async fn payment_after_expiry_rereserves_or_refunds(backend: Backend) {
+    let shop = Shop::open(backend, 3, |c| c.hold_ttl = 3).await;
+    // Two buyers whose holds expire before their money arrives.
+    let (lucky, lucky_hold) = shop.buyer_with_hold(1).await;
+    let lucky_order = shop.order(&lucky, &lucky_hold, "k").await;
+    let (late, late_hold) = shop.buyer_with_hold(2).await;
+    let late_order = shop.order(&late, &late_hold, "k").await;
+    for (token, hold) in [(&lucky, &lucky_hold), (&late, &late_hold)] {
+        poll_until(WAIT, Duration::from_millis(200), || async {
+            (shop.client().get_hold(token, hold).await.body["status"] == "expired").then_some(())
+        })
+        .await
+        .expect("the hold expires");
+    }
+    // Meanwhile someone else takes two of the three seats.
+    let (_, _) = shop.buyer_with_hold(2).await;
+    // One seat is left: the first late payment gets it again, the second is refunded.
+    let lucky_id = lucky_order["id"].as_str().unwrap();
+    assert_eq!(
+        shop.ipn(&vnpay_result(lucky_id, PRICE, "00", "00")).await["RspCode"],
+        "00"
+    );
+    let confirmed = shop.wait_status(&lucky, lucky_id, "confirmed").await;
+    assert!(
+        confirmed["note"]
+            .as_str()
+            .unwrap_or("")
+            .contains("reserved again"),
+        "{confirmed}"
+    );
+    assert_eq!(shop.tickets(&lucky, lucky_id, 1).await.len(), 1);
+    let late_id = late_order["id"].as_str().unwrap();
+    assert_eq!(
+        shop.ipn(&vnpay_result(late_id, 2 * PRICE, "00", "00"))
+            .await["RspCode"],
+        "00"
+    );
+    let refunded = shop.wait_status(&late, late_id, "refunded").await;
+    assert!(
+        refunded["note"]
+            .as_str()
+            .unwrap_or("")
+            .contains("refunded automatically"),
+        "{refunded}"
+    );
+    let stock = shop.client().stock(&shop.event, "GA").await;
+    assert_eq!((stock.sold, stock.held, stock.available), (1, 2, 0));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let late_tickets = shop
+        .client()
+        .get(&format!("/v1/orders/{late_id}/tickets"), Some(&late))
+        .await;
+    assert_eq!(
+        late_tickets.body,
+        json!([]),
+        "no tickets for a refunded order"
+    );
+    poll_until(WAIT, Duration::from_millis(100), || async {
+        (shop
+            .count(&format!(
+                "SELECT COUNT(*) FROM payments WHERE status = 'refunded' AND order_id = '{late_id}'"
+            ))
+            .await
+            == 1)
+            .then_some(())
+    })
+    .await
+    .expect("the payment is marked for refund");
+    shop.node.shutdown().await;
+}
+
+async fn redelivery_and_lost_offsets_change_nothing(backend: Backend) {
+    let mut shop = Shop::open(backend, 10, |_| {}).await;
+    let (buyer, hold) = shop.buyer_with_hold(3).await;
+    let order = shop.order(&buyer, &hold, "k").await;
+    let id = order["id"].as_str().unwrap().to_owned();
+    shop.press(order["payment_url"].as_str().unwrap(), true)
+        .await;
+    shop.wait_status(&buyer, &id, "confirmed").await;
+    let tickets = shop.tickets(&buyer, &id, 3).await;
+    let before = counts(&shop).await;
+    assert_eq!(before.0, 3);
+    // Every record goes out again (the relay lost its marks), and every consumer reads every
+    // topic from the start (as after a crash between its side effect and its offset commit).
+    let records = shop.count("SELECT COUNT(*) FROM bus_records").await;
+    shop.execute("UPDATE outbox SET published_at = NULL").await;
+    shop.node.restart().await;
+    shop.execute("UPDATE bus_offsets SET committed_seq = 0")
+        .await;
+    shop.node.restart().await;
+    poll_until(WAIT, Duration::from_millis(100), || async {
+        (shop.count("SELECT COUNT(*) FROM bus_records").await >= 2 * records
+            && shop
+                .count("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL")
+                .await
+                == 0)
+            .then_some(())
+    })
+    .await
+    .expect("the outbox is published again");
+    // Let the consumers work through the redelivered records.
+    poll_until(WAIT, Duration::from_millis(200), || async {
+        let lag = shop
+            .count("SELECT COUNT(*) FROM bus_offsets WHERE committed_seq < (SELECT MAX(seq) FROM bus_records WHERE bus_records.topic = bus_offsets.topic)")
+            .await;
+        (lag == 0).then_some(())
+    })
+    .await
+    .expect("consumers catch up");
+    assert_eq!(counts(&shop).await, before, "redelivery changed nothing");
+    let again = shop.tickets(&buyer, &id, 3).await;
+    assert_eq!(again, tickets);
+    assert_eq!(
+        shop.client()
+            .get(&format!("/v1/orders/{id}"), Some(&buyer))
+            .await
+            .body["status"],
+        "confirmed"
+    );
+    let stock = shop.client().stock(&shop.event, "GA").await;
+    assert_eq!((stock.sold, stock.available), (3, 7));
+    shop.node.shutdown().await;
+}
+
+async fn counts(shop: &Shop) -> (i64, i64, i64, i64) {
+    (
+        shop.count("SELECT COUNT(*) FROM tickets").await,
+        shop.count("SELECT COUNT(*) FROM notifications").await,
+        shop.count("SELECT COUNT(*) FROM outbox").await,
+        shop.count("SELECT COUNT(*) FROM payments").await,
+    )
+}
