@@ -197,6 +197,152 @@ fn zbar_decode(png: &[u8]) -> String {
         .to_owned()
 }
 
+/// The saga on PostgreSQL with Kafka (tansu, started by tests/run) as the bus: the same
+/// purchase, then every record published again, which changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purchase_over_kafka() {
+    let brokers = std::env::var("HOLDFAST_TEST_KAFKA_BROKERS")
+        .unwrap_or_else(|_| "127.0.0.1:9092".to_owned());
+    let prefix = format!("t{}-", uuid::Uuid::new_v4().simple());
+    let mut shop = Shop::open(Backend::Postgres, 10, |c| {
+        c.kafka_brokers = Some(brokers.clone());
+        c.bus_prefix = prefix.clone();
+    })
+    .await;
+    let (buyer, hold) = shop.buyer_with_hold(2).await;
+    let order = shop.order(&buyer, &hold, "k").await;
+    let id = order["id"].as_str().unwrap().to_owned();
+    let url = order["payment_url"]
+        .as_str()
+        .expect("the payment URL arrives through Kafka within the wait")
+        .to_owned();
+    shop.press(&url, true).await;
+    shop.wait_status(&buyer, &id, "confirmed").await;
+    let tickets = shop.tickets(&buyer, &id, 2).await;
+    let code = tickets[0]["code"].as_str().unwrap();
+    shop.client()
+        .post("/v1/checkin", Some(&shop.staff), &json!({"code": code}))
+        .await
+        .assert_status(200);
+    // No SQL bus in between: the records went through Kafka.
+    assert_eq!(shop.count("SELECT COUNT(*) FROM bus_records").await, 0);
+    settle_notifications(&shop, 2).await;
+    let before = counts(&shop).await;
+    shop.execute("UPDATE outbox SET published_at = NULL").await;
+    shop.node.restart().await;
+    poll_until(WAIT, Duration::from_millis(100), || async {
+        (shop
+            .count("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL")
+            .await
+            == 0)
+            .then_some(())
+    })
+    .await
+    .expect("the outbox is published to Kafka again");
+    // Consumers see the records again; give them time, then nothing may have changed.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        counts(&shop).await,
+        before,
+        "redelivery through Kafka changed nothing"
+    );
+    let codes = |list: &[Value]| -> Vec<(String, String)> {
+        list.iter()
+            .map(|t| (t["id"].to_string(), t["code"].to_string()))
+            .collect()
+    };
+    let again = shop.tickets(&buyer, &id, 2).await;
+    assert_eq!(
+        codes(&again),
+        codes(&tickets),
+        "the same tickets, no new ones"
+    );
+    shop.client()
+        .post("/v1/checkin", Some(&shop.staff), &json!({"code": code}))
+        .await
+        .assert_problem(409, "already-admitted");
+    shop.node.shutdown().await;
+}
+
+/// Buyers get the payment link and their tickets by e-mail through a real SMTP server; while
+/// the server is down, messages wait with their error and are retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buyers_get_their_payment_link_and_tickets_by_email() {
+    let smtp = holdfast_notify::testing::SmtpServer::start().await;
+    let smtp_url = format!("smtp://{}", smtp.addr());
+    let shop = Shop::open(Backend::Sqlite, 10, |c| {
+        c.smtp_url = Some(smtp_url.clone());
+        c.notify_backoff_secs = 1;
+    })
+    .await;
+    let (buyer, hold) = shop.buyer_with_hold(2).await;
+    let order = shop.order(&buyer, &hold, "k").await;
+    let id = order["id"].as_str().unwrap().to_owned();
+    let url = order["payment_url"].as_str().unwrap().to_owned();
+    shop.press(&url, true).await;
+    shop.wait_status(&buyer, &id, "confirmed").await;
+    let tickets = shop.tickets(&buyer, &id, 2).await;
+    let mail = poll_until(WAIT, Duration::from_millis(100), || async {
+        let mail = smtp.messages().await;
+        (mail.len() >= 2).then_some(mail)
+    })
+    .await
+    .expect("two e-mails arrive");
+    assert_eq!(
+        mail.len(),
+        2,
+        "one payment link and one tickets e-mail: {mail:?}"
+    );
+    let link = mail
+        .iter()
+        .find(|m| m.subject == "Complete your payment")
+        .expect("the payment link e-mail");
+    assert!(
+        link.text_body.as_deref().unwrap_or("").contains(&url),
+        "{link:?}"
+    );
+    let with_tickets = mail
+        .iter()
+        .find(|m| m.subject.starts_with("Your tickets"))
+        .expect("the tickets e-mail");
+    assert_eq!(with_tickets.to, link.to);
+    assert_eq!(with_tickets.attachments.len(), 2);
+    let mut decoded: Vec<String> = with_tickets
+        .attachments
+        .iter()
+        .map(|a| {
+            assert_eq!(a.content_type, "image/png");
+            zbar_decode(&a.bytes)
+        })
+        .collect();
+    let mut codes: Vec<String> = tickets
+        .iter()
+        .map(|t| t["code"].as_str().unwrap().to_owned())
+        .collect();
+    decoded.sort();
+    codes.sort();
+    assert_eq!(decoded, codes, "the attached QR codes are the tickets");
+
+    // The SMTP server goes away: the next message waits, with its error, for another attempt.
+    drop(smtp);
+    let (other, other_hold) = shop.buyer_with_hold(1).await;
+    let other_order = shop.order(&other, &other_hold, "k").await;
+    let other_id = other_order["id"].as_str().unwrap().to_owned();
+    let row = poll_until(WAIT, Duration::from_millis(200), || async {
+        let attempts = shop
+            .count(&format!(
+                "SELECT COALESCE(MAX(attempts), 0) FROM notifications \
+                 WHERE order_id = '{other_id}' AND status = 'pending' AND last_error IS NOT NULL"
+            ))
+            .await;
+        (attempts >= 2).then_some(attempts)
+    })
+    .await
+    .expect("failed attempts are recorded and retried");
+    assert!(row >= 2);
+    shop.node.shutdown().await;
+}
+
 on_both_backends!(
     purchase_end_to_end,
     cancelled_payment_releases_the_seats,
@@ -573,6 +719,7 @@ async fn redelivery_and_lost_offsets_change_nothing(backend: Backend) {
         .await;
     shop.wait_status(&buyer, &id, "confirmed").await;
     let tickets = shop.tickets(&buyer, &id, 3).await;
+    settle_notifications(&shop, 2).await;
     let before = counts(&shop).await;
     assert_eq!(before.0, 3);
     // Every record goes out again (the relay lost its marks), and every consumer reads every
@@ -615,6 +762,15 @@ async fn redelivery_and_lost_offsets_change_nothing(backend: Backend) {
     let stock = shop.client().stock(&shop.event, "GA").await;
     assert_eq!((stock.sold, stock.available), (3, 7));
     shop.node.shutdown().await;
+}
+
+/// Waits until the notifications service has queued `n` messages (the last step of a sale).
+async fn settle_notifications(shop: &Shop, n: i64) {
+    poll_until(WAIT, Duration::from_millis(100), || async {
+        (shop.count("SELECT COUNT(*) FROM notifications").await >= n).then_some(())
+    })
+    .await
+    .expect("the notifications are queued");
 }
 
 async fn counts(shop: &Shop) -> (i64, i64, i64, i64) {
