@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use holdfast_engine::Config;
 use holdfast_tests::{
-    Backend, Client, InProcessNode, TestDatabase, TicketType, VNPAY_HASH_SECRET, VNPAY_TMN_CODE,
-    on_both_backends, poll_until,
+    Backend, Client, InProcessNode, ServerProcess, TestDatabase, TicketType, VNPAY_HASH_SECRET,
+    VNPAY_TMN_CODE, on_both_backends, poll_until,
 };
 use serde_json::{Value, json};
 use sqlx::{AnyConnection, Connection as _, Row as _};
@@ -341,6 +341,163 @@ async fn buyers_get_their_payment_link_and_tickets_by_email() {
     .expect("failed attempts are recorded and retried");
     assert!(row >= 2);
     shop.node.shutdown().await;
+}
+
+async fn count_in(url: &str, sql: &str) -> i64 {
+    sqlx::any::install_default_drivers();
+    let mut conn = AnyConnection::connect(url).await.expect("connect");
+    let row = sqlx::query(sql).fetch_one(&mut conn).await.expect(sql);
+    row.try_get::<i64, _>(0).expect("a count")
+}
+
+/// `--roles`: the core (gateway, inventory, orders), payments, and tickets with notifications
+/// as three `holdfast` processes, each with its own database, talking only through Kafka.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_run_as_separate_processes_over_kafka() {
+    let brokers = std::env::var("HOLDFAST_TEST_KAFKA_BROKERS")
+        .unwrap_or_else(|_| "127.0.0.1:9092".to_owned());
+    let prefix = format!("t{}-", uuid::Uuid::new_v4().simple());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the VNPAY stand-in");
+    let sim = format!("http://{}", listener.local_addr().expect("address"));
+    let pay_url = format!("{sim}/paymentv2/vpcpay.html");
+    let with = |roles: &'static str| {
+        vec![
+            ("HOLDFAST_KAFKA_BROKERS", brokers.clone()),
+            ("HOLDFAST_BUS_PREFIX", prefix.clone()),
+            ("HOLDFAST_ROLES", roles.to_owned()),
+            ("HOLDFAST_VNPAY_PAY_URL", pay_url.clone()),
+        ]
+    };
+    let env = |vars: &[(&'static str, String)]| -> Vec<(&'static str, String)> { vars.to_vec() };
+    let start = |vars: Vec<(&'static str, String)>| async move {
+        let refs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        ServerProcess::start(Backend::Postgres, &refs).await
+    };
+    let core = start(env(&with("gateway,inventory,orders"))).await;
+    let payments = start(env(&with("payments"))).await;
+    let tickets = start(env(&with("tickets,notifications"))).await;
+    let router = holdfast_vnpay::sim::router(holdfast_vnpay::sim::SimConfig {
+        hash_secret: VNPAY_HASH_SECRET.to_owned(),
+        tmn_code: VNPAY_TMN_CODE.to_owned(),
+        merchant_ipn_url: format!("{}/v1/payments/vnpay/ipn", payments.client().base_url()),
+    });
+    tokio::spawn(async move { axum::serve(listener, router).await });
+
+    let organizer = core.organizer_token().await;
+    let event = core
+        .client()
+        .create_event(&organizer, &[TicketType::new("GA", 5, Some(4))])
+        .await;
+    let staff = core.user_token("staff").await;
+    let buyer = core.client().customer_token().await;
+    let hold = core.client().hold(&buyer, &event, &[("GA", 2)]).await;
+    hold.assert_status(201);
+    let order = core
+        .client()
+        .post(
+            "/v1/orders",
+            Some(&buyer),
+            &json!({"hold_id": hold.body["id"]}),
+        )
+        .await;
+    order.assert_status(201);
+    let id = order.body["id"].as_str().unwrap().to_owned();
+    // The payments process creates the payment page; the URL comes back over Kafka.
+    let url = poll_until(WAIT, Duration::from_millis(100), || async {
+        let reply = core
+            .client()
+            .get(&format!("/v1/orders/{id}"), Some(&buyer))
+            .await;
+        reply.body["payment_url"].as_str().map(str::to_owned)
+    })
+    .await
+    .expect("the payments process answers with a payment URL");
+    assert!(url.starts_with(&pay_url), "{url}");
+    let query = url.split_once('?').unwrap().1;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let paid = http
+        .post(format!("{sim}/paymentv2/pay"))
+        .form(&[("q", query)])
+        .send()
+        .await
+        .expect("pay");
+    assert_eq!(paid.status(), 302);
+    poll_until(WAIT, Duration::from_millis(100), || async {
+        let reply = core
+            .client()
+            .get(&format!("/v1/orders/{id}"), Some(&buyer))
+            .await;
+        (reply.body["status"] == "confirmed").then_some(())
+    })
+    .await
+    .expect("the order is confirmed");
+    let issued = poll_until(WAIT, Duration::from_millis(100), || async {
+        let reply = tickets
+            .client()
+            .get(&format!("/v1/orders/{id}/tickets"), Some(&buyer))
+            .await;
+        reply.body.as_array().filter(|l| l.len() == 2).cloned()
+    })
+    .await
+    .expect("the tickets process issues the tickets");
+    tickets
+        .client()
+        .post(
+            "/v1/checkin",
+            Some(&staff),
+            &json!({"code": issued[0]["code"]}),
+        )
+        .await
+        .assert_status(200);
+    // Each process answers for its own services only, and keeps its own tables.
+    core.client()
+        .get(&format!("/v1/orders/{id}/tickets"), Some(&buyer))
+        .await
+        .assert_problem(503, "service-unavailable");
+    tickets
+        .client()
+        .get(&format!("/v1/orders/{id}"), Some(&buyer))
+        .await
+        .assert_problem(503, "service-unavailable");
+    let (core_db, payments_db, tickets_db) = (
+        core.sandbox().database().url().to_owned(),
+        payments.sandbox().database().url().to_owned(),
+        tickets.sandbox().database().url().to_owned(),
+    );
+    assert_eq!(count_in(&core_db, "SELECT COUNT(*) FROM orders").await, 1);
+    assert_eq!(count_in(&core_db, "SELECT COUNT(*) FROM payments").await, 0);
+    assert_eq!(count_in(&core_db, "SELECT COUNT(*) FROM tickets").await, 0);
+    assert_eq!(
+        count_in(
+            &payments_db,
+            "SELECT COUNT(*) FROM payments WHERE status = 'paid'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count_in(&payments_db, "SELECT COUNT(*) FROM orders").await,
+        0
+    );
+    assert_eq!(
+        count_in(&tickets_db, "SELECT COUNT(*) FROM tickets").await,
+        2
+    );
+    assert_eq!(
+        count_in(&tickets_db, "SELECT COUNT(*) FROM orders").await,
+        0
+    );
+    // The notifications service heard of the payment link and the tickets.
+    poll_until(WAIT, Duration::from_millis(100), || async {
+        (count_in(&tickets_db, "SELECT COUNT(*) FROM notifications").await == 2).then_some(())
+    })
+    .await
+    .expect("two notifications queued in the notifications process");
 }
 
 on_both_backends!(

@@ -57,6 +57,10 @@ pub struct Config {
     /// `host:port,…` of Kafka brokers: the saga's bus is Kafka. Unset: the durable in-process
     /// bus in the node's own database.
     pub kafka_brokers: Option<String>,
+    /// Database of the in-process bus when services run as separate processes without Kafka
+    /// (each with its own `database_url`): every process names the same one. Unset: the
+    /// node's own database.
+    pub bus_database_url: Option<String>,
     /// Prefix of bus topic and consumer group names (several deployments on one broker).
     pub bus_prefix: String,
     /// The node's public base URL: VNPAY's return URL and links in messages derive from it.
@@ -137,6 +141,7 @@ impl Default for Config {
             lease_secs: 10,
             roles: "all".to_owned(),
             kafka_brokers: None,
+            bus_database_url: None,
             bus_prefix: String::new(),
             public_url: None,
             vnpay_tmn_code: None,

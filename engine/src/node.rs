@@ -398,7 +398,21 @@ fn ticket_keys(
 }
 
 /// The saga's bus: Kafka when brokers are set, else the durable bus in the node's database.
-fn saga_bus(config: &Config, store: &Store) -> anyhow::Result<Arc<dyn holdfast_bus::Bus>> {
+async fn saga_bus(config: &Config, store: &Store) -> anyhow::Result<Arc<dyn holdfast_bus::Bus>> {
+    let bus_store = match (&config.kafka_brokers, &config.bus_database_url) {
+        (None, Some(url)) => {
+            let bus_store = Store::connect(url, 4)
+                .await
+                .with_context(|| format!("connecting to the bus database {}", redact(url)))?;
+            bus_store
+                .migrate()
+                .await
+                .context("migrating the bus database")?;
+            bus_store
+        }
+        _ => store.clone(),
+    };
+    let store = &bus_store;
     Ok(match &config.kafka_brokers {
         Some(brokers) => Arc::new(
             holdfast_bus::KafkaBus::connect(brokers, &config.bus_prefix)
@@ -483,7 +497,7 @@ async fn start_checkout(
         payment_url_wait: Duration::from_millis(config.payment_url_wait_ms),
         group_prefix: config.bus_prefix.clone(),
     };
-    let bus = saga_bus(config, store)?;
+    let bus = saga_bus(config, store).await?;
     CheckoutNode::start(settings, store.clone(), bus, Some(backend), clock)
 }
 

@@ -289,7 +289,11 @@ impl Orders {
 
     /// `POST /v1/orders/{id}/refund`: seats back on sale, the order `refunded`, and
     /// `OrderRefunded` for the payment and tickets services.
-    pub(crate) async fn refund(&self, id: OrderId, reason: String) -> Result<OrderView, CheckoutError> {
+    pub(crate) async fn refund(
+        &self,
+        id: OrderId,
+        reason: String,
+    ) -> Result<OrderView, CheckoutError> {
         let store = &self.ctx.store;
         let row = store
             .order(id.0)
