@@ -500,6 +500,109 @@ async fn services_run_as_separate_processes_over_kafka() {
     .expect("two notifications queued in the notifications process");
 }
 
+/// `kill -9` while payments are being turned into sales: after a restart every paid order is
+/// confirmed with exactly one ticket per seat, and no seat is sold twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_saga_loses_and_duplicates_nothing() {
+    let mut server = ServerProcess::start(Backend::Sqlite, &[]).await;
+    let organizer = server.organizer_token().await;
+    let event = server
+        .client()
+        .create_event(&organizer, &[TicketType::new("GA", 100, Some(4))])
+        .await;
+    let buyers = server.client().customer_tokens(12, 4).await;
+    let mut orders = Vec::new();
+    for (i, buyer) in buyers.iter().enumerate() {
+        let quantity = 1 + (i % 3) as i64;
+        let hold = server
+            .client()
+            .hold(buyer, &event, &[("GA", quantity)])
+            .await;
+        hold.assert_status(201);
+        let order = server
+            .client()
+            .post(
+                "/v1/orders",
+                Some(buyer),
+                &json!({"hold_id": hold.body["id"]}),
+            )
+            .await;
+        order.assert_status(201);
+        orders.push((
+            buyer.clone(),
+            order.body["id"].as_str().unwrap().to_owned(),
+            quantity,
+        ));
+    }
+    // Every order has its payment before VNPAY may call.
+    for (buyer, id, _) in &orders {
+        poll_until(WAIT, Duration::from_millis(50), || async {
+            let reply = server
+                .client()
+                .get(&format!("/v1/orders/{id}"), Some(buyer))
+                .await;
+            reply.body["payment_url"].is_string().then_some(())
+        })
+        .await
+        .expect("a payment URL");
+    }
+    // VNPAY reports every payment; the process dies while the saga is in flight.
+    for (_, id, quantity) in &orders {
+        let query = holdfast_vnpay::encoding::signed_query(
+            VNPAY_HASH_SECRET,
+            &vnpay_result(id, quantity * PRICE, "00", "00"),
+        );
+        let reply = server
+            .client()
+            .get(&format!("/v1/payments/vnpay/ipn?{query}"), None)
+            .await;
+        assert_eq!(reply.body["RspCode"], "00", "{}", reply.body);
+    }
+    server.kill9().await;
+    server.restart().await;
+    let mut seats = 0;
+    for (buyer, id, quantity) in &orders {
+        let confirmed = poll_until(WAIT, Duration::from_millis(100), || async {
+            let reply = server
+                .client()
+                .get(&format!("/v1/orders/{id}"), Some(buyer))
+                .await;
+            (reply.body["status"] == "confirmed").then_some(())
+        })
+        .await;
+        assert!(
+            confirmed.is_some(),
+            "order {id} is confirmed after the crash\n{}",
+            server.log()
+        );
+        let tickets = poll_until(WAIT, Duration::from_millis(100), || async {
+            let reply = server
+                .client()
+                .get(&format!("/v1/orders/{id}/tickets"), Some(buyer))
+                .await;
+            reply
+                .body
+                .as_array()
+                .filter(|l| l.len() as i64 >= *quantity)
+                .cloned()
+        })
+        .await
+        .expect("tickets after the crash");
+        assert_eq!(
+            tickets.len() as i64,
+            *quantity,
+            "one ticket per seat of {id}"
+        );
+        seats += quantity;
+    }
+    let stock = server.client().stock(&event, "GA").await;
+    assert_eq!(stock.sold as i64, seats);
+    assert_eq!(stock.held, 0);
+    assert_eq!(stock.available as i64, 100 - seats);
+    let url = server.sandbox().database().url().to_owned();
+    assert_eq!(count_in(&url, "SELECT COUNT(*) FROM tickets").await, seats);
+}
+
 on_both_backends!(
     purchase_end_to_end,
     cancelled_payment_releases_the_seats,
