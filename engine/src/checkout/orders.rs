@@ -352,12 +352,12 @@ impl Orders {
         if !tx.first_time(CONSUMER, env.id).await? {
             return Ok(());
         }
-        if let Some(mut row) = tx.order(env.order_id).await? {
-            if row.payment_url.is_none() {
-                row.payment_url = Some(payment_url.to_owned());
-                row.updated_at = self.ctx.now_ms();
-                tx.update_order(&row).await?;
-            }
+        if let Some(mut row) = tx.order(env.order_id).await?
+            && row.payment_url.is_none()
+        {
+            row.payment_url = Some(payment_url.to_owned());
+            row.updated_at = self.ctx.now_ms();
+            tx.update_order(&row).await?;
         }
         tx.commit().await?;
         self.payment_ready.notify_waiters();

@@ -162,13 +162,13 @@ impl Payments {
         if !tx.first_time(CONSUMER, env.id).await? {
             return Ok(());
         }
-        if let Some(mut payment) = tx.payment(env.order_id).await? {
-            if payment.status == PAID {
-                // The money goes back through VNPAY's refund run; the payment says so.
-                payment.status = REFUNDED.to_owned();
-                payment.updated_at = self.ctx.now_ms();
-                tx.update_payment(&payment).await?;
-            }
+        // The money goes back through VNPAY's refund run; the payment says so.
+        if let Some(mut payment) = tx.payment(env.order_id).await?
+            && payment.status == PAID
+        {
+            payment.status = REFUNDED.to_owned();
+            payment.updated_at = self.ctx.now_ms();
+            tx.update_payment(&payment).await?;
         }
         tx.commit().await?;
         Ok(())
