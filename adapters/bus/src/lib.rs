@@ -6,10 +6,26 @@
 //! durable, and a restarted consumer starts again after its last commit. Consumers make
 //! redelivery harmless by recording the event ids they processed in the same transaction as the
 //! side effect.
+//!
+//! Two implementations: [`SqlBus`], durable in the application's own database (SQLite or
+//! PostgreSQL) for deployments without Kafka, and [`KafkaBus`] (feature `kafka`, on by default).
+//! Both accept a name prefix, so several deployments or test runs can share one database or
+//! cluster while the code uses the topic constants below. `conformance.rs` is one test suite run
+//! against all three backends.
 
 use std::fmt::Debug;
 
 use async_trait::async_trait;
+
+#[cfg(test)]
+mod conformance;
+#[cfg(feature = "kafka")]
+mod kafka;
+mod sql;
+
+#[cfg(feature = "kafka")]
+pub use kafka::{KafkaBus, KafkaBusOptions};
+pub use sql::{SqlBus, SqlBusOptions};
 
 /// Topics of the checkout saga, keyed by order id.
 pub const ORDERS: &str = "orders.events";
