@@ -151,6 +151,7 @@ fn account(row: &UserRow) -> Result<Account, BackendError> {
         role: row.role.parse().map_err(|_| {
             BackendError::Internal(format!("user {} has role {:?}", row.id, row.role))
         })?,
+        phone: row.phone.clone(),
     })
 }
 
@@ -197,6 +198,7 @@ pub async fn add_user(
         name: account.name.clone(),
         password_hash: password_hash.to_owned(),
         role: account.role.as_str().to_owned(),
+        phone: account.phone.clone(),
         created_at_ms: now_ms,
     };
     store.create_user(&user).await.map_err(|e| match e {

@@ -57,6 +57,8 @@ pub struct Config {
     /// `host:port,…` of Kafka brokers: the saga's bus is Kafka. Unset: the durable in-process
     /// bus in the node's own database.
     pub kafka_brokers: Option<String>,
+    /// Extra librdkafka producer properties, `key=value,…` (e.g. `linger.ms=5`).
+    pub kafka_producer_config: Option<String>,
     /// Database of the in-process bus when services run as separate processes without Kafka
     /// (each with its own `database_url`): every process names the same one. Unset: the
     /// node's own database.
@@ -93,6 +95,12 @@ pub struct Config {
     pub smtp_url: Option<String>,
     /// Sender of e-mail.
     pub mail_from: String,
+    /// SMS provider (the Twilio Messages API or a compatible one): base URL, account SID, auth
+    /// token and sender. Without `sms_account_sid` no SMS are sent.
+    pub sms_base_url: Option<String>,
+    pub sms_account_sid: Option<String>,
+    pub sms_auth_token: Option<String>,
+    pub sms_from: Option<String>,
     /// Attempts at sending a message before it is given up.
     pub notify_attempts_max: u32,
     /// First retry delay of a message in seconds; doubles per attempt up to an hour.
@@ -142,6 +150,7 @@ impl Default for Config {
             roles: "all".to_owned(),
             kafka_brokers: None,
             bus_database_url: None,
+            kafka_producer_config: None,
             bus_prefix: String::new(),
             public_url: None,
             vnpay_tmn_code: None,
@@ -156,6 +165,10 @@ impl Default for Config {
             ticket_trusted_keys: None,
             smtp_url: None,
             mail_from: "Holdfast <tickets@holdfast.invalid>".to_owned(),
+            sms_base_url: None,
+            sms_account_sid: None,
+            sms_auth_token: None,
+            sms_from: None,
             notify_attempts_max: 8,
             notify_backoff_secs: 5,
             log_format: LogFormat::Text,

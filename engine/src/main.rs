@@ -209,6 +209,7 @@ async fn add_user(
         email,
         name,
         role,
+        phone: None,
     };
     let now = holdfast_actors::actor::Clock::now(&holdfast_actors::actor::SystemClock).as_millis();
     backend::add_user(&store, &account, &hash, now)

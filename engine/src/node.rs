@@ -414,10 +414,31 @@ async fn saga_bus(config: &Config, store: &Store) -> anyhow::Result<Arc<dyn hold
     };
     let store = &bus_store;
     Ok(match &config.kafka_brokers {
-        Some(brokers) => Arc::new(
-            holdfast_bus::KafkaBus::connect(brokers, &config.bus_prefix)
+        Some(brokers) => {
+            let mut producer_config = std::collections::BTreeMap::new();
+            for pair in config
+                .kafka_producer_config
+                .as_deref()
+                .unwrap_or("")
+                .split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+            {
+                let (key, value) = pair.split_once('=').with_context(|| {
+                    format!("HOLDFAST_KAFKA_PRODUCER_CONFIG entry {pair:?} is not key=value")
+                })?;
+                producer_config.insert(key.trim().to_owned(), value.trim().to_owned());
+            }
+            Arc::new(
+                holdfast_bus::KafkaBus::with_options(holdfast_bus::KafkaBusOptions {
+                    brokers: brokers.clone(),
+                    prefix: config.bus_prefix.clone(),
+                    producer_config,
+                    ..holdfast_bus::KafkaBusOptions::default()
+                })
                 .with_context(|| format!("connecting to Kafka at {brokers}"))?,
-        ),
+            )
+        }
         None => Arc::new(
             holdfast_bus::SqlBus::new(
                 store.pool().clone(),
@@ -429,6 +450,28 @@ async fn saga_bus(config: &Config, store: &Store) -> anyhow::Result<Arc<dyn hold
             .context("opening the in-process bus")?,
         ),
     })
+}
+
+/// The SMS provider's settings, when an account is configured.
+fn sms_settings(config: &Config) -> anyhow::Result<Option<holdfast_notify::SmsSettings>> {
+    let Some(account_sid) = &config.sms_account_sid else {
+        return Ok(None);
+    };
+    let (Some(auth_token), Some(from)) = (&config.sms_auth_token, &config.sms_from) else {
+        anyhow::bail!(
+            "SMS needs HOLDFAST_SMS_AUTH_TOKEN and HOLDFAST_SMS_FROM besides the account SID"
+        );
+    };
+    Ok(Some(holdfast_notify::SmsSettings {
+        base_url: config
+            .sms_base_url
+            .clone()
+            .unwrap_or_else(|| holdfast_notify::sms::TWILIO_API_URL.to_owned()),
+        account_sid: account_sid.clone(),
+        auth_token: auth_token.clone(),
+        from: from.clone(),
+        timeout_secs: 15,
+    }))
 }
 
 /// Starts the saga's services this process runs.
@@ -487,6 +530,7 @@ async fn start_checkout(
         },
         notify: NotifySettings {
             smtp,
+            sms: sms_settings(config)?,
             attempts_max: config.notify_attempts_max,
             backoff_min: Duration::from_secs(config.notify_backoff_secs),
             backoff_max: Duration::from_secs(3600),

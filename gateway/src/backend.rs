@@ -13,6 +13,8 @@ pub struct Account {
     pub email: String,
     pub name: String,
     pub role: Role,
+    /// Mobile number in E.164 form (`+84…`), for SMS; optional.
+    pub phone: Option<String>,
 }
 
 /// An account with its password hash, for login only.

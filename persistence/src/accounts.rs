@@ -14,6 +14,8 @@ pub struct NewUser {
     pub name: String,
     pub password_hash: String,
     pub role: String,
+    /// Mobile number in E.164 form, for SMS.
+    pub phone: Option<String>,
     pub created_at_ms: i64,
 }
 
@@ -26,10 +28,11 @@ pub struct UserRow {
     pub name: String,
     pub password_hash: String,
     pub role: String,
+    pub phone: Option<String>,
     pub created_at_ms: i64,
 }
 
-const USER_COLUMNS: &str = "id, email, name, password_hash, role, created_at";
+const USER_COLUMNS: &str = "id, email, name, password_hash, role, phone, created_at";
 
 impl UserRow {
     fn from_row(row: &AnyRow) -> Result<Self, Error> {
@@ -39,6 +42,7 @@ impl UserRow {
             name: row.try_get("name")?,
             password_hash: row.try_get("password_hash")?,
             role: row.try_get("role")?,
+            phone: row.try_get("phone")?,
             created_at_ms: row.try_get("created_at")?,
         })
     }
@@ -48,7 +52,7 @@ impl Store {
     /// Registers `user`; [`Error::Conflict`] if the email (in any case) or the id is taken.
     pub async fn create_user(&self, user: &NewUser) -> Result<(), Error> {
         sqlx::query(
-            "INSERT INTO users (id, email, name, password_hash, role, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO users (id, email, name, password_hash, role, created_at, phone) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(uuid_text(user.id))
         .bind(user.email.as_str())
@@ -56,6 +60,7 @@ impl Store {
         .bind(user.password_hash.as_str())
         .bind(user.role.as_str())
         .bind(user.created_at_ms)
+        .bind(user.phone.as_deref())
         .execute(&self.pool)
         .await
         .map_err(|e| if is_unique_violation(&e) { Error::Conflict } else { e.into() })?;

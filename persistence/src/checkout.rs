@@ -46,6 +46,8 @@ pub struct OrderRow {
     pub payment_url: Option<String>,
     /// Why the order ended as it did, for the buyer.
     pub note: Option<String>,
+    /// The buyer's mobile number, for SMS.
+    pub phone: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -103,7 +105,7 @@ pub struct NotificationRow {
 }
 
 const ORDER_COLUMNS: &str = "id, user_id, email, event_id, hold_id, status, amount, currency, \
-     items, hold_expires_at, payment_url, note, created_at, updated_at";
+     items, hold_expires_at, payment_url, note, created_at, updated_at, phone";
 const PAYMENT_COLUMNS: &str = "order_id, amount, currency, status, payment_url, expires_at, \
      transaction_no, bank_code, response_code, created_at, updated_at";
 const TICKET_COLUMNS: &str =
@@ -125,6 +127,7 @@ fn order_row(row: &AnyRow) -> Result<OrderRow, Error> {
         hold_expires_at: row.try_get("hold_expires_at")?,
         payment_url: row.try_get("payment_url")?,
         note: row.try_get("note")?,
+        phone: row.try_get("phone")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
     })
@@ -444,7 +447,7 @@ impl CheckoutTx {
     pub async fn insert_order(&mut self, order: &OrderRow) -> Result<bool, Error> {
         let sql = format!(
             "INSERT INTO orders ({ORDER_COLUMNS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
              ON CONFLICT DO NOTHING"
         );
         let done = sqlx::query(&sql)
@@ -462,6 +465,7 @@ impl CheckoutTx {
             .bind(&order.note)
             .bind(order.created_at)
             .bind(order.updated_at)
+            .bind(&order.phone)
             .execute(&mut *self.tx)
             .await?;
         Ok(done.rows_affected() == 1)

@@ -304,6 +304,7 @@ fn new_user(email: &str) -> NewUser {
         name: "Alice Nguyen".to_owned(),
         password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".to_owned(),
         role: "customer".to_owned(),
+        phone: None,
         created_at_ms: 1_700_000_000_123,
     }
 }
@@ -879,6 +880,7 @@ fn order(hold: &str) -> OrderRow {
         hold_expires_at: 1_000,
         payment_url: None,
         note: None,
+        phone: Some("+84901234567".to_owned()),
         created_at: 1,
         updated_at: 1,
     }

@@ -386,6 +386,7 @@ impl InProcessNode {
             email: email.clone(),
             name: role.as_str().to_owned(),
             role,
+            phone: None,
         };
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

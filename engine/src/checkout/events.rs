@@ -27,6 +27,9 @@ pub struct IssuedTicket {
 pub enum SagaEvent {
     /// Orders: a buyer placed an order for an active hold.
     OrderCreated {
+        /// The buyer's mobile number, for SMS.
+        #[serde(default)]
+        phone: Option<String>,
         user_id: Uuid,
         email: String,
         event_id: Uuid,
@@ -38,6 +41,9 @@ pub enum SagaEvent {
     },
     /// Payments: the VNPAY payment page is ready.
     PaymentRequested {
+        /// The buyer's mobile number, for SMS.
+        #[serde(default)]
+        phone: Option<String>,
         email: String,
         payment_url: String,
         expires_at: i64,
@@ -56,6 +62,9 @@ pub enum SagaEvent {
     },
     /// Orders: the seats are sold to the buyer.
     OrderConfirmed {
+        /// The buyer's mobile number, for SMS.
+        #[serde(default)]
+        phone: Option<String>,
         user_id: Uuid,
         email: String,
         event_id: Uuid,
@@ -64,9 +73,17 @@ pub enum SagaEvent {
         rereserved: bool,
     },
     /// Orders: the order ended without a sale; the hold is released.
-    OrderCancelled { email: String, reason: String },
+    OrderCancelled {
+        email: String,
+        #[serde(default)]
+        phone: Option<String>,
+        reason: String,
+    },
     /// Orders: the money goes back to the buyer and the seats back on sale.
     OrderRefunded {
+        /// The buyer's mobile number, for SMS.
+        #[serde(default)]
+        phone: Option<String>,
         email: String,
         amount: i64,
         currency: String,
@@ -76,6 +93,9 @@ pub enum SagaEvent {
     },
     /// Tickets: one signed ticket per seat.
     TicketsIssued {
+        /// The buyer's mobile number, for SMS.
+        #[serde(default)]
+        phone: Option<String>,
         email: String,
         event_id: Uuid,
         tickets: Vec<IssuedTicket>,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use holdfast_bus::{ORDERS, PAYMENTS, TICKETS};
-use holdfast_notify::{Attachment, Email, Mailer, MailerSettings};
+use holdfast_notify::{Attachment, Email, Mailer, MailerSettings, SmsSender, SmsSettings};
 use holdfast_persistence::NotificationRow;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
@@ -22,8 +22,10 @@ const CONSUMER: &str = "notifications";
 /// Settings of the notifications service.
 #[derive(Clone, Debug, Default)]
 pub struct NotifySettings {
-    /// Unset: messages are recorded as `skipped` (nowhere to send them).
+    /// Unset: e-mails are recorded as `skipped` (nowhere to send them).
     pub smtp: Option<MailerSettings>,
+    /// Unset: no SMS are queued.
+    pub sms: Option<SmsSettings>,
     /// Attempts before a message is given up as `failed`.
     pub attempts_max: u32,
     /// First retry delay; doubles per attempt up to `backoff_max`.
@@ -44,7 +46,18 @@ pub(crate) struct Notifications {
     ctx: Ctx,
     settings: NotifySettings,
     mailer: Option<Mailer>,
+    sms: Option<SmsSender>,
     wake: Notify,
+}
+
+/// What to tell the buyer about one event, by e-mail and, with a phone number, by SMS.
+struct Message {
+    email: String,
+    phone: Option<String>,
+    subject: String,
+    body: String,
+    sms: String,
+    attachments: Vec<QrAttachment>,
 }
 
 /// A lease on a message being sent; a sender that dies mid-send leaves it due again after this.
@@ -58,46 +71,67 @@ impl Notifications {
             }
             None => None,
         };
+        let sms = match &settings.sms {
+            Some(sms) => {
+                Some(SmsSender::new(sms).map_err(|e| anyhow::anyhow!("SMS settings: {e}"))?)
+            }
+            None => None,
+        };
         Ok(Self {
             ctx,
             settings,
             mailer,
+            sms,
             wake: Notify::new(),
         })
     }
 
-    fn message(&self, env: &Envelope) -> Option<(String, String, String, Vec<QrAttachment>)> {
+    fn message(&self, env: &Envelope) -> Option<Message> {
         let order = env.order_id;
         let orders_url = format!(
             "{}/v1/orders/{order}",
             self.settings.public_url.trim_end_matches('/')
         );
+        let message =
+            |email: &String, phone: &Option<String>, subject: String, body: String, sms: String| {
+                Message {
+                    email: email.clone(),
+                    phone: phone.clone(),
+                    subject,
+                    body,
+                    sms,
+                    attachments: vec![],
+                }
+            };
         match &env.event {
             SagaEvent::PaymentRequested {
                 email,
+                phone,
                 payment_url,
                 amount,
                 currency,
                 expires_at,
-            } => Some((
-                email.clone(),
-                "Complete your payment".to_owned(),
-                format!(
-                    "Your seats are held for order {order}.\n\nPay {amount} {currency} with VNPAY \
-                     before {}:\n{payment_url}\n\nUnpaid holds are released when they expire.",
-                    holdfast_gateway::routes::rfc3339_millis(*expires_at)
-                ),
-                vec![],
-            )),
-            SagaEvent::TicketsIssued { email, tickets, .. } => Some((
-                email.clone(),
-                format!("Your tickets for order {order}"),
-                format!(
-                    "Thank you for your purchase. Your {} ticket(s) are attached as QR codes; \
-                     show one at the door per person.\n\nYou can also find them at {orders_url}/tickets.",
-                    tickets.len()
-                ),
-                tickets
+            } => {
+                let before = holdfast_gateway::routes::rfc3339_millis(*expires_at);
+                Some(message(
+                    email,
+                    phone,
+                    "Complete your payment".to_owned(),
+                    format!(
+                        "Your seats are held for order {order}.\n\nPay {amount} {currency} with \
+                         VNPAY before {before}:\n{payment_url}\n\nUnpaid holds are released when \
+                         they expire."
+                    ),
+                    format!("Holdfast: pay {amount} {currency} before {before}: {payment_url}"),
+                ))
+            }
+            SagaEvent::TicketsIssued {
+                email,
+                phone,
+                tickets,
+                ..
+            } => Some(Message {
+                attachments: tickets
                     .iter()
                     .enumerate()
                     .map(|(i, t)| QrAttachment {
@@ -105,21 +139,44 @@ impl Notifications {
                         code: t.code.clone(),
                     })
                     .collect(),
-            )),
-            SagaEvent::OrderCancelled { email, reason } => Some((
-                email.clone(),
+                ..message(
+                    email,
+                    phone,
+                    format!("Your tickets for order {order}"),
+                    format!(
+                        "Thank you for your purchase. Your {} ticket(s) are attached as QR codes; \
+                         show one at the door per person.\n\nYou can also find them at \
+                         {orders_url}/tickets.",
+                        tickets.len()
+                    ),
+                    format!(
+                        "Holdfast: {} ticket(s) for order {order} are in your e-mail and at \
+                         {orders_url}/tickets",
+                        tickets.len()
+                    ),
+                )
+            }),
+            SagaEvent::OrderCancelled {
+                email,
+                phone,
+                reason,
+            } => Some(message(
+                email,
+                phone,
                 format!("Order {order} was cancelled"),
                 format!("Your order was cancelled: {reason}. The held seats are released."),
-                vec![],
+                format!("Holdfast: order {order} was cancelled: {reason}."),
             )),
             SagaEvent::OrderRefunded {
                 email,
+                phone,
                 amount,
                 currency,
                 reason,
                 automatic,
-            } => Some((
-                email.clone(),
+            } => Some(message(
+                email,
+                phone,
                 format!("Order {order} was refunded"),
                 if *automatic {
                     format!(
@@ -132,26 +189,26 @@ impl Notifications {
                          no longer admit."
                     )
                 },
-                vec![],
+                format!("Holdfast: order {order} is refunded, {amount} {currency} ({reason})."),
             )),
             _ => None,
         }
     }
 
     async fn queue(&self, env: &Envelope) -> anyhow::Result<()> {
-        let Some((to, subject, body, attachments)) = self.message(env) else {
+        let Some(message) = self.message(env) else {
             return Ok(());
         };
         let now = self.ctx.now_ms();
-        let row = NotificationRow {
-            id: notification_id(env.id),
+        let mut rows = vec![NotificationRow {
+            id: notification_id(env.id, "email"),
             order_id: env.order_id,
             channel: "email".to_owned(),
-            recipient: to,
-            subject,
-            body,
-            attachments: (!attachments.is_empty())
-                .then(|| serde_json::to_vec(&attachments).expect("attachments serialise")),
+            recipient: message.email,
+            subject: message.subject,
+            body: message.body,
+            attachments: (!message.attachments.is_empty())
+                .then(|| serde_json::to_vec(&message.attachments).expect("attachments serialise")),
             status: if self.mailer.is_some() {
                 "pending"
             } else {
@@ -166,12 +223,31 @@ impl Notifications {
                 .then(|| "no SMTP server is configured (HOLDFAST_SMTP_URL)".to_owned()),
             created_at: now,
             sent_at: None,
-        };
+        }];
+        if let (Some(phone), Some(_)) = (message.phone, &self.sms) {
+            rows.push(NotificationRow {
+                id: notification_id(env.id, "sms"),
+                order_id: env.order_id,
+                channel: "sms".to_owned(),
+                recipient: phone,
+                subject: String::new(),
+                body: message.sms,
+                attachments: None,
+                status: "pending".to_owned(),
+                attempts: 0,
+                next_attempt_at: now,
+                last_error: None,
+                created_at: now,
+                sent_at: None,
+            });
+        }
         let mut tx = self.ctx.store.checkout_tx().await?;
         if !tx.first_time(CONSUMER, env.id).await? {
             return Ok(());
         }
-        tx.insert_notification(&row).await?;
+        for row in &rows {
+            tx.insert_notification(row).await?;
+        }
         tx.commit().await?;
         self.wake.notify_one();
         Ok(())
@@ -192,9 +268,6 @@ impl Notifications {
     }
 
     async fn send_due(&self) -> anyhow::Result<()> {
-        let Some(mailer) = &self.mailer else {
-            return Ok(());
-        };
         let store = &self.ctx.store;
         let now = self.ctx.now_ms();
         for n in store.notifications_due(now, 50).await? {
@@ -204,10 +277,16 @@ impl Notifications {
             {
                 continue;
             }
-            let result = match email(&n) {
-                Ok(email) => mailer.send(&email).await,
-                Err(e) => Err(holdfast_notify::Error::Permanent {
-                    reason: e.to_string(),
+            let result = match (n.channel.as_str(), &self.mailer, &self.sms) {
+                ("email", Some(mailer), _) => match email(&n) {
+                    Ok(email) => mailer.send(&email).await,
+                    Err(e) => Err(holdfast_notify::Error::Permanent {
+                        reason: e.to_string(),
+                    }),
+                },
+                ("sms", _, Some(sms)) => sms.send(&n.recipient, &n.body).await,
+                (channel, _, _) => Err(holdfast_notify::Error::Permanent {
+                    reason: format!("no provider is configured for {channel}"),
                 }),
             };
             let now = self.ctx.now_ms();
@@ -229,8 +308,8 @@ impl Notifications {
                         .min(self.settings.backoff_max);
                     let next = now + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2);
                     let status = if give_up { "failed" } else { "pending" };
-                    tracing::warn!(notification = %n.id, order = %n.order_id, attempts, give_up, error = %e, "sending an e-mail failed");
-                    metrics::counter!("holdfast_notifications_failed_attempts_total", "channel" => "email").increment(1);
+                    tracing::warn!(notification = %n.id, order = %n.order_id, channel = %n.channel, attempts, give_up, error = %e, "sending a notification failed");
+                    metrics::counter!("holdfast_notifications_failed_attempts_total", "channel" => n.channel.clone()).increment(1);
                     store
                         .notification_attempted(n.id, status, next, Some(&e.to_string()), now)
                         .await?;
@@ -269,8 +348,11 @@ fn email(n: &NotificationRow) -> anyhow::Result<Email> {
 }
 
 /// The deterministic id keeps a redelivered event from queueing a second message.
-fn notification_id(event: Uuid) -> Uuid {
-    holdfast_gateway::idempotency::derived_id("notification:email", &event.to_string())
+fn notification_id(event: Uuid, channel: &str) -> Uuid {
+    holdfast_gateway::idempotency::derived_id(
+        &format!("notification:{channel}"),
+        &event.to_string(),
+    )
 }
 
 #[async_trait]

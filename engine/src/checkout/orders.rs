@@ -178,11 +178,11 @@ impl Orders {
             });
         }
         let currency = currency.unwrap_or_else(|| "VND".to_owned());
-        let email = store
+        let (email, phone) = store
             .user_by_id(user.0)
             .await
             .map_err(store_error)?
-            .map(|u| u.email)
+            .map(|u| (u.email, u.phone))
             .ok_or(CheckoutError::HoldNotFound)?;
         let row = OrderRow {
             id: order_id.0,
@@ -197,6 +197,7 @@ impl Orders {
             hold_expires_at: held.expires_at.as_millis(),
             payment_url: None,
             note: None,
+            phone: phone.clone(),
             created_at: now,
             updated_at: now,
         };
@@ -204,6 +205,7 @@ impl Orders {
             order_id.0,
             now,
             SagaEvent::OrderCreated {
+                phone,
                 user_id: user.0,
                 email,
                 event_id: hold.event_id.0,
@@ -334,6 +336,7 @@ impl Orders {
                 now,
                 SagaEvent::OrderRefunded {
                     email: row.email.clone(),
+                    phone: row.phone.clone(),
                     amount: row.amount,
                     currency: row.currency.clone(),
                     reason,
@@ -433,6 +436,7 @@ impl Orders {
                     );
                 }
                 SagaEvent::OrderConfirmed {
+                    phone: row.phone.clone(),
                     user_id: row.user_id,
                     email: row.email.clone(),
                     event_id: row.event_id,
@@ -449,6 +453,7 @@ impl Orders {
                 metrics::counter!("holdfast_orders_auto_refunded_total").increment(1);
                 SagaEvent::OrderRefunded {
                     email: row.email.clone(),
+                    phone: row.phone.clone(),
                     amount: row.amount,
                     currency: row.currency.clone(),
                     reason,
@@ -497,6 +502,7 @@ impl Orders {
             tx.update_order(&row).await?;
             let cancelled = SagaEvent::OrderCancelled {
                 email: row.email.clone(),
+                phone: row.phone.clone(),
                 reason: reason.to_owned(),
             };
             tx.outbox(&[Envelope::new(row.id, now, cancelled).record()])

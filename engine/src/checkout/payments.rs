@@ -80,6 +80,7 @@ impl Payments {
         &self,
         env: &Envelope,
         email: &str,
+        phone: Option<&str>,
         amount: i64,
         currency: &str,
         hold_expires_at: i64,
@@ -119,6 +120,7 @@ impl Payments {
                 url.clone(),
                 SagaEvent::PaymentRequested {
                     email: email.to_owned(),
+                    phone: phone.map(str::to_owned),
                     payment_url: url,
                     expires_at,
                     amount,
@@ -409,13 +411,21 @@ impl Consumer for Payments {
         match &env.event {
             SagaEvent::OrderCreated {
                 email,
+                phone,
                 amount,
                 currency,
                 hold_expires_at,
                 ..
             } => {
-                self.order_created(env, email, *amount, currency, *hold_expires_at)
-                    .await
+                self.order_created(
+                    env,
+                    email,
+                    phone.as_deref(),
+                    *amount,
+                    currency,
+                    *hold_expires_at,
+                )
+                .await
             }
             SagaEvent::OrderRefunded { .. } => self.order_refunded(env).await,
             _ => Ok(()),

@@ -61,6 +61,7 @@ impl Tickets {
         env: &Envelope,
         user: Uuid,
         email: &str,
+        phone: Option<&str>,
         event: Uuid,
         items: &[Item],
     ) -> anyhow::Result<()> {
@@ -102,6 +103,7 @@ impl Tickets {
             metrics::counter!("holdfast_tickets_issued_total").increment(issued.len() as u64);
             let event = SagaEvent::TicketsIssued {
                 email: email.to_owned(),
+                phone: phone.map(str::to_owned),
                 event_id: event,
                 tickets: issued,
             };
@@ -201,10 +203,14 @@ impl Consumer for Tickets {
             SagaEvent::OrderConfirmed {
                 user_id,
                 email,
+                phone,
                 event_id,
                 items,
                 ..
-            } => self.issue(env, *user_id, email, *event_id, items).await,
+            } => {
+                self.issue(env, *user_id, email, phone.as_deref(), *event_id, items)
+                    .await
+            }
             SagaEvent::OrderRefunded { .. } => self.void(env).await,
             _ => Ok(()),
         }

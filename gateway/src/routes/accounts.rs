@@ -20,6 +20,9 @@ pub struct RegisterRequest {
     pub email: String,
     pub password: String,
     pub name: String,
+    /// Optional mobile number for SMS notifications, E.164 (`+84901234567`).
+    #[serde(default)]
+    pub phone: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -56,8 +59,32 @@ pub fn parse_name(name: &str) -> Result<String, Problem> {
     Ok(name.to_owned())
 }
 
+/// An E.164 number: `+`, then 8 to 15 digits, the first not 0 (spaces and dashes dropped).
+pub fn parse_phone(phone: &str) -> Result<String, Problem> {
+    let compact: String = phone
+        .trim()
+        .chars()
+        .filter(|c| !matches!(c, ' ' | '-'))
+        .collect();
+    let digits = compact.strip_prefix('+').unwrap_or("");
+    let ok = (8..=15).contains(&digits.len())
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && !digits.starts_with('0');
+    if ok {
+        Ok(compact)
+    } else {
+        Err(Problem::invalid(
+            "phone must be an international number such as +84901234567",
+        ))
+    }
+}
+
 pub fn account_json(account: &Account) -> Value {
-    json!({"id": account.id, "email": account.email, "name": account.name, "role": account.role.as_str()})
+    let mut json = json!({"id": account.id, "email": account.email, "name": account.name, "role": account.role.as_str()});
+    if let Some(phone) = &account.phone {
+        json["phone"] = json!(phone);
+    }
+    json
 }
 
 pub async fn register(
@@ -66,6 +93,7 @@ pub async fn register(
 ) -> Result<(StatusCode, Json<Value>), Problem> {
     let email = parse_email(&req.email)?;
     let name = parse_name(&req.name)?;
+    let phone = req.phone.as_deref().map(parse_phone).transpose()?;
     auth::check_password(&req.password, &email).map_err(|e| {
         Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -83,6 +111,7 @@ pub async fn register(
         email,
         name,
         role: Role::Customer,
+        phone,
     };
     state
         .backend()
