@@ -30,6 +30,17 @@ struct Shop {
 
 impl Shop {
     async fn open(backend: Backend, capacity: u32, adjust: impl FnOnce(&mut Config)) -> Self {
+        Self::open_with_ipn(backend, capacity, adjust, None).await
+    }
+
+    /// `lost_ipn`: where the stand-in sends its IPN calls instead of the node (a dead address
+    /// loses them, as a network failure would).
+    async fn open_with_ipn(
+        backend: Backend,
+        capacity: u32,
+        adjust: impl FnOnce(&mut Config),
+        lost_ipn: Option<String>,
+    ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind the VNPAY stand-in");
@@ -43,7 +54,8 @@ impl Shop {
         let router = holdfast_vnpay::sim::router(holdfast_vnpay::sim::SimConfig {
             hash_secret: VNPAY_HASH_SECRET.to_owned(),
             tmn_code: VNPAY_TMN_CODE.to_owned(),
-            merchant_ipn_url: format!("{}/v1/payments/vnpay/ipn", node.base_url()),
+            merchant_ipn_url: lost_ipn
+                .unwrap_or_else(|| format!("{}/v1/payments/vnpay/ipn", node.base_url())),
         });
         tokio::spawn(async move { axum::serve(listener, router).await });
         let organizer = node.organizer_token().await;
@@ -690,6 +702,56 @@ async fn buyers_with_a_phone_number_get_sms() {
             >= 2,
         "the failed sends were retried"
     );
+    shop.node.shutdown().await;
+}
+
+/// The IPN never arrives: after the payment window (and a grace period) the payments service
+/// asks VNPAY (`querydr`). A paid order is confirmed (its hold had expired, so the seats are
+/// reserved again); an order nobody paid is cancelled and its seats return.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_ipns_are_settled_by_querydr() {
+    let dead = format!(
+        "http://127.0.0.1:{}/v1/payments/vnpay/ipn",
+        holdfast_tests::free_port()
+    );
+    let shop = Shop::open_with_ipn(
+        Backend::Sqlite,
+        10,
+        |c| {
+            c.hold_ttl = 4;
+            c.payment_reconcile_grace_secs = 1;
+        },
+        Some(dead),
+    )
+    .await;
+    let (payer, payer_hold) = shop.buyer_with_hold(2).await;
+    let paid = shop.order(&payer, &payer_hold, "k").await;
+    let (idle, idle_hold) = shop.buyer_with_hold(1).await;
+    let unpaid = shop.order(&idle, &idle_hold, "k").await;
+    // The buyer pays; VNPAY's IPN to the merchant is lost.
+    shop.press(paid["payment_url"].as_str().unwrap(), true)
+        .await;
+    let paid_id = paid["id"].as_str().unwrap();
+    let confirmed = shop.wait_status(&payer, paid_id, "confirmed").await;
+    assert!(
+        confirmed["note"]
+            .as_str()
+            .unwrap_or("")
+            .contains("reserved again"),
+        "{confirmed}"
+    );
+    assert_eq!(shop.tickets(&payer, paid_id, 2).await.len(), 2);
+    let unpaid_id = unpaid["id"].as_str().unwrap();
+    let cancelled = shop.wait_status(&idle, unpaid_id, "cancelled").await;
+    assert!(
+        cancelled["note"]
+            .as_str()
+            .unwrap_or("")
+            .contains("never paid"),
+        "{cancelled}"
+    );
+    let stock = shop.client().stock(&shop.event, "GA").await;
+    assert_eq!((stock.sold, stock.held, stock.available), (2, 0, 8));
     shop.node.shutdown().await;
 }
 

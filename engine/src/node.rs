@@ -129,7 +129,7 @@ fn write_new_secret(path: &Path) -> anyhow::Result<Vec<u8>> {
         .open(path)
         .with_context(|| format!("creating {}", path.display()))?;
     file.write_all(secret.as_bytes())?;
-    tracing::info!(path = %path.display(), "generated a new token secret");
+    tracing::info!(path = %path.display(), "generated a new secret");
     Ok(secret.into_bytes())
 }
 
