@@ -185,6 +185,62 @@ fn notification_row(row: &AnyRow) -> Result<NotificationRow, Error> {
     })
 }
 
+/// Serialises the outbox relays of a cluster on PostgreSQL (`pg_try_advisory_xact_lock`):
+/// "holdfast" in ASCII, apart from the bus's per-topic locks.
+const RELAY_LOCK: i64 = 0x686f_6c64_6661_7374;
+
+/// A batch of the outbox for one relay. On PostgreSQL it holds the relay lock until
+/// [`OutboxLease::published`] (or drop), so relays of several nodes take turns and publish in
+/// order; SQLite has one node.
+#[derive(Debug)]
+pub struct OutboxLease {
+    tx: Option<Transaction<'static, Any>>,
+    pool: sqlx::AnyPool,
+    pub records: Vec<PendingRecord>,
+}
+
+impl OutboxLease {
+    /// Marks the batch published and releases the relay lock.
+    pub async fn published(self) -> Result<(), Error> {
+        let (Some(first), Some(last)) = (self.records.first(), self.records.last()) else {
+            return Ok(());
+        };
+        let (first, last) = (first.seq, last.seq);
+        let mark = sqlx::query(
+            "UPDATE outbox SET published_at = $3 \
+             WHERE seq >= $1 AND seq <= $2 AND published_at IS NULL",
+        )
+        .bind(first)
+        .bind(last)
+        .bind(now_ms());
+        match self.tx {
+            Some(mut tx) => {
+                mark.execute(&mut *tx).await?;
+                tx.commit().await?;
+            }
+            None => {
+                mark.execute(&self.pool).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn pending_record(row: &AnyRow) -> Result<PendingRecord, Error> {
+    Ok(PendingRecord {
+        seq: row.try_get("seq")?,
+        record: OutboxRecord {
+            id: parse_uuid("outbox.id", &row.try_get::<String, _>("id")?)?,
+            topic: row.try_get("topic")?,
+            key: row.try_get("record_key")?,
+            payload: row.try_get("payload")?,
+        },
+    })
+}
+
+const OUTBOX_PENDING: &str = "SELECT seq, id, topic, record_key, payload FROM outbox \
+     WHERE published_at IS NULL ORDER BY seq LIMIT $1";
+
 /// One service transaction; dropped without [`CheckoutTx::commit`] it rolls back.
 #[derive(Debug)]
 pub struct CheckoutTx {
@@ -367,26 +423,43 @@ impl Store {
 
     /// The oldest unpublished outbox records, in order.
     pub async fn outbox_unpublished(&self, limit: u32) -> Result<Vec<PendingRecord>, Error> {
-        let rows = sqlx::query(
-            "SELECT seq, id, topic, record_key, payload FROM outbox \
-             WHERE published_at IS NULL ORDER BY seq LIMIT $1",
-        )
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(PendingRecord {
-                    seq: row.try_get("seq")?,
-                    record: OutboxRecord {
-                        id: parse_uuid("outbox.id", &row.try_get::<String, _>("id")?)?,
-                        topic: row.try_get("topic")?,
-                        key: row.try_get("record_key")?,
-                        payload: row.try_get("payload")?,
-                    },
-                })
-            })
-            .collect()
+        let rows = sqlx::query(OUTBOX_PENDING)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(pending_record).collect()
+    }
+
+    /// The oldest unpublished outbox records for this relay, or `None` while another relay
+    /// (another node on the same PostgreSQL database) holds the turn.
+    pub async fn outbox_lease(&self, limit: u32) -> Result<Option<OutboxLease>, Error> {
+        match self.backend {
+            Backend::Sqlite => Ok(Some(OutboxLease {
+                tx: None,
+                pool: self.pool.clone(),
+                records: self.outbox_unpublished(limit).await?,
+            })),
+            Backend::Postgres => {
+                let mut tx = self.pool.begin().await?;
+                let turn: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+                    .bind(RELAY_LOCK)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                if !turn {
+                    return Ok(None);
+                }
+                let rows = sqlx::query(OUTBOX_PENDING)
+                    .bind(i64::from(limit))
+                    .fetch_all(&mut *tx)
+                    .await?;
+                let records = rows.iter().map(pending_record).collect::<Result<_, _>>()?;
+                Ok(Some(OutboxLease {
+                    tx: Some(tx),
+                    pool: self.pool.clone(),
+                    records,
+                }))
+            }
+        }
     }
 
     /// Marks outbox records up to and including `last_seq` as published.

@@ -964,6 +964,27 @@ async fn checkout_outbox_publishes_in_order_once(store: &Store) {
     let keys: Vec<_> = rest.iter().map(|p| p.record.key.clone()).collect();
     assert_eq!(keys, ["key-3", "key-4"]);
     assert_eq!(rest[0].record.payload, b"payload 3");
+    // A relay's lease: on PostgreSQL one relay at a time; published marks its batch.
+    let lease = store
+        .outbox_lease(10)
+        .await
+        .unwrap()
+        .expect("the first relay's turn");
+    assert_eq!(lease.records.len(), 2);
+    if store.backend() == crate::Backend::Postgres {
+        assert!(
+            store.outbox_lease(10).await.unwrap().is_none(),
+            "one relay at a time"
+        );
+    }
+    lease.published().await.unwrap();
+    assert!(store.outbox_unpublished(10).await.unwrap().is_empty());
+    let next = store
+        .outbox_lease(10)
+        .await
+        .unwrap()
+        .expect("the turn is free again");
+    assert!(next.records.is_empty());
 }
 
 async fn checkout_order_per_hold_and_ticket_per_seat_are_unique(store: &Store) {

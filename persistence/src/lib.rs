@@ -31,7 +31,8 @@ mod conformance;
 pub use accounts::{NewUser, UserRow};
 pub use catalog::{EVENTS_PAGE_MAX, EventRow, TicketTypeRow};
 pub use checkout::{
-    CheckoutTx, NotificationRow, OrderRow, OutboxRecord, PaymentRow, PendingRecord, TicketRow,
+    CheckoutTx, NotificationRow, OrderRow, OutboxLease, OutboxRecord, PaymentRow, PendingRecord,
+    TicketRow,
 };
 pub use cluster::{NodeRow, ShardRow};
 pub use idempotency::{Idempotency, StoredResponse};

@@ -50,11 +50,16 @@ pub async fn run(
 
 /// Publishes one batch; returns how many records it published.
 pub async fn round(store: &Store, bus: &dyn Bus) -> anyhow::Result<usize> {
-    let pending = store.outbox_unpublished(BATCH_MAX).await?;
-    let (Some(first), Some(last)) = (pending.first(), pending.last()) else {
+    // Relays of other nodes on the same database take turns, so each record goes out once
+    // and in order.
+    let Some(lease) = store.outbox_lease(BATCH_MAX).await? else {
         return Ok(0);
     };
-    let records: Vec<Record> = pending
+    if lease.records.is_empty() {
+        return Ok(0);
+    }
+    let records: Vec<Record> = lease
+        .records
         .iter()
         .map(|p| Record {
             topic: p.record.topic.clone(),
@@ -63,7 +68,7 @@ pub async fn round(store: &Store, bus: &dyn Bus) -> anyhow::Result<usize> {
         })
         .collect();
     bus.publish(&records).await?;
-    store.outbox_published(first.seq, last.seq).await?;
+    lease.published().await?;
     metrics::counter!("holdfast_outbox_published_total").increment(records.len() as u64);
     Ok(records.len())
 }
