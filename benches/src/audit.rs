@@ -135,6 +135,34 @@ pub fn check_hold(
     Ok(())
 }
 
+/// Checks `GET /v1/orders/{id}` of a hold's order: it exists, names the hold and waits for
+/// payment (nothing pays during a run).
+pub fn check_order(
+    hold: &PlacedHold,
+    order: &str,
+    status: u16,
+    body: &serde_json::Value,
+) -> Result<(), String> {
+    if status != 200 {
+        return Err(format!(
+            "order {order}: GET answered {status}, expected 200"
+        ));
+    }
+    if body["hold_id"].as_str() != Some(hold.id.as_str()) {
+        return Err(format!(
+            "order {order}: names another hold than {}",
+            hold.id
+        ));
+    }
+    if body["status"].as_str() != Some("pending_payment") {
+        return Err(format!(
+            "order {order}: status {}, expected pending_payment",
+            body["status"]
+        ));
+    }
+    Ok(())
+}
+
 /// An event's stock after the run, and what the run expected.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EventAudit {
@@ -277,6 +305,22 @@ pub async fn run(
                 if let Err(v) = checked {
                     failures.push(v);
                 }
+                if let Some(order) = &hold.order {
+                    let path = format!("/v1/orders/{order}");
+                    let checked = match conn
+                        .send(Method::GET, &path, Some(auth), None, timeout)
+                        .await
+                    {
+                        Ok(answer) => {
+                            let body = serde_json::from_slice(&answer.body).unwrap_or_default();
+                            check_order(hold, order, answer.status.as_u16(), &body)
+                        }
+                        Err(e) => Err(format!("order {order}: GET failed: {e}")),
+                    };
+                    if let Err(v) = checked {
+                        failures.push(v);
+                    }
+                }
             }
             failures
         }));
@@ -303,7 +347,20 @@ mod tests {
             buyer: 0,
             quantity,
             released,
+            order: None,
         }
+    }
+
+    #[test]
+    fn an_order_must_name_its_hold_and_wait_for_payment() {
+        let hold = placed(0, 2, Released::No);
+        let ok = serde_json::json!({"id": "o", "hold_id": "h", "status": "pending_payment"});
+        assert!(check_order(&hold, "o", 200, &ok).is_ok());
+        assert!(check_order(&hold, "o", 404, &ok).is_err());
+        let other = serde_json::json!({"id": "o", "hold_id": "x", "status": "pending_payment"});
+        assert!(check_order(&hold, "o", 200, &other).is_err());
+        let paid = serde_json::json!({"id": "o", "hold_id": "h", "status": "confirmed"});
+        assert!(check_order(&hold, "o", 200, &paid).is_err());
     }
 
     #[test]

@@ -350,8 +350,12 @@ pub async fn run(options: &Options) -> anyhow::Result<Vec<RunResult>> {
             && peak > 0.0
         {
             let mut open = options.scenario.clone();
-            // Requests per second: holds, plus the releases that follow a share of them.
-            let rate = share * peak * (1.0 + open.load.release_ratio);
+            // Requests per second: holds, plus the releases and orders that follow a share.
+            let rate = share
+                * peak
+                * (1.0
+                    + open.load.release_ratio
+                    + (1.0 - open.load.release_ratio) * open.load.order_ratio);
             open.load.model = Model::Open { rate };
             let label = format!("{}-open@{:.0}%", kind.name(), share * 100.0);
             let result = run_target(kind, &label, &open, options, &secret, dir.path())

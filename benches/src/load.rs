@@ -44,6 +44,10 @@ pub struct LoadSpec {
     pub quantity: QuantityRange,
     /// Share of placed holds released again (each release is a request of its own).
     pub release_ratio: f64,
+    /// Share of the other placed holds ordered (`POST /v1/orders`, a request of its own);
+    /// Holdfast only: the baselines have no orders.
+    #[serde(default)]
+    pub order_ratio: f64,
     #[serde(with = "secs_f64")]
     pub timeout: Duration,
     pub ticket_type: String,
@@ -90,6 +94,8 @@ pub struct PlacedHold {
     pub buyer: u32,
     pub quantity: u32,
     pub released: Released,
+    /// The order placed for this hold (`POST /v1/orders` answered 201).
+    pub order: Option<String>,
 }
 
 /// A hold request without a clear answer (timeout, 5xx): its seats may or may not be held.
@@ -128,6 +134,7 @@ pub fn classify(op: Op, status: u16, body: &[u8]) -> Classified {
     let success = match op {
         Op::Hold => status == 201,
         Op::Release => status == 204,
+        Op::Order => status == 201 || status == 200,
     };
     if success {
         return Classified {
@@ -294,6 +301,8 @@ async fn worker(index: usize, shared: Arc<Shared>, mut conn: Conn) -> WorkerOutp
     let mut out = WorkerOutput::default();
     // Indices into `out.placed` of holds to release with this worker's next requests.
     let mut to_release: VecDeque<usize> = VecDeque::new();
+    // Indices into `out.placed` of holds to order with this worker's next requests.
+    let mut to_order: VecDeque<usize> = VecDeque::new();
     loop {
         let intended = match spec.model {
             Model::Open { rate } => {
@@ -322,6 +331,20 @@ async fn worker(index: usize, shared: Arc<Shared>, mut conn: Conn) -> WorkerOutp
                 .send(Method::DELETE, &path, Some(&buyer.auth), None, spec.timeout)
                 .await;
             (Op::Release, result, Pending::Release(placed))
+        } else if let Some(placed) = to_order.pop_front() {
+            let hold = &out.placed[placed];
+            let buyer = &plan.buyers[hold.buyer as usize];
+            let body = Bytes::from(format!("{{\"hold_id\":\"{}\"}}", hold.id));
+            let result = conn
+                .send(
+                    Method::POST,
+                    "/v1/orders",
+                    Some(&buyer.auth),
+                    Some(body),
+                    spec.timeout,
+                )
+                .await;
+            (Op::Order, result, Pending::Order(placed))
         } else {
             let event = rng.gen_range(0..plan.events.len());
             let buyer = rng.gen_range(0..plan.buyers.len());
@@ -377,9 +400,12 @@ async fn worker(index: usize, shared: Arc<Shared>, mut conn: Conn) -> WorkerOutp
                             buyer,
                             quantity,
                             released: Released::No,
+                            order: None,
                         });
                         if rng.gen_bool(spec.release_ratio) {
                             to_release.push_back(out.placed.len() - 1);
+                        } else if spec.order_ratio > 0.0 && rng.gen_bool(spec.order_ratio) {
+                            to_order.push_back(out.placed.len() - 1);
                         }
                     }
                     None => {
@@ -391,6 +417,11 @@ async fn worker(index: usize, shared: Arc<Shared>, mut conn: Conn) -> WorkerOutp
                 }
                 _ => {}
             },
+            Pending::Order(placed) => {
+                if let (Outcome::Ok, Ok(answer)) = (&classified.outcome, &result) {
+                    out.placed[placed].order = client::extract_id(&answer.body).map(str::to_owned);
+                }
+            }
             Pending::Release(placed) => {
                 out.placed[placed].released = match classified.outcome {
                     Outcome::Ok => Released::Yes,
@@ -417,6 +448,7 @@ enum Pending {
         quantity: u32,
     },
     Release(usize),
+    Order(usize),
 }
 
 #[cfg(test)]

@@ -55,6 +55,10 @@ struct LoadArgs {
     /// Share of placed holds released again (each release is one more request).
     #[arg(long, default_value = "0", value_parser = parse_ratio)]
     release_ratio: f64,
+    /// Share of the other placed holds ordered (`POST /v1/orders`, one more request each;
+    /// Holdfast only: the baselines answer 503 to orders).
+    #[arg(long, default_value = "0", value_parser = parse_ratio)]
+    order_ratio: f64,
     /// Distinct buyers (tokens minted with the server's secret; no accounts are registered).
     #[arg(long, default_value_t = 1000)]
     users: usize,
@@ -106,6 +110,7 @@ impl LoadArgs {
                 duration: self.duration,
                 quantity: self.quantity,
                 release_ratio: self.release_ratio,
+                order_ratio: self.order_ratio,
                 timeout: self.timeout,
                 ticket_type: self.ticket_type.clone(),
             },

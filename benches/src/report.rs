@@ -25,6 +25,9 @@ pub struct RunResult {
     /// Holds answered 409 `sold-out` / `limit-exceeded`.
     pub holds_refused: u64,
     pub releases_ok: u64,
+    /// Orders answered 201 (or 200: the hold's order existed).
+    #[serde(default)]
+    pub orders_ok: u64,
     pub errors: u64,
     pub unsent: u64,
     /// Holds placed (201) per second of the run.
@@ -92,6 +95,7 @@ impl RunResult {
             holds_ok,
             holds_refused: count(Op::Hold, Outcome::Refused),
             releases_ok: count(Op::Release, Outcome::Ok),
+            orders_ok: count(Op::Order, Outcome::Ok),
             errors,
             unsent: output.unsent,
             holds_per_sec: stats::per_sec(holds_ok, window),
@@ -416,13 +420,13 @@ pub fn html(title: &str, notes: &[String], runs: &[RunResult]) -> String {
     for note in notes {
         let _ = write!(page, "<p>{}</p>", escape(note));
     }
-    page.push_str("<h2>Results</h2><table><tr><th>target</th><th>model</th><th>holds/s</th><th>answered/s</th><th>p50 ms</th><th>p90 ms</th><th>p99 ms</th><th>p99.9 ms</th><th>max ms</th><th>holds 201</th><th>409 refused</th><th>releases</th><th>errors</th><th>unsent</th><th>oversold</th><th>audit</th><th>load avg</th></tr>");
+    page.push_str("<h2>Results</h2><table><tr><th>target</th><th>model</th><th>holds/s</th><th>answered/s</th><th>p50 ms</th><th>p90 ms</th><th>p99 ms</th><th>p99.9 ms</th><th>max ms</th><th>holds 201</th><th>409 refused</th><th>releases</th><th>orders</th><th>errors</th><th>unsent</th><th>oversold</th><th>audit</th><th>load avg</th></tr>");
     for r in runs {
         let l = r.hold_latency();
         let class = if r.audit.ok { "ok" } else { "bad" };
         let _ = write!(
             page,
-            "<tr><td>{}</td><td>{}</td><td>{:.0}</td><td>{:.0}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"{class}\">{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{:.0}</td><td>{:.0}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"{class}\">{}</td><td>{}</td></tr>",
             escape(&r.target),
             escape(&r.model_text()),
             r.holds_per_sec,
@@ -435,6 +439,7 @@ pub fn html(title: &str, notes: &[String], runs: &[RunResult]) -> String {
             r.holds_ok,
             r.holds_refused,
             r.releases_ok,
+            r.orders_ok,
             r.errors,
             r.unsent,
             r.audit.oversold_seats,
@@ -539,6 +544,7 @@ mod tests {
             duration: Duration::from_secs(2),
             quantity: QuantityRange::fixed(1),
             release_ratio: 0.0,
+            order_ratio: 0.0,
             timeout: Duration::from_secs(1),
             ticket_type: "GA".to_owned(),
         }

@@ -15,6 +15,8 @@ pub const LATENCY_MAX_US: u64 = 60_000_000;
 pub enum Op {
     Hold,
     Release,
+    /// `POST /v1/orders` for a placed hold.
+    Order,
 }
 
 /// How a request ended, coarsely; the error table keeps the details.
@@ -85,6 +87,7 @@ pub fn latency_by_op(samples: &[Sample]) -> BTreeMap<String, LatencySummary> {
         let name = match s.op {
             Op::Hold => "hold",
             Op::Release => "release",
+            Op::Order => "order",
         };
         let value = u64::from(s.latency_us.max(1));
         by_op
@@ -109,6 +112,8 @@ pub struct Second {
     pub holds_ok: u64,
     pub holds_refused: u64,
     pub releases_ok: u64,
+    #[serde(default)]
+    pub orders_ok: u64,
     pub errors: u64,
     pub p50_ms: f64,
     pub p99_ms: f64,
@@ -138,6 +143,7 @@ pub fn timeline(samples: &[Sample], seconds: u32) -> Vec<Second> {
             (Op::Hold, Outcome::Ok) => row.holds_ok += 1,
             (Op::Hold, Outcome::Refused) => row.holds_refused += 1,
             (Op::Release, _) => row.releases_ok += 1,
+            (Op::Order, _) => row.orders_ok += 1,
         }
         if s.outcome != Outcome::Error {
             histogram.saturating_record(u64::from(s.latency_us.max(1)));

@@ -200,30 +200,34 @@ impl Notifications {
             return Ok(());
         };
         let now = self.ctx.now_ms();
-        let mut rows = vec![NotificationRow {
-            id: notification_id(env.id, "email"),
-            order_id: env.order_id,
-            channel: "email".to_owned(),
-            recipient: message.email,
-            subject: message.subject,
-            body: message.body,
-            attachments: (!message.attachments.is_empty())
-                .then(|| serde_json::to_vec(&message.attachments).expect("attachments serialise")),
-            status: if self.mailer.is_some() {
-                "pending"
-            } else {
-                "skipped"
-            }
-            .to_owned(),
-            attempts: 0,
-            next_attempt_at: now,
-            last_error: self
-                .mailer
-                .is_none()
-                .then(|| "no SMTP server is configured (HOLDFAST_SMTP_URL)".to_owned()),
-            created_at: now,
-            sent_at: None,
-        }];
+        let mut rows = Vec::new();
+        if !message.email.is_empty() {
+            rows.push(NotificationRow {
+                id: notification_id(env.id, "email"),
+                order_id: env.order_id,
+                channel: "email".to_owned(),
+                recipient: message.email,
+                subject: message.subject,
+                body: message.body,
+                attachments: (!message.attachments.is_empty()).then(|| {
+                    serde_json::to_vec(&message.attachments).expect("attachments serialise")
+                }),
+                status: if self.mailer.is_some() {
+                    "pending"
+                } else {
+                    "skipped"
+                }
+                .to_owned(),
+                attempts: 0,
+                next_attempt_at: now,
+                last_error: self
+                    .mailer
+                    .is_none()
+                    .then(|| "no SMTP server is configured (HOLDFAST_SMTP_URL)".to_owned()),
+                created_at: now,
+                sent_at: None,
+            });
+        }
         if let (Some(phone), Some(_)) = (message.phone, &self.sms) {
             rows.push(NotificationRow {
                 id: notification_id(env.id, "sms"),

@@ -178,12 +178,14 @@ impl Orders {
             });
         }
         let currency = currency.unwrap_or_else(|| "VND".to_owned());
+        // The token is the authority; an account row (for the e-mail and phone the buyer is
+        // told things at) may be missing, e.g. for tokens minted by the load harness.
         let (email, phone) = store
             .user_by_id(user.0)
             .await
             .map_err(store_error)?
             .map(|u| (u.email, u.phone))
-            .ok_or(CheckoutError::HoldNotFound)?;
+            .unwrap_or_default();
         let row = OrderRow {
             id: order_id.0,
             user_id: user.0,
