@@ -51,13 +51,10 @@ impl Shop {
             adjust(c);
         })
         .await;
-        let router = holdfast_vnpay::sim::router(holdfast_vnpay::sim::SimConfig {
-            hash_secret: VNPAY_HASH_SECRET.to_owned(),
-            tmn_code: VNPAY_TMN_CODE.to_owned(),
-            merchant_ipn_url: lost_ipn
-                .unwrap_or_else(|| format!("{}/v1/payments/vnpay/ipn", node.base_url())),
-        });
-        tokio::spawn(async move { axum::serve(listener, router).await });
+        serve_vnpay(
+            listener,
+            lost_ipn.unwrap_or_else(|| format!("{}/v1/payments/vnpay/ipn", node.base_url())),
+        );
         let organizer = node.organizer_token().await;
         let event = node
             .client()
@@ -126,27 +123,7 @@ impl Shop {
     /// Presses Pay (or Cancel) on the stand-in's payment page; returns the return URL it
     /// redirects the browser to.
     async fn press(&self, payment_url: &str, pay: bool) -> String {
-        let query = payment_url.split_once('?').expect("signed query").1;
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .expect("client");
-        let page = http.get(payment_url).send().await.expect("payment page");
-        assert_eq!(page.status(), 200, "the stand-in shows the payment page");
-        let button = if pay { "pay" } else { "cancel" };
-        let reply = http
-            .post(format!("{}/paymentv2/{button}", self.sim))
-            .form(&[("q", query)])
-            .send()
-            .await
-            .expect("press the button");
-        assert_eq!(reply.status(), 302, "{:?}", reply.text().await);
-        reply
-            .headers()
-            .get("location")
-            .and_then(|v| v.to_str().ok())
-            .expect("redirect to the return URL")
-            .to_owned()
+        press(&self.sim, payment_url, pay).await
     }
 
     /// Calls the IPN as VNPAY would, signing `params` with the merchant's secret.
@@ -176,6 +153,42 @@ impl Shop {
     }
 }
 
+/// Serves VNPAY's stand-in for the test merchant on `listener`, calling `ipn` with results.
+fn serve_vnpay(listener: tokio::net::TcpListener, ipn: String) {
+    let router = holdfast_vnpay::sim::router(holdfast_vnpay::sim::SimConfig {
+        hash_secret: VNPAY_HASH_SECRET.to_owned(),
+        tmn_code: VNPAY_TMN_CODE.to_owned(),
+        merchant_ipn_url: ipn,
+    });
+    tokio::spawn(async move { axum::serve(listener, router).await });
+}
+
+/// Presses Pay (or Cancel) on the stand-in's payment page; returns the return URL it
+/// redirects the browser to.
+async fn press(sim: &str, payment_url: &str, pay: bool) -> String {
+    let query = payment_url.split_once('?').expect("signed query").1;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let page = http.get(payment_url).send().await.expect("payment page");
+    assert_eq!(page.status(), 200, "the stand-in shows the payment page");
+    let button = if pay { "pay" } else { "cancel" };
+    let reply = http
+        .post(format!("{}/paymentv2/{button}", sim))
+        .form(&[("q", query)])
+        .send()
+        .await
+        .expect("press the button");
+    assert_eq!(reply.status(), 302, "{:?}", reply.text().await);
+    reply
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .expect("redirect to the return URL")
+        .to_owned()
+}
+
 /// The signed parameters of a VNPAY result for `order` of `amount` VND.
 fn vnpay_result(
     order: &str,
@@ -194,6 +207,11 @@ fn vnpay_result(
         ("vnp_TransactionStatus", status.to_owned()),
         ("vnp_TxnRef", order.to_owned()),
     ]
+}
+
+/// Why an order ended as it did.
+fn note(order: &Value) -> &str {
+    order["note"].as_str().unwrap_or("")
 }
 
 fn zbar_decode(png: &[u8]) -> String {
@@ -395,12 +413,10 @@ async fn services_run_as_separate_processes_over_kafka() {
     let core = start(env(&with("gateway,inventory,orders"))).await;
     let payments = start(env(&with("payments"))).await;
     let tickets = start(env(&with("tickets,notifications"))).await;
-    let router = holdfast_vnpay::sim::router(holdfast_vnpay::sim::SimConfig {
-        hash_secret: VNPAY_HASH_SECRET.to_owned(),
-        tmn_code: VNPAY_TMN_CODE.to_owned(),
-        merchant_ipn_url: format!("{}/v1/payments/vnpay/ipn", payments.client().base_url()),
-    });
-    tokio::spawn(async move { axum::serve(listener, router).await });
+    serve_vnpay(
+        listener,
+        format!("{}/v1/payments/vnpay/ipn", payments.client().base_url()),
+    );
 
     let organizer = core.organizer_token().await;
     let event = core
@@ -432,18 +448,7 @@ async fn services_run_as_separate_processes_over_kafka() {
     .await
     .expect("the payments process answers with a payment URL");
     assert!(url.starts_with(&pay_url), "{url}");
-    let query = url.split_once('?').unwrap().1;
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let paid = http
-        .post(format!("{sim}/paymentv2/pay"))
-        .form(&[("q", query)])
-        .send()
-        .await
-        .expect("pay");
-    assert_eq!(paid.status(), 302);
+    press(&sim, &url, true).await;
     poll_until(WAIT, Duration::from_millis(100), || async {
         let reply = core
             .client()
@@ -733,23 +738,11 @@ async fn lost_ipns_are_settled_by_querydr() {
         .await;
     let paid_id = paid["id"].as_str().unwrap();
     let confirmed = shop.wait_status(&payer, paid_id, "confirmed").await;
-    assert!(
-        confirmed["note"]
-            .as_str()
-            .unwrap_or("")
-            .contains("reserved again"),
-        "{confirmed}"
-    );
+    assert!(note(&confirmed).contains("reserved again"), "{confirmed}");
     assert_eq!(shop.tickets(&payer, paid_id, 2).await.len(), 2);
     let unpaid_id = unpaid["id"].as_str().unwrap();
     let cancelled = shop.wait_status(&idle, unpaid_id, "cancelled").await;
-    assert!(
-        cancelled["note"]
-            .as_str()
-            .unwrap_or("")
-            .contains("never paid"),
-        "{cancelled}"
-    );
+    assert!(note(&cancelled).contains("never paid"), "{cancelled}");
     let stock = shop.client().stock(&shop.event, "GA").await;
     assert_eq!((stock.sold, stock.held, stock.available), (2, 0, 8));
     shop.node.shutdown().await;
@@ -937,10 +930,7 @@ async fn cancelled_payment_releases_the_seats(backend: Backend) {
     assert!(back.contains("vnp_ResponseCode=24"), "{back}");
     let cancelled = shop.wait_status(&buyer, id, "cancelled").await;
     assert!(
-        cancelled["note"]
-            .as_str()
-            .unwrap_or("")
-            .contains("cancelled by the buyer"),
+        note(&cancelled).contains("cancelled by the buyer"),
         "{cancelled}"
     );
     let stock = shop.client().stock(&shop.event, "GA").await;
@@ -1074,13 +1064,7 @@ async fn payment_after_expiry_rereserves_or_refunds(backend: Backend) {
         "00"
     );
     let confirmed = shop.wait_status(&lucky, lucky_id, "confirmed").await;
-    assert!(
-        confirmed["note"]
-            .as_str()
-            .unwrap_or("")
-            .contains("reserved again"),
-        "{confirmed}"
-    );
+    assert!(note(&confirmed).contains("reserved again"), "{confirmed}");
     assert_eq!(shop.tickets(&lucky, lucky_id, 1).await.len(), 1);
     let late_id = late_order["id"].as_str().unwrap();
     assert_eq!(
@@ -1090,10 +1074,7 @@ async fn payment_after_expiry_rereserves_or_refunds(backend: Backend) {
     );
     let refunded = shop.wait_status(&late, late_id, "refunded").await;
     assert!(
-        refunded["note"]
-            .as_str()
-            .unwrap_or("")
-            .contains("refunded automatically"),
+        note(&refunded).contains("refunded automatically"),
         "{refunded}"
     );
     let stock = shop.client().stock(&shop.event, "GA").await;

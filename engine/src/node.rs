@@ -379,22 +379,30 @@ fn ticket_keys(
         Some(signer) => holdfast_tickets::Verifier::from_signers([signer.as_ref()]),
         None => holdfast_tickets::Verifier::new(),
     };
-    for entry in config
-        .ticket_trusted_keys
-        .as_deref()
-        .unwrap_or("")
-        .split(',')
-        .map(str::trim)
-        .filter(|e| !e.is_empty())
-    {
-        let (kid, key) = entry.split_once('=').with_context(|| {
-            format!("HOLDFAST_TICKET_TRUSTED_KEYS entry {entry:?} is not kid=public-key-hex")
-        })?;
+    for (kid, key) in pairs(
+        config.ticket_trusted_keys.as_deref(),
+        "HOLDFAST_TICKET_TRUSTED_KEYS",
+    )? {
         verifier
-            .add_public_key_hex(kid.trim(), key)
+            .add_public_key_hex(kid.as_str(), &key)
             .map_err(|e| anyhow::anyhow!("HOLDFAST_TICKET_TRUSTED_KEYS {kid}: {e}"))?;
     }
     Ok((signer, verifier))
+}
+
+/// A `key=value,key=value` setting as pairs; `setting` names it in errors.
+fn pairs(text: Option<&str>, setting: &str) -> anyhow::Result<Vec<(String, String)>> {
+    text.unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| {
+            let (key, value) = entry
+                .split_once('=')
+                .with_context(|| format!("{setting} entry {entry:?} is not key=value"))?;
+            Ok((key.trim().to_owned(), value.trim().to_owned()))
+        })
+        .collect()
 }
 
 /// The saga's bus: Kafka when brokers are set, else the durable bus in the node's database.
@@ -415,20 +423,12 @@ async fn saga_bus(config: &Config, store: &Store) -> anyhow::Result<Arc<dyn hold
     let store = &bus_store;
     Ok(match &config.kafka_brokers {
         Some(brokers) => {
-            let mut producer_config = std::collections::BTreeMap::new();
-            for pair in config
-                .kafka_producer_config
-                .as_deref()
-                .unwrap_or("")
-                .split(',')
-                .map(str::trim)
-                .filter(|p| !p.is_empty())
-            {
-                let (key, value) = pair.split_once('=').with_context(|| {
-                    format!("HOLDFAST_KAFKA_PRODUCER_CONFIG entry {pair:?} is not key=value")
-                })?;
-                producer_config.insert(key.trim().to_owned(), value.trim().to_owned());
-            }
+            let producer_config = pairs(
+                config.kafka_producer_config.as_deref(),
+                "HOLDFAST_KAFKA_PRODUCER_CONFIG",
+            )?
+            .into_iter()
+            .collect();
             Arc::new(
                 holdfast_bus::KafkaBus::with_options(holdfast_bus::KafkaBusOptions {
                     brokers: brokers.clone(),
@@ -565,6 +565,24 @@ async fn purge_idempotency_keys(store: Store, clock: Arc<dyn Clock>, ttl_secs: u
 #[cfg(test)]
 mod tests {
     use super::redact;
+
+    #[test]
+    fn key_value_settings_parse_and_explain_mistakes() {
+        let parsed = super::pairs(Some(" a=1, b = two ,"), "X").unwrap();
+        assert_eq!(
+            parsed,
+            [
+                ("a".to_owned(), "1".to_owned()),
+                ("b".to_owned(), "two".to_owned())
+            ]
+        );
+        assert!(super::pairs(None, "X").unwrap().is_empty());
+        let err = super::pairs(Some("a=1,oops"), "HOLDFAST_X").unwrap_err();
+        assert!(
+            err.to_string().contains("HOLDFAST_X entry \"oops\""),
+            "{err}"
+        );
+    }
 
     #[test]
     fn passwords_never_reach_messages() {
