@@ -57,6 +57,9 @@ pub struct Config {
     /// `host:port,…` of Kafka brokers: the saga's bus is Kafka. Unset: the durable in-process
     /// bus in the node's own database.
     pub kafka_brokers: Option<String>,
+    /// Hours published outbox records, processed event ids and (in-process bus) bus records
+    /// that every group read are kept.
+    pub saga_retention_hours: u64,
     /// Extra librdkafka producer properties, `key=value,…` (e.g. `linger.ms=5`).
     pub kafka_producer_config: Option<String>,
     /// Database of the in-process bus when services run as separate processes without Kafka
@@ -151,6 +154,7 @@ impl Default for Config {
             kafka_brokers: None,
             bus_database_url: None,
             kafka_producer_config: None,
+            saga_retention_hours: 7 * 24,
             bus_prefix: String::new(),
             public_url: None,
             vnpay_tmn_code: None,

@@ -406,7 +406,10 @@ fn pairs(text: Option<&str>, setting: &str) -> anyhow::Result<Vec<(String, Strin
 }
 
 /// The saga's bus: Kafka when brokers are set, else the durable bus in the node's database.
-async fn saga_bus(config: &Config, store: &Store) -> anyhow::Result<Arc<dyn holdfast_bus::Bus>> {
+async fn saga_bus(
+    config: &Config,
+    store: &Store,
+) -> anyhow::Result<(Arc<dyn holdfast_bus::Bus>, Option<holdfast_bus::SqlBus>)> {
     let bus_store = match (&config.kafka_brokers, &config.bus_database_url) {
         (None, Some(url)) => {
             let bus_store = Store::connect(url, 4)
@@ -429,26 +432,26 @@ async fn saga_bus(config: &Config, store: &Store) -> anyhow::Result<Arc<dyn hold
             )?
             .into_iter()
             .collect();
-            Arc::new(
-                holdfast_bus::KafkaBus::with_options(holdfast_bus::KafkaBusOptions {
-                    brokers: brokers.clone(),
-                    prefix: config.bus_prefix.clone(),
-                    producer_config,
-                    ..holdfast_bus::KafkaBusOptions::default()
-                })
-                .with_context(|| format!("connecting to Kafka at {brokers}"))?,
-            )
+            let bus = holdfast_bus::KafkaBus::with_options(holdfast_bus::KafkaBusOptions {
+                brokers: brokers.clone(),
+                prefix: config.bus_prefix.clone(),
+                producer_config,
+                ..holdfast_bus::KafkaBusOptions::default()
+            })
+            .with_context(|| format!("connecting to Kafka at {brokers}"))?;
+            (Arc::new(bus), None)
         }
-        None => Arc::new(
-            holdfast_bus::SqlBus::new(
+        None => {
+            let bus = holdfast_bus::SqlBus::new(
                 store.pool().clone(),
                 holdfast_bus::SqlBusOptions {
                     prefix: config.bus_prefix.clone(),
                     ..holdfast_bus::SqlBusOptions::default()
                 },
             )
-            .context("opening the in-process bus")?,
-        ),
+            .context("opening the in-process bus")?;
+            (Arc::new(bus.clone()), Some(bus))
+        }
     })
 }
 
@@ -540,9 +543,10 @@ async fn start_checkout(
         verifier: Arc::new(verifier),
         payment_url_wait: Duration::from_millis(config.payment_url_wait_ms),
         group_prefix: config.bus_prefix.clone(),
+        retention: Duration::from_secs(config.saga_retention_hours.saturating_mul(3600)),
     };
-    let bus = saga_bus(config, store).await?;
-    CheckoutNode::start(settings, store.clone(), bus, Some(backend), clock)
+    let (bus, sql_bus) = saga_bus(config, store).await?;
+    CheckoutNode::start(settings, store.clone(), bus, sql_bus, Some(backend), clock)
 }
 
 async fn purge_idempotency_keys(store: Store, clock: Arc<dyn Clock>, ttl_secs: u64) {

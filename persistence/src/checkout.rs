@@ -421,6 +421,21 @@ impl Store {
         Ok(())
     }
 
+    /// Retention: deletes outbox records published before `before_ms` and processed event ids
+    /// recorded before it. Returns how many of each went. Keep `before_ms` older than any
+    /// redelivery can be (the bus's own retention), or a very late duplicate would count again.
+    pub async fn saga_purge(&self, before_ms: i64) -> Result<(u64, u64), Error> {
+        let outbox = sqlx::query("DELETE FROM outbox WHERE published_at < $1")
+            .bind(before_ms)
+            .execute(&self.pool)
+            .await?;
+        let processed = sqlx::query("DELETE FROM processed_events WHERE processed_at < $1")
+            .bind(before_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok((outbox.rows_affected(), processed.rows_affected()))
+    }
+
     /// The oldest unpublished outbox records, in order.
     pub async fn outbox_unpublished(&self, limit: u32) -> Result<Vec<PendingRecord>, Error> {
         let rows = sqlx::query(OUTBOX_PENDING)

@@ -985,6 +985,21 @@ async fn checkout_outbox_publishes_in_order_once(store: &Store) {
         .unwrap()
         .expect("the turn is free again");
     assert!(next.records.is_empty());
+    drop(next);
+    // Retention removes published records only.
+    let mut tx = store.checkout_tx().await.unwrap();
+    tx.outbox(&[outbox_record("payments.events", 9)])
+        .await
+        .unwrap();
+    assert!(tx.first_time("tickets", Uuid::new_v4()).await.unwrap());
+    tx.commit().await.unwrap();
+    let (outbox, processed) = store.saga_purge(i64::MAX).await.unwrap();
+    assert_eq!((outbox, processed), (5, 1));
+    assert_eq!(
+        store.outbox_unpublished(10).await.unwrap().len(),
+        1,
+        "unpublished stays"
+    );
 }
 
 async fn checkout_order_per_hold_and_ticket_per_seat_are_unique(store: &Store) {

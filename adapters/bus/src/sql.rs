@@ -150,6 +150,26 @@ impl SqlBus {
     pub async fn close(&self) {
         self.inner.pool.close().await;
     }
+
+    /// Deletes this bus's records published before `before_ms` that every group reading their
+    /// topic has committed (retention, like a Kafka topic's). Returns how many went.
+    ///
+    /// A group that starts reading a topic after its records were trimmed starts at the oldest
+    /// record left.
+    pub async fn trim(&self, before_ms: i64) -> Result<u64, Error> {
+        let prefix = format!("{}%", self.inner.options.prefix.replace('%', "\\%"));
+        let done = sqlx::query(
+            "DELETE FROM bus_records WHERE published_at < $1 AND topic LIKE $2 \
+             AND seq <= (SELECT MIN(o.committed_seq) FROM bus_offsets o \
+                         WHERE o.topic = bus_records.topic)",
+        )
+        .bind(before_ms)
+        .bind(prefix)
+        .execute(&self.inner.pool)
+        .await
+        .map_err(backend_error)?;
+        Ok(done.rows_affected())
+    }
 }
 
 impl Inner {
@@ -509,6 +529,45 @@ mod tests {
         drop(subscription);
         publisher.close().await;
         consumer.close().await;
+        store.close().await;
+    }
+
+    /// Retention: only records every reading group has committed go, and only those of this
+    /// bus's prefix; a topic nobody reads keeps everything.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn trim_removes_only_what_every_group_committed() {
+        let (store, dir) = testing::sqlite_store().await;
+        let bus = SqlBus::connect(&testing::sqlite_url(dir.path()), 2, sql_options())
+            .await
+            .expect("bus");
+        bus.publish(&[
+            record("orders", "k", "one"),
+            record("orders", "k", "two"),
+            record("orders", "k", "three"),
+            record("unread", "k", "kept"),
+        ])
+        .await
+        .expect("publish");
+        let mut fast = subscribe(&bus, "fast", &["orders"]).await;
+        let got = receive_n(fast.as_mut(), 3).await;
+        fast.commit(&got[2]).await.expect("commit");
+        let mut slow = subscribe(&bus, "slow", &["orders"]).await;
+        let got = receive_n(slow.as_mut(), 2).await;
+        slow.commit(&got[1]).await.expect("commit");
+        drop((fast, slow));
+        let far_future = i64::MAX / 2;
+        assert_eq!(bus.trim(0).await.expect("trim"), 0, "nothing is old enough");
+        assert_eq!(
+            bus.trim(far_future).await.expect("trim"),
+            2,
+            "what both groups read"
+        );
+        let mut slow = subscribe(&bus, "slow", &["orders"]).await;
+        assert_eq!(payloads(&[receive(slow.as_mut()).await]), ["three"]);
+        let mut late = subscribe(&bus, "late", &["unread"]).await;
+        assert_eq!(payloads(&[receive(late.as_mut()).await]), ["kept"]);
+        drop((slow, late));
+        bus.close().await;
         store.close().await;
     }
 

@@ -56,6 +56,8 @@ pub struct Settings {
     pub payment_url_wait: Duration,
     /// Prefix of consumer group names (the bus prefixes topics itself).
     pub group_prefix: String,
+    /// How long the outbox, processed event ids and the in-process bus keep what is done.
+    pub retention: Duration,
 }
 
 /// Shared by the services of a node.
@@ -98,6 +100,7 @@ impl CheckoutNode {
         settings: Settings,
         store: Store,
         bus: Arc<dyn Bus>,
+        sql_bus: Option<holdfast_bus::SqlBus>,
         node: Option<Arc<NodeBackend>>,
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<Self> {
@@ -154,6 +157,12 @@ impl CheckoutNode {
             )));
         }
         if settings.roles.any() {
+            tasks.push(tokio::spawn(retention(
+                ctx.clone(),
+                sql_bus,
+                settings.retention,
+                stopped.clone(),
+            )));
             tasks.push(tokio::spawn(relay::run(
                 store,
                 bus,
@@ -254,6 +263,37 @@ impl Checkout for CheckoutNode {
                 paid: false,
                 order_status: None,
             },
+        }
+    }
+}
+
+/// Every hour: forgets what is done and older than `keep` (published outbox records, processed
+/// event ids, bus records every group read).
+async fn retention(
+    ctx: Ctx,
+    sql_bus: Option<holdfast_bus::SqlBus>,
+    keep: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let before = ctx.now_ms() - i64::try_from(keep.as_millis()).unwrap_or(i64::MAX / 2);
+        match ctx.store.saga_purge(before).await {
+            Ok((outbox, processed)) if outbox + processed > 0 => {
+                tracing::info!(outbox, processed, "forgot old saga records");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "purging old saga records failed"),
+        }
+        if let Some(bus) = &sql_bus {
+            match bus.trim(before).await {
+                Ok(0) => {}
+                Ok(trimmed) => tracing::info!(trimmed, "trimmed old bus records"),
+                Err(e) => tracing::warn!(error = %e, "trimming the bus failed"),
+            }
         }
     }
 }
