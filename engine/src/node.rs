@@ -544,6 +544,11 @@ async fn start_checkout(
         payment_url_wait: Duration::from_millis(config.payment_url_wait_ms),
         group_prefix: config.bus_prefix.clone(),
         retention: Duration::from_secs(config.saga_retention_hours.saturating_mul(3600)),
+        consumer_concurrency: if store.backend() == holdfast_persistence::Backend::Sqlite {
+            1
+        } else {
+            16
+        },
     };
     let (bus, sql_bus) = saga_bus(config, store).await?;
     CheckoutNode::start(settings, store.clone(), bus, sql_bus, Some(backend), clock)

@@ -202,17 +202,11 @@ pub struct OutboxLease {
 impl OutboxLease {
     /// Marks the batch published and releases the relay lock.
     pub async fn published(self) -> Result<(), Error> {
-        let (Some(first), Some(last)) = (self.records.first(), self.records.last()) else {
+        let seqs: Vec<i64> = self.records.iter().map(|r| r.seq).collect();
+        let Some(sql) = mark_published_sql(&seqs) else {
             return Ok(());
         };
-        let (first, last) = (first.seq, last.seq);
-        let mark = sqlx::query(
-            "UPDATE outbox SET published_at = $3 \
-             WHERE seq >= $1 AND seq <= $2 AND published_at IS NULL",
-        )
-        .bind(first)
-        .bind(last)
-        .bind(now_ms());
+        let mark = sqlx::query(&sql).bind(now_ms());
         match self.tx {
             Some(mut tx) => {
                 mark.execute(&mut *tx).await?;
@@ -224,6 +218,20 @@ impl OutboxLease {
         }
         Ok(())
     }
+}
+
+/// Marks exactly these records, never a range: on PostgreSQL a record with a lower `seq` can
+/// commit after the relay read past it (its transaction took the number first), and a range
+/// would mark it published without publishing it.
+fn mark_published_sql(seqs: &[i64]) -> Option<String> {
+    if seqs.is_empty() {
+        return None;
+    }
+    let list: Vec<String> = seqs.iter().map(i64::to_string).collect();
+    Some(format!(
+        "UPDATE outbox SET published_at = $1 WHERE published_at IS NULL AND seq IN ({})",
+        list.join(", ")
+    ))
 }
 
 fn pending_record(row: &AnyRow) -> Result<PendingRecord, Error> {
@@ -477,17 +485,11 @@ impl Store {
         }
     }
 
-    /// Marks outbox records up to and including `last_seq` as published.
-    pub async fn outbox_published(&self, first_seq: i64, last_seq: i64) -> Result<(), Error> {
-        sqlx::query(
-            "UPDATE outbox SET published_at = $3 \
-             WHERE seq >= $1 AND seq <= $2 AND published_at IS NULL",
-        )
-        .bind(first_seq)
-        .bind(last_seq)
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await?;
+    /// Marks the outbox records `seqs` as published.
+    pub async fn outbox_published(&self, seqs: &[i64]) -> Result<(), Error> {
+        if let Some(sql) = mark_published_sql(seqs) {
+            sqlx::query(&sql).bind(now_ms()).execute(&self.pool).await?;
+        }
         Ok(())
     }
 }

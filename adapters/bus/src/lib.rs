@@ -78,4 +78,10 @@ pub trait Subscription: Send + Debug {
 
     /// Records that `delivery` (and every earlier record of its partition) is processed.
     async fn commit(&mut self, delivery: &Delivery) -> Result<(), Error>;
+
+    /// True when `next` has a delivery at hand without waiting, so a consumer may handle it
+    /// before committing (one commit for a batch). False when unknown.
+    fn has_buffered(&self) -> bool {
+        false
+    }
 }

@@ -424,6 +424,10 @@ impl Subscription for SqlSubscription {
         .map_err(backend_error)?;
         Ok(())
     }
+
+    fn has_buffered(&self) -> bool {
+        !self.buffered.is_empty()
+    }
 }
 
 #[cfg(test)]

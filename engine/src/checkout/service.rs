@@ -58,6 +58,9 @@ pub struct Settings {
     pub group_prefix: String,
     /// How long the outbox, processed event ids and the in-process bus keep what is done.
     pub retention: Duration,
+    /// Orders a consumer handles at once (PostgreSQL commits them side by side; SQLite has
+    /// one writer, so 1 is best there).
+    pub consumer_concurrency: usize,
 }
 
 /// Shared by the services of a node.
@@ -153,6 +156,7 @@ impl CheckoutNode {
                 Arc::clone(&bus),
                 consumer,
                 settings.group_prefix.clone(),
+                settings.consumer_concurrency,
                 stopped.clone(),
             )));
         }
