@@ -32,8 +32,8 @@ const LIST_MAX: u32 = 100;
 pub(crate) struct Orders {
     ctx: Ctx,
     node: Arc<NodeBackend>,
-    /// Notified whenever a payment URL is recorded, for `create` waiting on it.
-    payment_ready: Notify,
+    /// `POST /v1/orders` requests waiting for their payment URL, by order.
+    waiting: std::sync::Mutex<std::collections::HashMap<Uuid, Arc<Notify>>>,
     payment_url_wait: Duration,
 }
 
@@ -100,7 +100,7 @@ impl Orders {
         Self {
             ctx,
             node,
-            payment_ready: Notify::new(),
+            waiting: std::sync::Mutex::default(),
             payment_url_wait,
         }
     }
@@ -235,43 +235,57 @@ impl Orders {
         tx.commit().await.map_err(store_error)?;
         self.ctx.relay.notify_one();
         metrics::counter!("holdfast_orders_created_total").increment(1);
-        Ok((self.wait_for_payment_url(order_id, row).await, true))
+        Ok((self.wait_for_payment_url(order_id, row).await?, true))
     }
 
     /// The order once the payment service has created its payment page, or as it is after
     /// `payment_url_wait` (the URL then appears on `GET /v1/orders/{id}`).
-    async fn wait_for_payment_url(&self, id: OrderId, row: OrderRow) -> OrderView {
+    async fn wait_for_payment_url(
+        &self,
+        id: OrderId,
+        row: OrderRow,
+    ) -> Result<OrderView, CheckoutError> {
         let deadline = tokio::time::Instant::now() + self.payment_url_wait;
+        let ready = Arc::clone(
+            self.waiting
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(id.0)
+                .or_default(),
+        );
         let mut latest = row;
         loop {
-            let ready = self.payment_ready.notified();
-            tokio::pin!(ready);
-            ready.as_mut().enable();
+            // A wake between the read and the wait leaves a permit: it is not lost.
             if let Ok(Some(row)) = self.ctx.store.order(id.0).await {
                 latest = row;
             }
             if latest.payment_url.is_some() || latest.status != PENDING {
                 break;
             }
-            if tokio::time::timeout_at(deadline, ready).await.is_err() {
+            if tokio::time::timeout_at(deadline, ready.notified())
+                .await
+                .is_err()
+            {
                 break;
             }
         }
-        view(&latest).unwrap_or_else(|_| OrderView {
-            id,
-            user: UserId(latest.user_id),
-            hold: HoldRef {
-                event_id: holdfast_actors::EventId(latest.event_id),
-                hold_id: HoldId(Uuid::nil()),
-            },
-            status: latest.status.clone(),
-            amount: latest.amount,
-            currency: latest.currency.clone(),
-            items: vec![],
-            payment_url: latest.payment_url.clone(),
-            note: latest.note.clone(),
-            created_at_ms: latest.created_at,
-        })
+        self.waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id.0);
+        view(&latest)
+    }
+
+    /// Wakes the request waiting for this order's payment URL, if there is one.
+    fn wake(&self, order: Uuid) {
+        if let Some(ready) = self
+            .waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&order)
+        {
+            ready.notify_one();
+        }
     }
 
     pub(crate) async fn get(&self, id: OrderId) -> Result<Option<OrderView>, CheckoutError> {
@@ -365,7 +379,7 @@ impl Orders {
             tx.update_order(&row).await?;
         }
         tx.commit().await?;
-        self.payment_ready.notify_waiters();
+        self.wake(env.order_id);
         Ok(())
     }
 
@@ -469,7 +483,7 @@ impl Orders {
             .await?;
         tx.commit().await?;
         self.ctx.relay.notify_one();
-        self.payment_ready.notify_waiters();
+        self.wake(env.order_id);
         Ok(())
     }
 
@@ -512,7 +526,7 @@ impl Orders {
         }
         tx.commit().await?;
         self.ctx.relay.notify_one();
-        self.payment_ready.notify_waiters();
+        self.wake(env.order_id);
         Ok(())
     }
 }
