@@ -449,7 +449,8 @@ async fn saga_bus(
                     ..holdfast_bus::SqlBusOptions::default()
                 },
             )
-            .context("opening the in-process bus")?;
+            .context("opening the in-process bus")?
+            .with_write_gate(store.write_gate());
             (Arc::new(bus.clone()), Some(bus))
         }
     })

@@ -252,7 +252,7 @@ const OUTBOX_PENDING: &str = "SELECT seq, id, topic, record_key, payload FROM ou
 /// One service transaction; dropped without [`CheckoutTx::commit`] it rolls back.
 #[derive(Debug)]
 pub struct CheckoutTx {
-    tx: Transaction<'static, Any>,
+    tx: crate::WriteTx,
     /// `FOR UPDATE` on PostgreSQL; SQLite's write transaction already holds the lock.
     lock: &'static str,
 }

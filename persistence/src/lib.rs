@@ -8,6 +8,7 @@
 //! column types differ (`BLOB` / `BYTEA`).
 
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use sqlx::any::{Any, AnyPoolOptions};
@@ -90,6 +91,37 @@ impl Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// SQLite has one writer: write transactions of this process queue here, in order, instead
+    /// of sleeping in SQLite's busy handler (1 to 100 ms steps) while another one commits.
+    write_gate: Option<Arc<tokio::sync::Mutex<()>>>,
+}
+
+/// A write transaction; on SQLite it also holds the process's write turn until it ends.
+/// Dereferences to the connection, as sqlx's `Transaction` does.
+#[derive(Debug)]
+pub struct WriteTx {
+    tx: Transaction<'static, Any>,
+    _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl WriteTx {
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = sqlx::AnyConnection;
+
+    fn deref(&self) -> &Self::Target {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.tx
+    }
 }
 
 impl Store {
@@ -118,7 +150,13 @@ impl Store {
             }
             Backend::Postgres => options.connect(url).await?,
         };
-        Ok(Store { pool, backend })
+        let write_gate =
+            (backend == Backend::Sqlite).then(|| Arc::new(tokio::sync::Mutex::new(())));
+        Ok(Store {
+            pool,
+            backend,
+            write_gate,
+        })
     }
 
     pub fn backend(&self) -> Backend {
@@ -167,11 +205,22 @@ impl Store {
     /// SQLite takes the write lock up front (`BEGIN IMMEDIATE`): a deferred transaction that
     /// reads and then writes fails at once with `SQLITE_BUSY`, without waiting for the busy
     /// timeout, when another connection committed in between.
-    pub(crate) async fn begin_write(&self) -> Result<Transaction<'static, Any>, sqlx::Error> {
-        match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
-            Backend::Postgres => self.pool.begin().await,
-        }
+    pub(crate) async fn begin_write(&self) -> Result<WriteTx, sqlx::Error> {
+        let turn = match &self.write_gate {
+            Some(gate) => Some(Arc::clone(gate).lock_owned().await),
+            None => None,
+        };
+        let tx = match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        };
+        Ok(WriteTx { tx, _turn: turn })
+    }
+
+    /// The write turn of this process on SQLite (`None` on PostgreSQL), for other crates that
+    /// write to the same database (the in-process bus).
+    pub fn write_gate(&self) -> Option<Arc<tokio::sync::Mutex<()>>> {
+        self.write_gate.clone()
     }
 
     /// Begins a read-only transaction whose statements all see one snapshot.

@@ -87,6 +87,9 @@ struct Inner {
     options: SqlBusOptions,
     /// Woken after every publish through this bus.
     published: Notify,
+    /// The write turn shared with the other writers of this process on SQLite (see
+    /// [`SqlBus::with_write_gate`]).
+    write_gate: Option<Arc<tokio::sync::Mutex<()>>>,
 }
 
 /// Rows per `INSERT`: 1 + 3 × 300 bind parameters stay below the limits of both backends.
@@ -142,8 +145,20 @@ impl SqlBus {
                 backend,
                 options,
                 published: Notify::new(),
+                write_gate: None,
             }),
         }
+    }
+
+    /// Takes the write turn `gate` before each write, shared with the other writers of the
+    /// same SQLite database in this process (`holdfast_persistence::Store::write_gate`), so
+    /// writers queue in order instead of sleeping in SQLite's busy handler. Set it before the
+    /// bus is cloned or subscribed to.
+    pub fn with_write_gate(mut self, gate: Option<Arc<tokio::sync::Mutex<()>>>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.write_gate = gate;
+        }
+        self
     }
 
     /// Closes the pool; later calls fail.
@@ -260,6 +275,10 @@ impl Bus for SqlBus {
         let inner = &*self.inner;
         let topics: Vec<String> = records.iter().map(|r| inner.full_name(&r.topic)).collect();
         let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+        let _turn = match &inner.write_gate {
+            Some(gate) => Some(gate.lock().await),
+            None => None,
+        };
         let mut tx = inner
             .begin_publish(&topic_refs)
             .await
@@ -407,6 +426,10 @@ impl Subscription for SqlSubscription {
                 delivery.topic
             )));
         }
+        let _turn = match &bus.write_gate {
+            Some(gate) => Some(gate.lock().await),
+            None => None,
+        };
         // Never backwards: another member of the group may have committed further already.
         sqlx::query(
             "INSERT INTO bus_offsets (group_name, topic, committed_seq, committed_at) \
