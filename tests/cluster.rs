@@ -1,14 +1,16 @@
 //! Cluster tests with real processes on loopback and a real PostgreSQL database: routing from
-//! every node, a shard moved during a flash sale, `kill -9` of a node under load, and a paused
-//! owner fenced after its shard moved.
+//! every node, a shard moved during a flash sale, `kill -9` of a node under load, a paused
+//! owner fenced after its shard moved, and a purchase whose steps cross the nodes.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use holdfast_actors::EventId;
-use holdfast_tests::{Backend, Client, Reply, ServerProcess, TicketType, free_port, poll_until};
-use serde_json::Value;
+use holdfast_tests::{
+    Backend, Client, Reply, ServerProcess, TicketType, free_port, poll_until, press, serve_vnpay,
+};
+use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
 const SHARDS: u32 = 8;
@@ -426,4 +428,125 @@ async fn a_paused_owner_is_fenced_and_steps_down() {
         let read = cluster.client(1).get_hold(&buyer, id).await;
         assert_eq!(read.status, 200, "{read}");
     }
+}
+
+/// A purchase whose every step lands on another node: hold through node 1, order through node
+/// 2, VNPAY's IPN to node 2, tickets read from node 0, check-in at node 1. Every node runs every
+/// service on the shared database, so each event reaches three consumers of its group: the
+/// sale still happens once (one payment, one ticket per seat, one message per event).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purchase_across_the_nodes_happens_once() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the VNPAY stand-in");
+    let sim = format!("http://{}", listener.local_addr().expect("address"));
+    let pay_url = format!("{sim}/paymentv2/vpcpay.html");
+    let cluster = TestCluster::start(3, 3, &[("HOLDFAST_VNPAY_PAY_URL", &pay_url)]).await;
+    serve_vnpay(
+        listener,
+        format!("{}/v1/payments/vnpay/ipn", cluster.client(2).base_url()),
+    );
+    let organizer = cluster.nodes[0].organizer_token().await;
+    let event = cluster
+        .client(0)
+        .create_event(&organizer, &[TicketType::new("GA", 10, Some(4))])
+        .await;
+    let staff = cluster.nodes[0].user_token("staff").await;
+    let buyer = cluster.client(1).customer_token().await;
+    let hold = cluster.client(1).hold(&buyer, &event, &[("GA", 2)]).await;
+    hold.assert_status(201);
+    let order = cluster
+        .client(2)
+        .post(
+            "/v1/orders",
+            Some(&buyer),
+            &json!({"hold_id": hold.body["id"]}),
+        )
+        .await;
+    order.assert_status(201);
+    let id = order.body["id"].as_str().expect("order id").to_owned();
+    let path = format!("/v1/orders/{id}");
+    let url = poll_until(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || async {
+            let reply = cluster.client(0).get(&path, Some(&buyer)).await;
+            reply.body["payment_url"].as_str().map(str::to_owned)
+        },
+    )
+    .await
+    .expect("a payment URL");
+    press(&sim, &url, true).await;
+    poll_until(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || async {
+            let reply = cluster.client(1).get(&path, Some(&buyer)).await;
+            (reply.body["status"] == "confirmed").then_some(())
+        },
+    )
+    .await
+    .expect("the order is confirmed");
+    let tickets_path = format!("/v1/orders/{id}/tickets");
+    let tickets = poll_until(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || async {
+            let reply = cluster.client(0).get(&tickets_path, Some(&buyer)).await;
+            reply.body.as_array().filter(|l| l.len() >= 2).cloned()
+        },
+    )
+    .await
+    .expect("tickets");
+    assert_eq!(tickets.len(), 2);
+    cluster
+        .client(1)
+        .post(
+            "/v1/checkin",
+            Some(&staff),
+            &json!({"code": tickets[0]["code"]}),
+        )
+        .await
+        .assert_status(200);
+    cluster
+        .client(2)
+        .post(
+            "/v1/checkin",
+            Some(&staff),
+            &json!({"code": tickets[0]["code"]}),
+        )
+        .await
+        .assert_problem(409, "already-admitted");
+    let stock = cluster
+        .client(2)
+        .get(&format!("/v1/events/{event}/availability"), None)
+        .await;
+    assert_eq!(stock.body["ticket_types"][0]["sold"], 2);
+    // Give every node's consumers time to see every record, then count.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let db = cluster.nodes[0].sandbox().database().url().to_owned();
+    let count = |sql: &'static str| {
+        let db = db.clone();
+        async move {
+            sqlx::any::install_default_drivers();
+            let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&db)
+                .await
+                .expect("connect");
+            let row = sqlx::query(sql).fetch_one(&mut conn).await.expect(sql);
+            sqlx::Row::try_get::<i64, _>(&row, 0).expect("a count")
+        }
+    };
+    assert_eq!(count("SELECT COUNT(*) FROM orders").await, 1);
+    assert_eq!(count("SELECT COUNT(*) FROM payments").await, 1);
+    assert_eq!(count("SELECT COUNT(*) FROM tickets").await, 2);
+    assert_eq!(
+        count("SELECT COUNT(*) FROM notifications").await,
+        2,
+        "the payment link and the tickets, once each"
+    );
+    assert_eq!(
+        count("SELECT COUNT(*) FROM outbox").await,
+        count("SELECT COUNT(*) FROM bus_records").await,
+        "every outbox record published once, whichever node's relay had the turn"
+    );
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use holdfast_engine::Config;
 use holdfast_tests::{
     Backend, Client, InProcessNode, ServerProcess, TestDatabase, TicketType, VNPAY_HASH_SECRET,
-    VNPAY_TMN_CODE, on_both_backends, poll_until,
+    VNPAY_TMN_CODE, on_both_backends, poll_until, press, serve_vnpay,
 };
 use serde_json::{Value, json};
 use sqlx::{AnyConnection, Connection as _, Row as _};
@@ -151,42 +151,6 @@ impl Shop {
             .expect("connect to the test database");
         sqlx::query(sql).execute(&mut conn).await.expect(sql);
     }
-}
-
-/// Serves VNPAY's stand-in for the test merchant on `listener`, calling `ipn` with results.
-fn serve_vnpay(listener: tokio::net::TcpListener, ipn: String) {
-    let router = holdfast_vnpay::sim::router(holdfast_vnpay::sim::SimConfig {
-        hash_secret: VNPAY_HASH_SECRET.to_owned(),
-        tmn_code: VNPAY_TMN_CODE.to_owned(),
-        merchant_ipn_url: ipn,
-    });
-    tokio::spawn(async move { axum::serve(listener, router).await });
-}
-
-/// Presses Pay (or Cancel) on the stand-in's payment page; returns the return URL it
-/// redirects the browser to.
-async fn press(sim: &str, payment_url: &str, pay: bool) -> String {
-    let query = payment_url.split_once('?').expect("signed query").1;
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("client");
-    let page = http.get(payment_url).send().await.expect("payment page");
-    assert_eq!(page.status(), 200, "the stand-in shows the payment page");
-    let button = if pay { "pay" } else { "cancel" };
-    let reply = http
-        .post(format!("{}/paymentv2/{button}", sim))
-        .form(&[("q", query)])
-        .send()
-        .await
-        .expect("press the button");
-    assert_eq!(reply.status(), 302, "{:?}", reply.text().await);
-    reply
-        .headers()
-        .get("location")
-        .and_then(|v| v.to_str().ok())
-        .expect("redirect to the return URL")
-        .to_owned()
 }
 
 /// The signed parameters of a VNPAY result for `order` of `amount` VND.

@@ -1091,3 +1091,42 @@ pub fn hold_seats(hold: &Value) -> BTreeMap<String, u64> {
     }
     seats
 }
+
+// ---------------------------------------------------------------------------------------------
+// The VNPAY stand-in
+
+/// Serves VNPAY's stand-in for the test merchant on `listener`, calling `ipn` with results.
+pub fn serve_vnpay(listener: tokio::net::TcpListener, ipn: String) {
+    let router = holdfast_vnpay::sim::router(holdfast_vnpay::sim::SimConfig {
+        hash_secret: VNPAY_HASH_SECRET.to_owned(),
+        tmn_code: VNPAY_TMN_CODE.to_owned(),
+        merchant_ipn_url: ipn,
+    });
+    tokio::spawn(async move { axum::serve(listener, router).await });
+}
+
+/// Presses Pay (or Cancel) on the stand-in's payment page; returns the return URL it
+/// redirects the browser to.
+pub async fn press(sim: &str, payment_url: &str, pay: bool) -> String {
+    let query = payment_url.split_once('?').expect("signed query").1;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let page = http.get(payment_url).send().await.expect("payment page");
+    assert_eq!(page.status(), 200, "the stand-in shows the payment page");
+    let button = if pay { "pay" } else { "cancel" };
+    let reply = http
+        .post(format!("{}/paymentv2/{button}", sim))
+        .form(&[("q", query)])
+        .send()
+        .await
+        .expect("press the button");
+    assert_eq!(reply.status(), 302, "{:?}", reply.text().await);
+    reply
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .expect("redirect to the return URL")
+        .to_owned()
+}
