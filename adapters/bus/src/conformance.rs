@@ -22,10 +22,8 @@ macro_rules! bus_test_suite {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    let (store, dir) = super::testing::sqlite_store().await;
-                    let url = super::testing::sqlite_url(dir.path());
-                    let bus = super::SqlBus::connect(&url, 4, super::sql_options())
-                        .await
+                    let (store, _dir) = super::testing::sqlite_store().await;
+                    let bus = super::SqlBus::new(store.pool().clone(), super::sql_options())
                         .expect("open sql bus");
                     super::within_deadline(super::$name(&bus)).await;
                     bus.close().await;

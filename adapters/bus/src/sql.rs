@@ -18,8 +18,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use sqlx::any::{Any, AnyPoolOptions};
-use sqlx::{AnyPool, Executor, Row, Transaction};
+use sqlx::any::Any;
+use sqlx::{AnyPool, Row, Transaction};
 use tokio::sync::Notify;
 
 use crate::{Bus, Delivery, Error, Record, Subscription};
@@ -103,38 +103,6 @@ impl SqlBus {
     /// The bus on an existing, migrated pool (SQLite or PostgreSQL, told apart by its URL).
     pub fn new(pool: AnyPool, options: SqlBusOptions) -> Result<Self, Error> {
         let backend = Backend::of_url(pool.connect_options().database_url.as_str())?;
-        Ok(Self::with_backend(pool, backend, options))
-    }
-
-    /// Opens a pool of at most `max_connections` to `sqlite://…` or `postgres://…`, which must
-    /// be migrated already. SQLite connections get the settings of the persistence crate: WAL,
-    /// `synchronous = FULL` (a published record survives `kill -9` and power loss) and a busy
-    /// timeout.
-    pub async fn connect(
-        url: &str,
-        max_connections: u32,
-        options: SqlBusOptions,
-    ) -> Result<Self, Error> {
-        sqlx::any::install_default_drivers();
-        let backend = Backend::of_url(url)?;
-        let pool_options = AnyPoolOptions::new().max_connections(max_connections.max(1));
-        let pool = match backend {
-            Backend::Sqlite => {
-                pool_options
-                    .after_connect(|conn, _| {
-                        Box::pin(async move {
-                            conn.execute("PRAGMA journal_mode = WAL").await?;
-                            conn.execute("PRAGMA synchronous = FULL").await?;
-                            conn.execute("PRAGMA busy_timeout = 5000").await?;
-                            Ok(())
-                        })
-                    })
-                    .connect(url)
-                    .await
-            }
-            Backend::Postgres => pool_options.connect(url).await,
-        }
-        .map_err(backend_error)?;
         Ok(Self::with_backend(pool, backend, options))
     }
 
@@ -508,10 +476,8 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_publish_wakes_the_subscriptions_of_the_same_bus_at_once() {
-        let (store, dir) = testing::sqlite_store().await;
-        let bus = SqlBus::connect(&testing::sqlite_url(dir.path()), 2, no_polling())
-            .await
-            .expect("open sql bus");
+        let (store, _dir) = testing::sqlite_store().await;
+        let bus = SqlBus::new(store.pool().clone(), no_polling()).expect("bus");
         let mut subscription = subscribe(&bus, "waiter", &["orders"]).await;
         let waiting = tokio::time::timeout(Duration::from_secs(5), subscription.next());
         let publishing = async {
@@ -538,10 +504,12 @@ mod tests {
             poll_interval_ms: 100,
             ..sql_options()
         };
-        let publisher = SqlBus::connect(&url, 2, options.clone())
+        // Two pools on one database file, as two processes would have.
+        let other = holdfast_persistence::Store::connect(&url, 2)
             .await
-            .expect("bus");
-        let consumer = SqlBus::connect(&url, 2, options).await.expect("bus");
+            .expect("second store");
+        let publisher = SqlBus::new(store.pool().clone(), options.clone()).expect("bus");
+        let consumer = SqlBus::new(other.pool().clone(), options).expect("bus");
         let mut subscription = subscribe(&consumer, "poller", &["orders"]).await;
         let waiting = tokio::time::timeout(Duration::from_secs(5), subscription.next());
         let publishing = async {
@@ -563,10 +531,8 @@ mod tests {
     /// bus's prefix; a topic nobody reads keeps everything.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn trim_removes_only_what_every_group_committed() {
-        let (store, dir) = testing::sqlite_store().await;
-        let bus = SqlBus::connect(&testing::sqlite_url(dir.path()), 2, sql_options())
-            .await
-            .expect("bus");
+        let (store, _dir) = testing::sqlite_store().await;
+        let bus = SqlBus::new(store.pool().clone(), sql_options()).expect("bus");
         bus.publish(&[
             record("orders", "k", "one"),
             record("orders", "k", "two"),
@@ -602,10 +568,8 @@ mod tests {
     /// commit, whatever the order of the commits.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_group_offset_never_moves_backwards() {
-        let (store, dir) = testing::sqlite_store().await;
-        let bus = SqlBus::connect(&testing::sqlite_url(dir.path()), 2, sql_options())
-            .await
-            .expect("open sql bus");
+        let (store, _dir) = testing::sqlite_store().await;
+        let bus = SqlBus::new(store.pool().clone(), sql_options()).expect("bus");
         let records: Vec<Record> = (0..4)
             .map(|i| record("orders", "order-1", format!("event {i}")))
             .collect();
