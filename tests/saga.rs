@@ -9,7 +9,7 @@ use std::time::Duration;
 use holdfast_engine::Config;
 use holdfast_tests::{
     Backend, Client, InProcessNode, ServerProcess, TestDatabase, TicketType, VNPAY_HASH_SECRET,
-    VNPAY_TMN_CODE, on_both_backends, poll_until, press, serve_vnpay,
+    VNPAY_TMN_CODE, on_both_backends, poll_until, press, serve_vnpay, zbar_decode,
 };
 use serde_json::{Value, json};
 use sqlx::{AnyConnection, Connection as _, Row as _};
@@ -25,6 +25,7 @@ struct Shop {
     node: InProcessNode,
     sim: String,
     event: String,
+    organizer: String,
     staff: String,
 }
 
@@ -60,11 +61,12 @@ impl Shop {
             .client()
             .create_event(&organizer, &[TicketType::new("GA", capacity, Some(4))])
             .await;
-        let staff = node.user_token(holdfast_gateway::auth::Role::Staff).await;
+        let staff = node.client().staff_token(&organizer).await;
         Self {
             node,
             sim,
             event,
+            organizer,
             staff,
         }
     }
@@ -137,6 +139,40 @@ impl Shop {
         reply.body
     }
 
+    /// A new buyer who paid for `quantity` seats: (token, order id, tickets).
+    async fn bought(&self, quantity: i64) -> (String, String, Vec<Value>) {
+        let (buyer, hold) = self.buyer_with_hold(quantity).await;
+        let order = self.order(&buyer, &hold, "k").await;
+        let id = order["id"].as_str().expect("order id").to_owned();
+        self.press(order["payment_url"].as_str().expect("payment URL"), true)
+            .await;
+        self.wait_status(&buyer, &id, "confirmed").await;
+        let count = usize::try_from(quantity).expect("a quantity");
+        let tickets = self.tickets(&buyer, &id, count).await;
+        (buyer, id, tickets)
+    }
+
+    /// `POST /v1/checkin` of `code` at event `event`'s door.
+    async fn checkin(&self, token: &str, code: &Value, event: &str) -> holdfast_tests::Reply {
+        self.client()
+            .post(
+                "/v1/checkin",
+                Some(token),
+                &json!({"code": code, "event_id": event}),
+            )
+            .await
+    }
+
+    /// Waits until the stock of `GA` reads `(sold, available)`.
+    async fn wait_stock(&self, sold: u64, available: u64) {
+        poll_until(WAIT, Duration::from_millis(50), || async {
+            let stock = self.client().stock(&self.event, "GA").await;
+            ((stock.sold, stock.available) == (sold, available)).then_some(())
+        })
+        .await
+        .unwrap_or_else(|| panic!("the stock of GA never read sold {sold}, available {available}"));
+    }
+
     async fn count(&self, sql: &str) -> i64 {
         let mut conn = AnyConnection::connect(self.db().url())
             .await
@@ -178,22 +214,6 @@ fn note(order: &Value) -> &str {
     order["note"].as_str().unwrap_or("")
 }
 
-fn zbar_decode(png: &[u8]) -> String {
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let path = dir.path().join("ticket.png");
-    std::fs::write(&path, png).expect("write the PNG");
-    let out = std::process::Command::new("zbarimg")
-        .args(["--quiet", "--raw"])
-        .arg(&path)
-        .output()
-        .expect("zbarimg (Debian's zbar-tools) decodes QR images; tests/run installs it");
-    assert!(out.status.success(), "zbarimg failed: {out:?}");
-    String::from_utf8(out.stdout)
-        .expect("text")
-        .trim()
-        .to_owned()
-}
-
 /// The saga on PostgreSQL with Kafka (tansu, started by tests/run) as the bus: the same
 /// purchase, then every record published again, which changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -219,7 +239,11 @@ async fn purchase_over_kafka() {
     let tickets = shop.tickets(&buyer, &id, 2).await;
     let code = tickets[0]["code"].as_str().unwrap();
     shop.client()
-        .post("/v1/checkin", Some(&shop.staff), &json!({"code": code}))
+        .post(
+            "/v1/checkin",
+            Some(&shop.staff),
+            &json!({"code": code, "event_id": shop.event}),
+        )
         .await
         .assert_status(200);
     // No SQL bus in between: the records went through Kafka.
@@ -259,7 +283,11 @@ async fn purchase_over_kafka() {
         "the same tickets, no new ones"
     );
     shop.client()
-        .post("/v1/checkin", Some(&shop.staff), &json!({"code": code}))
+        .post(
+            "/v1/checkin",
+            Some(&shop.staff),
+            &json!({"code": code, "event_id": shop.event}),
+        )
         .await
         .assert_problem(409, "already-admitted");
     shop.node.shutdown().await;
@@ -390,7 +418,8 @@ async fn services_run_as_separate_processes_over_kafka() {
         .client()
         .create_event(&organizer, &[TicketType::new("GA", 5, Some(4))])
         .await;
-    let staff = core.user_token("staff").await;
+    // The tickets process keeps no catalog or accounts of its own: an admin checks in there.
+    let staff = core.user_token("admin").await;
     let buyer = core.client().customer_token().await;
     let hold = core.client().hold(&buyer, &event, &[("GA", 2)]).await;
     hold.assert_status(201);
@@ -439,7 +468,7 @@ async fn services_run_as_separate_processes_over_kafka() {
         .post(
             "/v1/checkin",
             Some(&staff),
-            &json!({"code": issued[0]["code"]}),
+            &json!({"code": issued[0]["code"], "event_id": event}),
         )
         .await
         .assert_status(200);
@@ -721,6 +750,9 @@ on_both_backends!(
     tampered_and_replayed_ipns_change_nothing,
     payment_after_expiry_rereserves_or_refunds,
     redelivery_and_lost_offsets_change_nothing,
+    checkin_is_tied_to_the_event_and_its_organizer,
+    refunds_keep_admitted_seats_and_follow_who_asks,
+    free_tickets_skip_payment,
 );
 
 async fn purchase_end_to_end(backend: Backend) {
@@ -820,19 +852,14 @@ async fn purchase_end_to_end(backend: Backend) {
 
     // Check-in: staff only, once, and nothing forged or altered gets in.
     let code = tickets[0]["code"].as_str().unwrap();
-    shop.client()
-        .post("/v1/checkin", Some(&buyer), &json!({"code": code}))
+    shop.checkin(&buyer, &json!(code), &shop.event)
         .await
         .assert_problem(403, "forbidden");
-    let admitted = shop
-        .client()
-        .post("/v1/checkin", Some(&shop.staff), &json!({"code": code}))
-        .await;
+    let admitted = shop.checkin(&shop.staff, &json!(code), &shop.event).await;
     admitted.assert_status(200);
     assert_eq!(admitted.body["status"], "admitted");
     assert_eq!(admitted.body["ticket_id"], tickets[0]["id"]);
-    shop.client()
-        .post("/v1/checkin", Some(&shop.staff), &json!({"code": code}))
+    shop.checkin(&shop.staff, &json!(code), &shop.event)
         .await
         .assert_problem(409, "already-admitted");
     let mut altered = code.to_owned();
@@ -844,8 +871,7 @@ async fn purchase_end_to_end(backend: Backend) {
     };
     altered.replace_range(flip..=flip, c);
     for forged in [altered.as_str(), "HF1.bm90LWEtdGlja2V0.c2ln", "", "hello"] {
-        shop.client()
-            .post("/v1/checkin", Some(&shop.staff), &json!({"code": forged}))
+        shop.checkin(&shop.staff, &json!(forged), &shop.event)
             .await
             .assert_problem(422, "invalid-ticket");
     }
@@ -853,36 +879,36 @@ async fn purchase_end_to_end(backend: Backend) {
     assert_eq!(list.body["orders"][0]["id"], id.as_str());
     assert_eq!(list.body["orders"].as_array().map(Vec::len), Some(1));
 
-    // A refund voids the tickets and puts the seats back.
+    // The buyer cannot refund a ticket used at the door; the organizer refunds the order,
+    // which voids the unused ticket and puts only its seat back.
+    let refund = format!("/v1/orders/{id}/refund");
+    shop.client()
+        .post(&refund, Some(&buyer), &json!({"reason": "cannot come"}))
+        .await
+        .assert_problem(409, "ticket-admitted");
     shop.client()
         .post(
-            &format!("/v1/orders/{id}/refund"),
-            Some(&buyer),
-            &json!({"reason": "cannot come"}),
+            &refund,
+            Some(&shop.organizer),
+            &json!({"reason": "goodwill"}),
         )
         .await
         .assert_status(202);
     shop.wait_status(&buyer, &id, "refunded").await;
     let second = tickets[1]["code"].as_str().unwrap();
     poll_until(WAIT, Duration::from_millis(50), || async {
-        let reply = shop
-            .client()
-            .post("/v1/checkin", Some(&shop.staff), &json!({"code": second}))
-            .await;
+        let reply = shop.checkin(&shop.staff, &json!(second), &shop.event).await;
         (reply.slug() == Some("invalid-ticket")).then_some(())
     })
     .await
     .expect("a refunded ticket stops admitting");
-    let stock = shop.client().stock(&shop.event, "GA").await;
-    assert_eq!((stock.sold, stock.available), (0, 10));
+    shop.wait_stock(1, 9).await;
     shop.client()
-        .post(
-            &format!("/v1/orders/{id}/refund"),
-            Some(&buyer),
-            &json!({"reason": "again"}),
-        )
+        .post(&refund, Some(&shop.organizer), &json!({"reason": "again"}))
         .await
         .assert_status(202);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    shop.wait_stock(1, 9).await;
     shop.node.shutdown().await;
 }
 
@@ -1140,4 +1166,282 @@ async fn counts(shop: &Shop) -> (i64, i64, i64, i64) {
         shop.count("SELECT COUNT(*) FROM outbox").await,
         shop.count("SELECT COUNT(*) FROM payments").await,
     )
+}
+
+/// Free tickets (price 0) need no payment: the order is confirmed at once and its tickets are
+/// issued through the saga as after a payment. A confirmed hold whose order was lost (a crash
+/// between the two steps) is completed by the next order for it, with the same tickets.
+async fn free_tickets_skip_payment(backend: Backend) {
+    let shop = Shop::open(backend, 10, |_| {}).await;
+    let organizer = shop.node.organizer_token().await;
+    let free = shop
+        .client()
+        .post(
+            "/v1/events",
+            Some(&organizer),
+            &json!({
+                "name": "Open rehearsal",
+                "venue": "My Dinh",
+                "starts_at": "2030-12-31T20:00:00Z",
+                "ticket_types": [{"code": "FREE", "name": "Free entry", "price": 0,
+                                  "currency": "VND", "capacity": 10, "per_user_limit": 4}],
+            }),
+        )
+        .await;
+    free.assert_status(201);
+    let event = free.body["id"].as_str().expect("event id").to_owned();
+    let buyer = shop.client().customer_token().await;
+    let hold = shop.client().hold(&buyer, &event, &[("FREE", 2)]).await;
+    hold.assert_status(201);
+    let hold = hold.body["id"].as_str().expect("hold id").to_owned();
+
+    let order = shop.order(&buyer, &hold, "free-1").await;
+    assert_eq!(order["status"], "confirmed", "{order}");
+    assert_eq!(order["amount"], 0);
+    assert!(order["payment_url"].is_null(), "{order}");
+    let id = order["id"].as_str().expect("order id").to_owned();
+    let stock = shop.client().stock(&event, "FREE").await;
+    assert_eq!((stock.sold, stock.held, stock.available), (2, 0, 8));
+    assert_eq!(
+        shop.client().get_hold(&buyer, &hold).await.body["status"],
+        "confirmed"
+    );
+    let tickets = shop.tickets(&buyer, &id, 2).await;
+    assert_eq!(tickets.len(), 2, "one ticket per seat");
+    for ticket in &tickets {
+        assert_eq!(ticket["status"], "valid");
+        let qr = shop
+            .client()
+            .get(
+                &format!("/v1/tickets/{}/qr.png", ticket["id"].as_str().unwrap()),
+                Some(&buyer),
+            )
+            .await;
+        qr.assert_status(200);
+        assert_eq!(zbar_decode(&qr.bytes), ticket["code"].as_str().unwrap());
+    }
+    assert_eq!(
+        shop.count("SELECT COUNT(*) FROM payments").await,
+        0,
+        "nothing to pay: the payments service never heard of the order"
+    );
+    // Ordering the hold again answers the same order.
+    let again = shop
+        .client()
+        .post("/v1/orders", Some(&buyer), &json!({"hold_id": hold}))
+        .await;
+    again.assert_status(200);
+    assert_eq!(again.body["id"], id.as_str());
+
+    // The order row lost after its hold was confirmed: the next order for the hold completes
+    // it under the same id, and the tickets are the same two.
+    shop.execute(&format!("DELETE FROM orders WHERE id = '{id}'"))
+        .await;
+    let recovered = shop
+        .client()
+        .post("/v1/orders", Some(&buyer), &json!({"hold_id": hold}))
+        .await;
+    recovered.assert_status(201);
+    assert_eq!(recovered.body["id"], id.as_str());
+    assert_eq!(recovered.body["status"], "confirmed");
+    // The tickets service took both OrderConfirmed events.
+    poll_until(WAIT, Duration::from_millis(50), || async {
+        let sql = "SELECT COUNT(*) FROM processed_events WHERE consumer = 'tickets'";
+        (shop.count(sql).await >= 2).then_some(())
+    })
+    .await
+    .expect("the tickets service hears of the completed order");
+    assert_eq!(
+        shop.count(&format!(
+            "SELECT COUNT(*) FROM tickets WHERE order_id = '{id}'"
+        ))
+        .await,
+        2
+    );
+    let stock = shop.client().stock(&event, "FREE").await;
+    assert_eq!((stock.sold, stock.held, stock.available), (2, 0, 8));
+    shop.node.shutdown().await;
+}
+
+/// Staff belong to an organizer and admit people to that organizer's events only; a genuine
+/// ticket of another event is `wrong-event`; the answer names the event, type and holder.
+async fn checkin_is_tied_to_the_event_and_its_organizer(backend: Backend) {
+    let shop = Shop::open(backend, 10, |_| {}).await;
+    let api = shop.client();
+    let other_organizer = shop.node.organizer_token().await;
+    let other_event = api
+        .create_event(&other_organizer, &[TicketType::new("GA", 10, None)])
+        .await;
+    let other_staff = api.staff_token(&other_organizer).await;
+    let (buyer, _, tickets) = shop.bought(2).await;
+    let (first, second) = (&tickets[0]["code"], &tickets[1]["code"]);
+
+    // Adding staff: organizers (for themselves) and admins only.
+    let organizer_id = api
+        .get(&format!("/v1/events/{}", shop.event), None)
+        .await
+        .body["organizer_id"]
+        .clone();
+    let staff_body = || {
+        let email = holdfast_tests::unique_email("door");
+        json!({"email": email, "password": holdfast_tests::PASSWORD, "name": "Door"})
+    };
+    let added = api
+        .post("/v1/organizer/staff", Some(&shop.organizer), &staff_body())
+        .await;
+    added.assert_status(201);
+    assert_eq!(added.body["role"], "staff");
+    assert_eq!(added.body["organizer_id"], organizer_id);
+    for token in [&buyer, &shop.staff] {
+        api.post("/v1/organizer/staff", Some(token), &staff_body())
+            .await
+            .assert_problem(403, "forbidden");
+    }
+
+    // Who may scan at this event's door.
+    for token in [&other_staff, &other_organizer, &buyer] {
+        shop.checkin(token, first, &shop.event)
+            .await
+            .assert_problem(403, "forbidden");
+    }
+    shop.checkin(&shop.staff, first, &other_event)
+        .await
+        .assert_problem(403, "forbidden");
+    // The other organizer's staff at their own door: a genuine ticket, of another event.
+    shop.checkin(&other_staff, first, &other_event)
+        .await
+        .assert_problem(422, "wrong-event");
+    // Both fields are required, nothing else is taken.
+    for body in [
+        json!({"code": first}),
+        json!({"event_id": shop.event}),
+        json!({"code": first, "event_id": shop.event, "gate": 3}),
+    ] {
+        api.post("/v1/checkin", Some(&shop.staff), &body)
+            .await
+            .assert_status(422);
+    }
+
+    let admitted = shop.checkin(&shop.staff, first, &shop.event).await;
+    admitted.assert_status(200);
+    assert_eq!(admitted.body["ticket_id"], tickets[0]["id"]);
+    assert_eq!(admitted.body["event_id"], shop.event.as_str());
+    assert_eq!(admitted.body["ticket_type"], "GA");
+    assert_eq!(admitted.body["status"], "admitted");
+    assert_eq!(admitted.body["holder"]["name"], "Customer");
+    // The event's organizer and admins scan too.
+    shop.checkin(&shop.organizer, second, &shop.event)
+        .await
+        .assert_status(200);
+    let admin = shop
+        .node
+        .user_token(holdfast_gateway::auth::Role::Admin)
+        .await;
+    shop.checkin(&admin, second, &shop.event)
+        .await
+        .assert_problem(409, "already-admitted");
+    shop.node.shutdown().await;
+}
+
+/// Only the buyer, the event's organizer and admins see and refund an order; the buyer never
+/// refunds an admitted ticket nor after the event started; an admitted seat never returns to
+/// stock; a refunded ticket's QR image is gone.
+async fn refunds_keep_admitted_seats_and_follow_who_asks(backend: Backend) {
+    let shop = Shop::open(backend, 10, |_| {}).await;
+    let api = shop.client();
+    let (buyer, id, tickets) = shop.bought(2).await;
+    let order = format!("/v1/orders/{id}");
+    let refund = format!("{order}/refund");
+    let qr = |t: &Value| format!("/v1/tickets/{}/qr.png", t["id"].as_str().unwrap());
+    let reason = json!({"reason": "cannot come"});
+
+    // Staff, strangers and other organizers find no such order, and refund nothing.
+    let stranger = api.customer_token().await;
+    let other_organizer = shop.node.organizer_token().await;
+    for token in [&shop.staff, &stranger, &other_organizer] {
+        api.get(&order, Some(token))
+            .await
+            .assert_problem(404, "order-not-found");
+        api.post(&refund, Some(token), &reason)
+            .await
+            .assert_problem(404, "order-not-found");
+        api.get(&format!("{order}/tickets"), Some(token))
+            .await
+            .assert_problem(404, "order-not-found");
+        api.get(&qr(&tickets[0]), Some(token))
+            .await
+            .assert_problem(404, "ticket-not-found");
+    }
+    // The event's organizer sees the order, its tickets and their images.
+    for path in [order.clone(), format!("{order}/tickets"), qr(&tickets[0])] {
+        api.get(&path, Some(&shop.organizer))
+            .await
+            .assert_status(200);
+    }
+    shop.wait_stock(2, 8).await;
+
+    // One ticket used at the door: the buyer cannot refund, the organizer can; the used
+    // seat stays sold.
+    shop.checkin(&shop.staff, &tickets[0]["code"], &shop.event)
+        .await
+        .assert_status(200);
+    api.post(&refund, Some(&buyer), &reason)
+        .await
+        .assert_problem(409, "ticket-admitted");
+    assert_eq!(
+        api.get(&order, Some(&buyer)).await.body["status"],
+        "confirmed"
+    );
+    api.post(&refund, Some(&shop.organizer), &reason)
+        .await
+        .assert_status(202);
+    shop.wait_status(&buyer, &id, "refunded").await;
+    shop.wait_stock(1, 9).await;
+    shop.checkin(&shop.staff, &tickets[1]["code"], &shop.event)
+        .await
+        .assert_problem(422, "invalid-ticket");
+    api.get(&qr(&tickets[1]), Some(&buyer))
+        .await
+        .assert_problem(410, "ticket-refunded");
+    let after = shop.tickets(&buyer, &id, 2).await;
+    assert_eq!(after[0]["status"], "admitted", "{after:?}");
+    assert_eq!(after[1]["status"], "void", "{after:?}");
+
+    // Nothing used: the buyer refunds before the event, and every seat comes back.
+    let (second_buyer, second_id, _) = shop.bought(2).await;
+    shop.wait_stock(3, 7).await;
+    api.post(
+        &format!("/v1/orders/{second_id}/refund"),
+        Some(&second_buyer),
+        &reason,
+    )
+    .await
+    .assert_status(202);
+    shop.wait_stock(1, 9).await;
+
+    // Once the event has started the buyer cannot refund; an admin still can.
+    let (late_buyer, late_id, _) = shop.bought(1).await;
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis()
+        - 1_000;
+    shop.execute(&format!(
+        "UPDATE events SET starts_at = {started} WHERE id = '{}'",
+        shop.event
+    ))
+    .await;
+    let late_refund = format!("/v1/orders/{late_id}/refund");
+    api.post(&late_refund, Some(&late_buyer), &reason)
+        .await
+        .assert_problem(409, "refund-not-allowed");
+    let admin = shop
+        .node
+        .user_token(holdfast_gateway::auth::Role::Admin)
+        .await;
+    api.post(&late_refund, Some(&admin), &reason)
+        .await
+        .assert_status(202);
+    shop.wait_stock(1, 9).await;
+    shop.node.shutdown().await;
 }

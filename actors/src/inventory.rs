@@ -93,6 +93,11 @@ pub enum Command {
     Return { order_id: OrderId },
     /// Ends every hold whose expiry is at or before `now`.
     Expire,
+    /// Puts a confirmed order's seats back on sale except `keep`, which stay sold to the order
+    /// (seats already used at the door). Afterwards the order holds just `keep`; with `keep`
+    /// empty this is [`Command::Return`]. Idempotent: `keep` is clamped to what the order holds,
+    /// so once the order holds no more than `keep`, nothing changes.
+    ReturnPart { order_id: OrderId, keep: Vec<Line> },
 }
 
 /// What happened; the journal stores these and replay applies them.
@@ -134,6 +139,12 @@ pub enum Event {
     /// Released and expired holds that ended before `before` are dropped from memory.
     HoldsForgotten {
         before: Timestamp,
+    },
+    /// The seats of the order beyond `keep` went back on sale; the order now holds `keep`.
+    StockPartlyReturned {
+        order_id: OrderId,
+        keep: Vec<Line>,
+        at: Timestamp,
     },
 }
 
@@ -359,7 +370,48 @@ impl Inventory {
                 }
             }
             Command::Expire => Ok(self.decide_expire(now)),
+            Command::ReturnPart { order_id, keep } => self.decide_return_part(now, order_id, keep),
         }
+    }
+
+    fn decide_return_part(
+        &self,
+        now: Timestamp,
+        order_id: OrderId,
+        keep: Vec<Line>,
+    ) -> Result<Vec<Event>, Error> {
+        let order = self.orders.get(&order_id).ok_or(Error::OrderNotFound)?;
+        if order.returned {
+            return Ok(vec![]);
+        }
+        let sold = line_totals(&order.items);
+        // Never more than the order holds now: a retried or stale `keep` (after an earlier
+        // partial return) keeps what is left and returns nothing more.
+        let kept: BTreeMap<TicketCode, u32> = line_totals(&keep)
+            .into_iter()
+            .filter_map(|(code, q)| {
+                let held = sold.get(&code).copied().unwrap_or(0);
+                (held > 0).then(|| (code, q.min(held)))
+            })
+            .collect();
+        if kept == sold {
+            return Ok(vec![]);
+        }
+        if kept.is_empty() {
+            return Ok(vec![Event::StockReturned { order_id, at: now }]);
+        }
+        let keep = kept
+            .into_iter()
+            .map(|(ticket_type, q)| Line {
+                ticket_type,
+                quantity: Quantity::new(q).expect("a kept total is at least 1"),
+            })
+            .collect();
+        Ok(vec![Event::StockPartlyReturned {
+            order_id,
+            keep,
+            at: now,
+        }])
     }
 
     fn decide_hold(
@@ -548,6 +600,26 @@ impl Inventory {
                     self.uncount_user(user, &line.ticket_type, q);
                 }
             }
+            Event::StockPartlyReturned { order_id, keep, .. } => {
+                let order = self
+                    .orders
+                    .get_mut(order_id)
+                    .expect("returned order exists");
+                assert!(!order.returned, "order returned twice");
+                let (user, sold) = (order.user, line_totals(&order.items));
+                order.items.clone_from(keep);
+                let kept = line_totals(keep);
+                for (code, q) in sold {
+                    let back = q - kept.get(&code).copied().unwrap_or(0);
+                    if back == 0 {
+                        continue;
+                    }
+                    let stock = self.stock_mut(&code);
+                    stock.sold = stock.sold.checked_sub(back).expect("return more than sold");
+                    stock.available += back;
+                    self.uncount_user(user, &code, back);
+                }
+            }
             Event::HoldsForgotten { before } => {
                 while let Some(&(ended_at, hold_id)) = self.ended.first() {
                     if ended_at >= *before {
@@ -620,4 +692,13 @@ fn merge_lines(items: Vec<Line>) -> Result<Vec<Line>, Error> {
                 .map_err(|_| Error::Invalid("quantity too large".to_owned()))
         })
         .collect()
+}
+
+/// Seats per ticket type of `lines` (a type may appear on several lines).
+fn line_totals(lines: &[Line]) -> BTreeMap<TicketCode, u32> {
+    let mut totals = BTreeMap::new();
+    for line in lines {
+        *totals.entry(line.ticket_type.clone()).or_default() += line.quantity.get();
+    }
+    totals
 }

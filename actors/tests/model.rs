@@ -41,6 +41,10 @@ enum Op {
     Return {
         order: u8,
     },
+    ReturnPart {
+        order: u8,
+        keep: Vec<(u8, u32)>,
+    },
     Adjust {
         ty: u8,
         capacity: u32,
@@ -59,6 +63,8 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0..8u8).prop_map(|hold| Op::Release { hold }),
         2 => (0..8u8, 0..4u8).prop_map(|(hold, order)| Op::Confirm { hold, order }),
         1 => (0..4u8).prop_map(|order| Op::Return { order }),
+        1 => (0..4u8, prop::collection::vec((0..3u8, 1..4u32), 0..3))
+            .prop_map(|(order, keep)| Op::ReturnPart { order, keep }),
         1 => (0..2u8, 0..30u32).prop_map(|(ty, capacity)| Op::Adjust { ty, capacity }),
         2 => Just(Op::Expire),
         1 => Just(Op::Jump),
@@ -82,6 +88,8 @@ struct Model {
     holds: BTreeMap<u8, MHold>,
     /// order → (hold, returned)
     orders: BTreeMap<u8, (u8, bool)>,
+    /// order → the seats it still holds after a partial return
+    kept: BTreeMap<u8, BTreeMap<&'static str, u32>>,
 }
 
 impl Model {
@@ -93,11 +101,17 @@ impl Model {
             .sum()
     }
 
+    /// The seats order `order` (of hold `hold`) holds sold.
+    fn order_seats(&self, order: u8, hold: u8, ty: &str) -> u32 {
+        let items = self.kept.get(&order).unwrap_or(&self.holds[&hold].items);
+        items.get(ty).copied().unwrap_or(0)
+    }
+
     fn sold(&self, ty: &str) -> u32 {
         self.orders
-            .values()
-            .filter(|(_, returned)| !returned)
-            .map(|(h, _)| self.holds[h].items.get(ty).copied().unwrap_or(0))
+            .iter()
+            .filter(|(_, (_, returned))| !returned)
+            .map(|(o, (h, _))| self.order_seats(*o, *h, ty))
             .sum()
     }
 
@@ -114,9 +128,9 @@ impl Model {
             .sum();
         let bought: u32 = self
             .orders
-            .values()
-            .filter(|(h, r)| !r && self.holds[h].user == user)
-            .map(|(h, _)| self.holds[h].items.get(ty).copied().unwrap_or(0))
+            .iter()
+            .filter(|(_, (h, r))| !r && self.holds[h].user == user)
+            .map(|(o, (h, _))| self.order_seats(*o, *h, ty))
             .sum();
         held + bought
     }
@@ -213,6 +227,30 @@ impl Model {
                 o.1 = true;
                 Ok(())
             }
+            Op::ReturnPart { order, keep } => {
+                let &(hold, returned) = self.orders.get(order).ok_or(Error::OrderNotFound)?;
+                if returned {
+                    return Ok(());
+                }
+                let mut asked: BTreeMap<&'static str, u32> = BTreeMap::new();
+                for (ty, q) in keep {
+                    *asked.entry(TYPES[*ty as usize]).or_default() += q;
+                }
+                // Never more than the order holds now.
+                let kept: BTreeMap<&'static str, u32> = asked
+                    .into_iter()
+                    .filter_map(|(ty, q)| {
+                        let held = self.order_seats(*order, hold, ty);
+                        (held > 0).then_some((ty, q.min(held)))
+                    })
+                    .collect();
+                if kept.is_empty() {
+                    self.orders.get_mut(order).expect("order").1 = true;
+                } else {
+                    self.kept.insert(*order, kept);
+                }
+                Ok(())
+            }
             Op::Adjust { ty, capacity } => {
                 let ty = TYPES[*ty as usize];
                 let committed = self.held(ty) + self.sold(ty);
@@ -276,6 +314,16 @@ fn to_command(op: &Op) -> Command {
         },
         Op::Return { order } => Command::Return {
             order_id: OrderId(id(*order)),
+        },
+        Op::ReturnPart { order, keep } => Command::ReturnPart {
+            order_id: OrderId(id(*order)),
+            keep: keep
+                .iter()
+                .map(|(ty, q)| Line {
+                    ticket_type: code(TYPES[*ty as usize]),
+                    quantity: Quantity::new(*q).expect("q"),
+                })
+                .collect(),
         },
         Op::Adjust { ty, capacity } => Command::AdjustCapacity {
             ticket_type: code(TYPES[*ty as usize]),

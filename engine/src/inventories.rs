@@ -170,6 +170,13 @@ impl Inventories {
                     .map_err(call_error)?;
                 InventoryReply::Done
             }
+            InventoryOp::ReturnPart { order_id, keep } => {
+                actor
+                    .call(Command::ReturnPart { order_id, keep })
+                    .await
+                    .map_err(call_error)?;
+                InventoryReply::Done
+            }
             InventoryOp::Stock => InventoryReply::Stock(actor.stock().await.map_err(call_error)?),
         };
         Ok(reply)

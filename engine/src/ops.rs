@@ -27,6 +27,12 @@ pub enum InventoryOp {
         order_id: OrderId,
     },
     Stock,
+    /// A refund that keeps `keep` sold (seats used at the door); the rest go back on sale.
+    /// Idempotent by `order_id`.
+    ReturnPart {
+        order_id: OrderId,
+        keep: Vec<Line>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -2,7 +2,7 @@
 //! trait. The engine implements it over the services of its node.
 
 use async_trait::async_trait;
-use holdfast_actors::{HoldRef, OrderId, UserId};
+use holdfast_actors::{EventId, HoldRef, OrderId, UserId};
 
 use crate::backend::BackendError;
 
@@ -38,12 +38,31 @@ pub struct OrderView {
 pub struct TicketView {
     pub id: uuid::Uuid,
     pub order_id: OrderId,
+    pub event_id: EventId,
     pub user: UserId,
     pub ticket_type: String,
     /// The signed text the QR image encodes.
     pub code: String,
     /// `valid`, `admitted` or `void`.
     pub status: String,
+}
+
+/// A ticket admitted at the door, with the holder's name for the door staff to compare.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Admission {
+    pub ticket: TicketView,
+    /// `None` when the tickets service does not know the account (it keeps its own tables).
+    pub holder_name: Option<String>,
+}
+
+/// Who asks for a refund, which decides what is allowed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefundBy {
+    /// The buyer of the order: before the event starts, and never for an admitted ticket.
+    Buyer,
+    /// The event's organizer or an admin: any time, in full; seats already admitted at the
+    /// door stay sold.
+    Organizer,
 }
 
 /// VNPAY's answer to an IPN call: `RspCode` and `Message`.
@@ -82,6 +101,15 @@ pub enum CheckoutError {
     AlreadyAdmitted { ticket_id: uuid::Uuid },
     #[error("the order cannot be refunded: it is {status}")]
     NotRefundable { status: String },
+    /// A ticket of the order was used at the door: the buyer cannot refund it.
+    #[error("a ticket of this order was admitted at the door; it cannot be refunded")]
+    TicketAdmitted { ticket_id: uuid::Uuid },
+    /// The refund is outside what the buyer may do by themselves (e.g. the event started).
+    #[error("{0}")]
+    RefundNotAllowed(String),
+    /// A genuine ticket, of another event than the one checked in.
+    #[error("the ticket is for event {ticket_event}, not this one")]
+    WrongEvent { ticket_event: EventId },
     /// The event's ticket types are priced in more than one currency.
     #[error("{0}")]
     Invalid(String),
@@ -105,15 +133,21 @@ pub trait Checkout: Send + Sync + 'static {
     ) -> Result<(OrderView, bool), CheckoutError>;
     async fn order(&self, id: OrderId) -> Result<Option<OrderView>, CheckoutError>;
     async fn orders(&self, user: UserId) -> Result<Vec<OrderView>, CheckoutError>;
-    /// Asks for a refund of a confirmed order.
-    async fn refund(&self, id: OrderId, reason: String) -> Result<OrderView, CheckoutError>;
+    /// Refunds a confirmed order as `by` may: its tickets stop admitting, the seats not yet
+    /// admitted at the door go back on sale.
+    async fn refund(
+        &self,
+        id: OrderId,
+        reason: String,
+        by: RefundBy,
+    ) -> Result<OrderView, CheckoutError>;
 
     async fn tickets(&self, order: OrderId) -> Result<Vec<TicketView>, CheckoutError>;
     async fn ticket(&self, id: uuid::Uuid) -> Result<Option<TicketView>, CheckoutError>;
     /// The QR image (PNG) of a ticket code.
     fn qr_png(&self, code: &str) -> Result<Vec<u8>, CheckoutError>;
-    /// Admits the holder of `code` once.
-    async fn checkin(&self, code: &str) -> Result<TicketView, CheckoutError>;
+    /// Admits the holder of `code` to event `event` once.
+    async fn checkin(&self, code: &str, event: EventId) -> Result<Admission, CheckoutError>;
 
     async fn vnpay_ipn(&self, query: Vec<(String, String)>) -> IpnAnswer;
     async fn vnpay_return(&self, query: Vec<(String, String)>) -> ReturnPage;
@@ -140,7 +174,7 @@ impl Checkout for NoCheckout {
     async fn orders(&self, _: UserId) -> Result<Vec<OrderView>, CheckoutError> {
         Err(CheckoutError::NotServedHere("orders"))
     }
-    async fn refund(&self, _: OrderId, _: String) -> Result<OrderView, CheckoutError> {
+    async fn refund(&self, _: OrderId, _: String, _: RefundBy) -> Result<OrderView, CheckoutError> {
         Err(CheckoutError::NotServedHere("orders"))
     }
     async fn tickets(&self, _: OrderId) -> Result<Vec<TicketView>, CheckoutError> {
@@ -152,7 +186,7 @@ impl Checkout for NoCheckout {
     fn qr_png(&self, _: &str) -> Result<Vec<u8>, CheckoutError> {
         Err(CheckoutError::NotServedHere("tickets"))
     }
-    async fn checkin(&self, _: &str) -> Result<TicketView, CheckoutError> {
+    async fn checkin(&self, _: &str, _: EventId) -> Result<Admission, CheckoutError> {
         Err(CheckoutError::NotServedHere("tickets"))
     }
     async fn vnpay_ipn(&self, _: Vec<(String, String)>) -> IpnAnswer {

@@ -302,6 +302,26 @@ impl From<crate::checkout::CheckoutError> for Problem {
                 detail,
             )
             .with("order_status", json!(status)),
+            E::TicketAdmitted { ticket_id } => Self::new(
+                StatusCode::CONFLICT,
+                "ticket-admitted",
+                "Ticket already used",
+                detail,
+            )
+            .with("ticket_id", json!(ticket_id)),
+            E::RefundNotAllowed(why) => Self::new(
+                StatusCode::CONFLICT,
+                "refund-not-allowed",
+                "Refund not allowed",
+                why,
+            ),
+            E::WrongEvent { ticket_event } => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "wrong-event",
+                "Ticket of another event",
+                detail,
+            )
+            .with("ticket_event_id", json!(ticket_event)),
             E::Invalid(why) => Self::invalid(why),
             E::NotServedHere(_) => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,

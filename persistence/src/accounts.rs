@@ -16,6 +16,8 @@ pub struct NewUser {
     pub role: String,
     /// Mobile number in E.164 form, for SMS.
     pub phone: Option<String>,
+    /// The organizer a staff account works for; `None` for other roles.
+    pub organizer_id: Option<Uuid>,
     pub created_at_ms: i64,
 }
 
@@ -29,10 +31,11 @@ pub struct UserRow {
     pub password_hash: String,
     pub role: String,
     pub phone: Option<String>,
+    pub organizer_id: Option<Uuid>,
     pub created_at_ms: i64,
 }
 
-const USER_COLUMNS: &str = "id, email, name, password_hash, role, phone, created_at";
+const USER_COLUMNS: &str = "id, email, name, password_hash, role, phone, organizer_id, created_at";
 
 impl UserRow {
     fn from_row(row: &AnyRow) -> Result<Self, Error> {
@@ -43,6 +46,10 @@ impl UserRow {
             password_hash: row.try_get("password_hash")?,
             role: row.try_get("role")?,
             phone: row.try_get("phone")?,
+            organizer_id: row
+                .try_get::<Option<String>, _>("organizer_id")?
+                .map(|id| parse_uuid("users.organizer_id", &id))
+                .transpose()?,
             created_at_ms: row.try_get("created_at")?,
         })
     }
@@ -52,7 +59,8 @@ impl Store {
     /// Registers `user`; [`Error::Conflict`] if the email (in any case) or the id is taken.
     pub async fn create_user(&self, user: &NewUser) -> Result<(), Error> {
         sqlx::query(
-            "INSERT INTO users (id, email, name, password_hash, role, created_at, phone) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO users (id, email, name, password_hash, role, created_at, phone, organizer_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(uuid_text(user.id))
         .bind(user.email.as_str())
@@ -61,6 +69,7 @@ impl Store {
         .bind(user.role.as_str())
         .bind(user.created_at_ms)
         .bind(user.phone.as_deref())
+        .bind(user.organizer_id.map(uuid_text))
         .execute(&self.pool)
         .await
         .map_err(|e| if is_unique_violation(&e) { Error::Conflict } else { e.into() })?;

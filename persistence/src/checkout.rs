@@ -694,10 +694,24 @@ impl CheckoutTx {
         Ok(())
     }
 
-    /// Voids every ticket of an order (a refund); returns how many were voided.
+    /// An order's tickets (type, then seat), locked until the end of the transaction.
+    pub async fn tickets_of_order(&mut self, order_id: Uuid) -> Result<Vec<TicketRow>, Error> {
+        let sql = format!(
+            "SELECT {TICKET_COLUMNS} FROM tickets WHERE order_id = $1 ORDER BY ticket_type, seat{}",
+            self.lock
+        );
+        let rows = sqlx::query(&sql)
+            .bind(uuid_text(order_id))
+            .fetch_all(&mut *self.tx)
+            .await?;
+        rows.iter().map(ticket_row).collect()
+    }
+
+    /// Voids the order's tickets that were not used (a refund); admitted tickets stay
+    /// admitted. Returns how many were voided.
     pub async fn void_tickets(&mut self, order_id: Uuid) -> Result<u64, Error> {
         let done = sqlx::query(
-            "UPDATE tickets SET status = 'void' WHERE order_id = $1 AND status <> 'void'",
+            "UPDATE tickets SET status = 'void' WHERE order_id = $1 AND status = 'valid'",
         )
         .bind(uuid_text(order_id))
         .execute(&mut *self.tx)

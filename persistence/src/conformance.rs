@@ -47,6 +47,7 @@ store_test_suite!(
     journal_recovers_an_inventory,
     journal_group_commits_many_events_and_isolates_failures,
     users_are_unique_by_email_in_any_case,
+    staff_keep_their_organizer,
     events_round_trip_with_ordered_ticket_types,
     idempotency_lifecycle,
     idempotency_begin_is_race_free,
@@ -305,8 +306,35 @@ fn new_user(email: &str) -> NewUser {
         password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".to_owned(),
         role: "customer".to_owned(),
         phone: None,
+        organizer_id: None,
         created_at_ms: 1_700_000_000_123,
     }
+}
+
+async fn staff_keep_their_organizer(store: &Store) {
+    let organizer = NewUser {
+        role: "organizer".to_owned(),
+        ..new_user("org@example.com")
+    };
+    store.create_user(&organizer).await.expect("organizer");
+    let staff = NewUser {
+        role: "staff".to_owned(),
+        organizer_id: Some(organizer.id),
+        ..new_user("door@example.com")
+    };
+    store.create_user(&staff).await.expect("staff");
+    let found = store
+        .user_by_id(staff.id)
+        .await
+        .expect("by id")
+        .expect("found");
+    assert_eq!(found.organizer_id, Some(organizer.id));
+    let found = store
+        .user_by_email("org@example.com")
+        .await
+        .expect("by email")
+        .expect("found");
+    assert_eq!(found.organizer_id, None);
 }
 
 async fn users_are_unique_by_email_in_any_case(store: &Store) {

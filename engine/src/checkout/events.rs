@@ -79,7 +79,8 @@ pub enum SagaEvent {
         phone: Option<String>,
         reason: String,
     },
-    /// Orders: the money goes back to the buyer and the seats back on sale.
+    /// Orders: the money goes back to the buyer; the tickets service voids the tickets and
+    /// answers with [`SagaEvent::TicketsVoided`], after which the seats go back on sale.
     OrderRefunded {
         /// The buyer's mobile number, for SMS.
         #[serde(default)]
@@ -100,6 +101,16 @@ pub enum SagaEvent {
         event_id: Uuid,
         tickets: Vec<IssuedTicket>,
     },
+    /// Tickets: a refunded order's unused tickets no longer admit; `admitted` are the seats
+    /// already used at the door, which stay sold (the orders service returns the rest).
+    TicketsVoided { admitted: Vec<SeatCount> },
+}
+
+/// Seats of one ticket type.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeatCount {
+    pub ticket_type: String,
+    pub quantity: u32,
 }
 
 impl SagaEvent {
@@ -113,7 +124,7 @@ impl SagaEvent {
             Self::PaymentRequested { .. }
             | Self::PaymentSucceeded { .. }
             | Self::PaymentFailed { .. } => PAYMENTS,
-            Self::TicketsIssued { .. } => TICKETS,
+            Self::TicketsIssued { .. } | Self::TicketsVoided { .. } => TICKETS,
         }
     }
 
@@ -127,6 +138,7 @@ impl SagaEvent {
             Self::OrderCancelled { .. } => "OrderCancelled",
             Self::OrderRefunded { .. } => "OrderRefunded",
             Self::TicketsIssued { .. } => "TicketsIssued",
+            Self::TicketsVoided { .. } => "TicketsVoided",
         }
     }
 }

@@ -7,15 +7,15 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_trait::async_trait;
 use holdfast_actors::inventory::{self, HoldStatus};
-use holdfast_actors::{HoldId, HoldRef, Line, OrderId, Quantity, TicketCode, UserId};
-use holdfast_bus::PAYMENTS;
+use holdfast_actors::{EventId, HoldId, HoldRef, Line, OrderId, Quantity, TicketCode, UserId};
+use holdfast_bus::{PAYMENTS, TICKETS};
 use holdfast_gateway::backend::{Backend, BackendError};
-use holdfast_gateway::checkout::{CheckoutError, OrderLine, OrderView};
+use holdfast_gateway::checkout::{CheckoutError, OrderLine, OrderView, RefundBy};
 use holdfast_persistence::OrderRow;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use super::events::{Envelope, Item, SagaEvent};
+use super::events::{Envelope, Item, SagaEvent, SeatCount};
 use super::runner::Consumer;
 use super::service::{Ctx, store_error};
 use crate::backend::NodeBackend;
@@ -86,6 +86,40 @@ fn lines(items: &[Item]) -> anyhow::Result<Vec<Line>> {
         .collect()
 }
 
+/// What a refund request turns into.
+#[derive(Debug, PartialEq, Eq)]
+enum RefundDecision {
+    Refund,
+    /// Refunded before: the same answer again.
+    AlreadyDone,
+}
+
+/// Whether `by` may refund an order in `status` at `now_ms`, for an event starting at
+/// `starts_at_ms` (unknown: no limit). Buyers refund only before the event starts, until
+/// events carry refund policies; the organizer and admins any time.
+fn decide_refund(
+    status: &str,
+    by: RefundBy,
+    now_ms: i64,
+    starts_at_ms: Option<i64>,
+) -> Result<RefundDecision, CheckoutError> {
+    match status {
+        CONFIRMED => {}
+        REFUNDED => return Ok(RefundDecision::AlreadyDone),
+        other => {
+            return Err(CheckoutError::NotRefundable {
+                status: other.to_owned(),
+            });
+        }
+    }
+    if by == RefundBy::Buyer && starts_at_ms.is_some_and(|starts| now_ms >= starts) {
+        return Err(CheckoutError::RefundNotAllowed(
+            "the event has started: ask the organizer for a refund".to_owned(),
+        ));
+    }
+    Ok(RefundDecision::Refund)
+}
+
 /// The id of the hold that re-reserves a paid order's seats: derived from the order, so a
 /// redelivered payment finds the same hold.
 fn rereserve_hold_id(order: Uuid) -> HoldId {
@@ -134,7 +168,13 @@ impl Orders {
             HoldStatus::Active if held.expires_at.as_millis() <= now => HoldStatus::Expired,
             s => s,
         };
-        if status != HoldStatus::Active {
+        // A confirmed hold without an order: a free order whose row a crash lost after its
+        // hold was confirmed (see `create_free`); it is completed under the same order id.
+        let lost_free_order = match (status, held.order_id) {
+            (HoldStatus::Confirmed, Some(id)) => Some(id),
+            _ => None,
+        };
+        if status != HoldStatus::Active && lost_free_order.is_none() {
             return Err(CheckoutError::HoldNotActive {
                 status: status.as_str().to_owned(),
             });
@@ -178,6 +218,15 @@ impl Orders {
             });
         }
         let currency = currency.unwrap_or_else(|| "VND".to_owned());
+        let order_id = match lost_free_order {
+            None => order_id,
+            Some(lost) if amount == 0 => lost,
+            Some(_) => {
+                return Err(CheckoutError::HoldNotActive {
+                    status: HoldStatus::Confirmed.as_str().to_owned(),
+                });
+            }
+        };
         // The token is the authority; an account row (for the e-mail and phone the buyer is
         // told things at) may be missing, e.g. for tokens minted by the load harness.
         let (email, phone) = store
@@ -203,6 +252,9 @@ impl Orders {
             created_at: now,
             updated_at: now,
         };
+        if amount == 0 {
+            return self.create_free(row, hold, items).await;
+        }
         let created = Envelope::new(
             order_id.0,
             now,
@@ -218,24 +270,87 @@ impl Orders {
                 items,
             },
         );
+        if let Some(existing) = self.insert_new(&row, &created).await? {
+            return Ok(existing);
+        }
+        Ok((self.wait_for_payment_url(order_id, row).await?, true))
+    }
+
+    /// Stores a new order and its first event together; when a concurrent request for the
+    /// same hold won, its answer instead.
+    async fn insert_new(
+        &self,
+        row: &OrderRow,
+        first: &Envelope,
+    ) -> Result<Option<(OrderView, bool)>, CheckoutError> {
+        let store = &self.ctx.store;
         let mut tx = store.checkout_tx().await.map_err(store_error)?;
-        if !tx.insert_order(&row).await.map_err(store_error)? {
+        if !tx.insert_order(row).await.map_err(store_error)? {
             drop(tx);
-            // A concurrent request for the same hold won.
             return match store
-                .order_by_hold(&hold.to_string())
+                .order_by_hold(&row.hold_id)
                 .await
                 .map_err(store_error)?
             {
-                Some(existing) if existing.user_id == user.0 => Ok((view(&existing)?, false)),
+                Some(existing) if existing.user_id == row.user_id => {
+                    Ok(Some((view(&existing)?, false)))
+                }
                 _ => Err(CheckoutError::HoldNotFound),
             };
         }
-        tx.outbox(&[created.record()]).await.map_err(store_error)?;
+        tx.outbox(&[first.record()]).await.map_err(store_error)?;
         tx.commit().await.map_err(store_error)?;
         self.ctx.relay.notify_one();
         metrics::counter!("holdfast_orders_created_total").increment(1);
-        Ok((self.wait_for_payment_url(order_id, row).await?, true))
+        Ok(None)
+    }
+
+    /// A free order (every seat priced 0) has nothing to pay: its hold is confirmed in the
+    /// event's actor at once, then the order is stored `confirmed` with `OrderConfirmed`, on
+    /// which the tickets service issues the tickets as after a payment. The payments service
+    /// never hears of it. A crash between the two steps leaves a confirmed hold without an
+    /// order; the next `POST /v1/orders` for that hold completes it under the same order id.
+    async fn create_free(
+        &self,
+        mut row: OrderRow,
+        hold: HoldRef,
+        items: Vec<Item>,
+    ) -> Result<(OrderView, bool), CheckoutError> {
+        match self.node.confirm(hold, OrderId(row.id)).await {
+            Ok(()) => {}
+            Err(BackendError::Inventory(inventory::Error::HoldNotActive(status))) => {
+                // A concurrent request confirmed it first: complete the order it confirmed.
+                match self.node.get_hold(hold).await? {
+                    Some(h) if h.status == HoldStatus::Confirmed && h.user.0 == row.user_id => {
+                        row.id = h.order_id.map_or(row.id, |id| id.0);
+                    }
+                    _ => {
+                        return Err(CheckoutError::HoldNotActive {
+                            status: status.as_str().to_owned(),
+                        });
+                    }
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+        row.status = CONFIRMED.to_owned();
+        let confirmed = Envelope::new(
+            row.id,
+            row.created_at,
+            SagaEvent::OrderConfirmed {
+                phone: row.phone.clone(),
+                user_id: row.user_id,
+                email: row.email.clone(),
+                event_id: row.event_id,
+                items,
+                rereserved: false,
+            },
+        );
+        if let Some(existing) = self.insert_new(&row, &confirmed).await? {
+            return Ok(existing);
+        }
+        metrics::counter!("holdfast_orders_free_total").increment(1);
+        Ok((view(&row)?, true))
     }
 
     /// The order once the payment service has created its payment page, or as it is after
@@ -305,15 +420,44 @@ impl Orders {
         rows.iter().map(view).collect()
     }
 
-    /// `POST /v1/orders/{id}/refund`: seats back on sale, the order `refunded`, and
-    /// `OrderRefunded` for the payment and tickets services.
+    /// The first half of `POST /v1/orders/{id}/refund`: whether `by` may refund the order now.
+    /// `Some` is an order refunded already (asking again changes nothing).
+    pub(crate) async fn refund_check(
+        &self,
+        id: OrderId,
+        by: RefundBy,
+    ) -> Result<Option<OrderView>, CheckoutError> {
+        let row = self
+            .ctx
+            .store
+            .order(id.0)
+            .await
+            .map_err(store_error)?
+            .ok_or(CheckoutError::OrderNotFound)?;
+        let starts_at_ms = match by {
+            RefundBy::Organizer => None,
+            RefundBy::Buyer => {
+                let event = self.node.event(EventId(row.event_id)).await?;
+                event.map(|e| crate::backend::millis(e.starts_at))
+            }
+        };
+        match decide_refund(&row.status, by, self.ctx.now_ms(), starts_at_ms)? {
+            RefundDecision::AlreadyDone => Ok(Some(view(&row)?)),
+            RefundDecision::Refund => Ok(None),
+        }
+    }
+
+    /// The second half: the order ends `refunded` and `OrderRefunded` goes out. The seats go
+    /// back on sale when the tickets service answers with `TicketsVoided` (it knows which
+    /// were used at the door).
     pub(crate) async fn refund(
         &self,
         id: OrderId,
         reason: String,
     ) -> Result<OrderView, CheckoutError> {
-        let store = &self.ctx.store;
-        let row = store
+        let now = self.ctx.now_ms();
+        let mut tx = self.ctx.store.checkout_tx().await.map_err(store_error)?;
+        let mut row = tx
             .order(id.0)
             .await
             .map_err(store_error)?
@@ -327,43 +471,51 @@ impl Orders {
                 });
             }
         }
+        row.status = REFUNDED.to_owned();
+        row.note = Some(format!("refunded: {reason}"));
+        row.updated_at = now;
+        tx.update_order(&row).await.map_err(store_error)?;
+        let refunded = Envelope::new(
+            id.0,
+            now,
+            SagaEvent::OrderRefunded {
+                email: row.email.clone(),
+                phone: row.phone.clone(),
+                amount: row.amount,
+                currency: row.currency.clone(),
+                reason,
+                automatic: false,
+            },
+        );
+        tx.outbox(&[refunded.record()]).await.map_err(store_error)?;
+        tx.commit().await.map_err(store_error)?;
+        self.ctx.relay.notify_one();
+        view(&row)
+    }
+
+    /// `TicketsVoided`: a refunded order's seats go back on sale, except those used at the
+    /// door. Idempotent in the inventory, so a redelivery changes nothing.
+    async fn tickets_voided(&self, env: &Envelope, admitted: &[SeatCount]) -> anyhow::Result<()> {
+        let Some(row) = self.ctx.store.order(env.order_id).await? else {
+            return Ok(());
+        };
+        let keep = admitted
+            .iter()
+            .map(|s| Item {
+                ticket_type: s.ticket_type.clone(),
+                quantity: s.quantity,
+                price: 0,
+            })
+            .collect::<Vec<_>>();
         match self
             .node
-            .return_stock(holdfast_actors::EventId(row.event_id), id)
+            .return_stock_except(EventId(row.event_id), OrderId(row.id), lines(&keep)?)
             .await
         {
-            Ok(()) | Err(BackendError::Inventory(inventory::Error::OrderNotFound)) => {}
-            Err(e) => return Err(e.into()),
+            // An automatic refund never sold the seats.
+            Ok(()) | Err(BackendError::Inventory(inventory::Error::OrderNotFound)) => Ok(()),
+            Err(e) => Err(e.into()),
         }
-        let now = self.ctx.now_ms();
-        let mut tx = store.checkout_tx().await.map_err(store_error)?;
-        let mut row = tx
-            .order(id.0)
-            .await
-            .map_err(store_error)?
-            .ok_or(CheckoutError::OrderNotFound)?;
-        if row.status == CONFIRMED {
-            row.status = REFUNDED.to_owned();
-            row.note = Some(format!("refunded: {reason}"));
-            row.updated_at = now;
-            tx.update_order(&row).await.map_err(store_error)?;
-            let refunded = Envelope::new(
-                id.0,
-                now,
-                SagaEvent::OrderRefunded {
-                    email: row.email.clone(),
-                    phone: row.phone.clone(),
-                    amount: row.amount,
-                    currency: row.currency.clone(),
-                    reason,
-                    automatic: false,
-                },
-            );
-            tx.outbox(&[refunded.record()]).await.map_err(store_error)?;
-            tx.commit().await.map_err(store_error)?;
-            self.ctx.relay.notify_one();
-        }
-        view(&row)
     }
 
     async fn payment_requested(&self, env: &Envelope, payment_url: &str) -> anyhow::Result<()> {
@@ -538,7 +690,7 @@ impl Consumer for Orders {
     }
 
     fn topics(&self) -> &'static [&'static str] {
-        &[PAYMENTS]
+        &[PAYMENTS, TICKETS]
     }
 
     async fn handle(&self, env: &Envelope) -> anyhow::Result<()> {
@@ -548,7 +700,81 @@ impl Consumer for Orders {
             }
             SagaEvent::PaymentSucceeded { .. } => self.payment_succeeded(env).await,
             SagaEvent::PaymentFailed { reason, .. } => self.payment_failed(env, reason).await,
+            SagaEvent::TicketsVoided { admitted } => self.tickets_voided(env, admitted).await,
             _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Status, who asks, now, the event's start, and the decision (or the refusal's slug).
+    type Case = (
+        &'static str,
+        RefundBy,
+        i64,
+        Option<i64>,
+        Result<RefundDecision, &'static str>,
+    );
+
+    #[test]
+    fn who_may_refund_when() {
+        let starts = Some(1_000);
+        let cases: &[Case] = &[
+            (
+                CONFIRMED,
+                RefundBy::Buyer,
+                999,
+                starts,
+                Ok(RefundDecision::Refund),
+            ),
+            (
+                CONFIRMED,
+                RefundBy::Buyer,
+                1_000,
+                starts,
+                Err("refund-not-allowed"),
+            ),
+            (
+                CONFIRMED,
+                RefundBy::Organizer,
+                5_000,
+                starts,
+                Ok(RefundDecision::Refund),
+            ),
+            (
+                CONFIRMED,
+                RefundBy::Buyer,
+                5_000,
+                None,
+                Ok(RefundDecision::Refund),
+            ),
+            (
+                REFUNDED,
+                RefundBy::Buyer,
+                5_000,
+                starts,
+                Ok(RefundDecision::AlreadyDone),
+            ),
+            (
+                PENDING,
+                RefundBy::Organizer,
+                0,
+                starts,
+                Err("not-refundable"),
+            ),
+            (CANCELLED, RefundBy::Buyer, 0, starts, Err("not-refundable")),
+        ];
+        for (status, by, now, starts_at, expected) in cases {
+            let got = decide_refund(status, *by, *now, *starts_at);
+            match (got, expected) {
+                (Ok(d), Ok(e)) => assert_eq!(&d, e, "{status} {by:?} at {now}"),
+                (Err(CheckoutError::RefundNotAllowed(_)), Err("refund-not-allowed"))
+                | (Err(CheckoutError::NotRefundable { .. }), Err("not-refundable")) => {}
+                (got, expected) => panic!("{status} {by:?} at {now}: {got:?}, not {expected:?}"),
+            }
         }
     }
 }

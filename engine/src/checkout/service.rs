@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use holdfast_actors::actor::Clock;
-use holdfast_actors::{HoldRef, OrderId, UserId};
+use holdfast_actors::{EventId, HoldRef, OrderId, UserId};
 use holdfast_bus::Bus;
 use holdfast_gateway::checkout::{
-    Checkout, CheckoutError, IpnAnswer, OrderView, ReturnPage, TicketView,
+    Admission, Checkout, CheckoutError, IpnAnswer, OrderView, RefundBy, ReturnPage, TicketView,
 };
 use holdfast_persistence::Store;
 use tokio::sync::{Notify, watch};
@@ -224,8 +224,24 @@ impl Checkout for CheckoutNode {
         self.orders()?.of_user(user).await
     }
 
-    async fn refund(&self, id: OrderId, reason: String) -> Result<OrderView, CheckoutError> {
-        self.orders()?.refund(id, reason).await
+    /// The order's rules first, then (with the tickets service on this node) its unused
+    /// tickets are voided under their row locks, which refuses the buyer an admitted ticket;
+    /// then the order is refunded. Run apart, the tickets service voids on `OrderRefunded`
+    /// and admitted seats still stay sold, but the buyer's refund is not refused.
+    async fn refund(
+        &self,
+        id: OrderId,
+        reason: String,
+        by: RefundBy,
+    ) -> Result<OrderView, CheckoutError> {
+        let orders = self.orders()?;
+        if let Some(done) = orders.refund_check(id, by).await? {
+            return Ok(done);
+        }
+        if let Some(tickets) = &self.tickets {
+            tickets.void_for_refund(id, by == RefundBy::Buyer).await?;
+        }
+        orders.refund(id, reason).await
     }
 
     async fn tickets(&self, order: OrderId) -> Result<Vec<TicketView>, CheckoutError> {
@@ -244,8 +260,8 @@ impl Checkout for CheckoutNode {
         })
     }
 
-    async fn checkin(&self, code: &str) -> Result<TicketView, CheckoutError> {
-        self.tickets()?.checkin(code).await
+    async fn checkin(&self, code: &str, event: EventId) -> Result<Admission, CheckoutError> {
+        self.tickets()?.checkin(code, event).await
     }
 
     async fn vnpay_ipn(&self, query: Vec<(String, String)>) -> IpnAnswer {

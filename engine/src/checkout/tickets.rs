@@ -4,15 +4,15 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use holdfast_actors::{OrderId, UserId};
+use holdfast_actors::{EventId, OrderId, UserId};
 use holdfast_bus::ORDERS;
 use holdfast_gateway::backend::BackendError;
-use holdfast_gateway::checkout::{CheckoutError, TicketView};
+use holdfast_gateway::checkout::{Admission, CheckoutError, TicketView};
 use holdfast_persistence::TicketRow;
 use holdfast_tickets::{Signer, Verifier};
 use uuid::Uuid;
 
-use super::events::{Envelope, IssuedTicket, Item, SagaEvent};
+use super::events::{Envelope, IssuedTicket, Item, SagaEvent, SeatCount};
 use super::runner::Consumer;
 use super::service::{Ctx, store_error};
 
@@ -32,6 +32,7 @@ fn view(row: &TicketRow) -> TicketView {
     TicketView {
         id: row.id,
         order_id: OrderId(row.order_id),
+        event_id: EventId(row.event_id),
         user: UserId(row.user_id),
         ticket_type: row.ticket_type.clone(),
         code: row.code.clone(),
@@ -115,17 +116,43 @@ impl Tickets {
         Ok(())
     }
 
+    /// `OrderRefunded`: voids the unused tickets and tells the orders service which seats were
+    /// used at the door. Under the tickets' row locks, so a scan at the same moment either
+    /// admitted first (and the seat stays sold) or finds the ticket void.
     async fn void(&self, env: &Envelope) -> anyhow::Result<()> {
+        let now = self.ctx.now_ms();
         let mut tx = self.ctx.store.checkout_tx().await?;
         if !tx.first_time(CONSUMER, env.id).await? {
             return Ok(());
         }
+        let tickets = tx.tickets_of_order(env.order_id).await?;
         let voided = tx.void_tickets(env.order_id).await?;
+        let admitted = admitted_seats(&tickets);
+        let event = SagaEvent::TicketsVoided { admitted };
+        tx.outbox(&[Envelope::new(env.order_id, now, event).record()])
+            .await?;
         tx.commit().await?;
+        self.ctx.relay.notify_one();
         if voided > 0 {
             tracing::info!(order = %env.order_id, voided, "tickets voided by a refund");
         }
         Ok(())
+    }
+
+    /// A refund asked for now: voids the order's unused tickets at once, unless the buyer asks
+    /// and a ticket was already admitted (then nothing changes).
+    pub(crate) async fn void_for_refund(
+        &self,
+        order: OrderId,
+        by_buyer: bool,
+    ) -> Result<(), CheckoutError> {
+        let mut tx = self.ctx.store.checkout_tx().await.map_err(store_error)?;
+        let tickets = tx.tickets_of_order(order.0).await.map_err(store_error)?;
+        if by_buyer && let Some(used) = tickets.iter().find(|t| t.status == ADMITTED) {
+            return Err(CheckoutError::TicketAdmitted { ticket_id: used.id });
+        }
+        tx.void_tickets(order.0).await.map_err(store_error)?;
+        tx.commit().await.map_err(store_error)
     }
 
     pub(crate) async fn of_order(&self, order: OrderId) -> Result<Vec<TicketView>, CheckoutError> {
@@ -145,11 +172,20 @@ impl Tickets {
 
     /// `POST /v1/checkin`: the signature first (no database for forged codes), then the
     /// ticket's state under a row lock, so two doors scanning one code admit it once.
-    pub(crate) async fn checkin(&self, code: &str) -> Result<TicketView, CheckoutError> {
+    pub(crate) async fn checkin(
+        &self,
+        code: &str,
+        event: EventId,
+    ) -> Result<Admission, CheckoutError> {
         let payload = self
             .verifier
             .verify(code)
             .map_err(|e| CheckoutError::InvalidTicket(e.to_string()))?;
+        if payload.event_id != event.0 {
+            return Err(CheckoutError::WrongEvent {
+                ticket_event: EventId(payload.event_id),
+            });
+        }
         let mut tx = self.ctx.store.checkout_tx().await.map_err(store_error)?;
         let Some(mut row) = tx.ticket(payload.ticket_id).await.map_err(store_error)? else {
             return Err(CheckoutError::InvalidTicket(
@@ -184,8 +220,34 @@ impl Tickets {
         metrics::counter!("holdfast_checkins_total").increment(1);
         row.status = ADMITTED.to_owned();
         row.admitted_at = Some(now);
-        Ok(view(&row))
+        // The accounts may live elsewhere when the tickets service runs apart: no name then.
+        let holder_name = match self.ctx.store.user_by_id(row.user_id).await {
+            Ok(user) => user.map(|u| u.name),
+            Err(e) => {
+                tracing::warn!(ticket = %row.id, error = %e, "looking up the holder failed");
+                None
+            }
+        };
+        Ok(Admission {
+            ticket: view(&row),
+            holder_name,
+        })
     }
+}
+
+/// The seats of `tickets` used at the door, per ticket type.
+fn admitted_seats(tickets: &[TicketRow]) -> Vec<SeatCount> {
+    let mut seats: Vec<SeatCount> = Vec::new();
+    for t in tickets.iter().filter(|t| t.status == ADMITTED) {
+        match seats.iter_mut().find(|s| s.ticket_type == t.ticket_type) {
+            Some(s) => s.quantity += 1,
+            None => seats.push(SeatCount {
+                ticket_type: t.ticket_type.clone(),
+                quantity: 1,
+            }),
+        }
+    }
+    seats
 }
 
 #[async_trait]

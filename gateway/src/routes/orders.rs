@@ -4,7 +4,7 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use holdfast_actors::{HoldRef, OrderId};
+use holdfast_actors::{EventId, HoldRef, OrderId};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -12,7 +12,7 @@ use super::rfc3339_millis;
 use super::tickets::ticket_json;
 use crate::AppState;
 use crate::auth::{AuthUser, Role};
-use crate::checkout::OrderView;
+use crate::checkout::{OrderView, RefundBy};
 use crate::extract::ApiJson;
 use crate::problem::Problem;
 
@@ -49,14 +49,49 @@ pub fn parse_order_id(raw: &str) -> Result<OrderId, Problem> {
         .map_err(|_| Problem::order_not_found())
 }
 
-/// The caller's order (staff and admins see every order); another user's order is missing.
-async fn own_order(state: &AppState, user: &AuthUser, raw: &str) -> Result<OrderView, Problem> {
+/// How the caller stands to an order it may see.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OrderAccess {
+    /// The buyer.
+    Buyer,
+    /// The event's organizer, or an admin.
+    Manager,
+}
+
+/// Whether `user` manages event `event`: an admin, or the organizer who owns it.
+pub async fn manages_event(
+    state: &AppState,
+    user: &AuthUser,
+    event: EventId,
+) -> Result<bool, Problem> {
+    Ok(match user.role {
+        Role::Admin => true,
+        Role::Organizer => state
+            .backend()
+            .event(event)
+            .await?
+            .is_some_and(|e| e.organizer == user.id),
+        Role::Customer | Role::Staff => false,
+    })
+}
+
+/// An order the caller may see: its buyer, the event's organizer and admins; to anyone else
+/// (staff included) it is missing.
+async fn visible_order(
+    state: &AppState,
+    user: &AuthUser,
+    raw: &str,
+) -> Result<(OrderView, OrderAccess), Problem> {
     let id = parse_order_id(raw)?;
-    match state.checkout().order(id).await? {
-        Some(order) if order.user == user.id || matches!(user.role, Role::Admin | Role::Staff) => {
-            Ok(order)
-        }
-        _ => Err(Problem::order_not_found()),
+    let Some(order) = state.checkout().order(id).await? else {
+        return Err(Problem::order_not_found());
+    };
+    if manages_event(state, user, order.hold.event_id).await? {
+        Ok((order, OrderAccess::Manager))
+    } else if order.user == user.id {
+        Ok((order, OrderAccess::Buyer))
+    } else {
+        Err(Problem::order_not_found())
     }
 }
 
@@ -101,7 +136,7 @@ pub async fn get(
     user: AuthUser,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, Problem> {
-    let order = own_order(&state, &user, &id).await?;
+    let (order, _) = visible_order(&state, &user, &id).await?;
     Ok(Json(order_json(&order)))
 }
 
@@ -118,12 +153,19 @@ pub async fn refund(
     Path(id): Path<String>,
     ApiJson(req): ApiJson<RefundRequest>,
 ) -> Result<(StatusCode, Json<Value>), Problem> {
-    let order = own_order(&state, &user, &id).await?;
+    let (order, access) = visible_order(&state, &user, &id).await?;
     let reason = req.reason.trim();
     if reason.is_empty() || reason.chars().count() > 500 {
         return Err(Problem::invalid("reason must be 1-500 characters"));
     }
-    let order = state.checkout().refund(order.id, reason.to_owned()).await?;
+    let by = match access {
+        OrderAccess::Buyer => RefundBy::Buyer,
+        OrderAccess::Manager => RefundBy::Organizer,
+    };
+    let order = state
+        .checkout()
+        .refund(order.id, reason.to_owned(), by)
+        .await?;
     Ok((StatusCode::ACCEPTED, Json(order_json(&order))))
 }
 
@@ -132,13 +174,15 @@ pub async fn tickets(
     user: AuthUser,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, Problem> {
-    let privileged = matches!(user.role, Role::Admin | Role::Staff);
-    let tickets = match own_order(&state, &user, &id).await {
-        Ok(order) => state.checkout().tickets(order.id).await?,
+    let tickets = match visible_order(&state, &user, &id).await {
+        Ok((order, _)) => state.checkout().tickets(order.id).await?,
         // The tickets service runs apart from the orders service: ownership is on the tickets.
         Err(p) if p.slug == "service-unavailable" => {
             let tickets = state.checkout().tickets(parse_order_id(&id)?).await?;
-            if !privileged && tickets.iter().any(|t| t.user != user.id) {
+            if let Some(first) = tickets.first()
+                && first.user != user.id
+                && !manages_event(&state, &user, first.event_id).await?
+            {
                 return Err(Problem::order_not_found());
             }
             tickets
