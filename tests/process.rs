@@ -21,6 +21,7 @@ holdfast_tests::on_both_backends!(
     full_mailbox_answers_503_overloaded,
     operator_commands,
     environment_variables_configure_the_server,
+    staff_belong_to_an_organizer,
 );
 
 const FLASH_CAPACITY: usize = 100;
@@ -666,4 +667,356 @@ async fn vnpay_sim_pays_and_calls_the_merchant_ipn() {
         ("order-42", 500_000)
     );
     let _ = sim.kill().await;
+}
+
+/// The secret the embedded default's demo merchant used before it generated its own: public,
+/// so anyone could sign a "paid" IPN with it.
+const OLD_DEMO_VNPAY_SECRET: &str = "holdfast-demo-secret-for-vnpay-sim-only";
+
+/// The embedded default with no VNPAY settings: its demo merchant's secret is generated in the
+/// data directory (0600), an IPN signed with the old published demo secret is refused (97) and
+/// changes nothing, and `holdfast vnpay-sim` run with the same settings still completes a
+/// purchase (it reads the secret there and calls the server's IPN at HOLDFAST_HTTP_ADDR).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_default_pays_with_a_secret_of_its_own() {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    let sim_addr = format!("127.0.0.1:{}", holdfast_tests::free_port());
+    let server = ServerProcess::start_without(
+        Backend::Sqlite,
+        &[
+            "HOLDFAST_VNPAY_TMN_CODE",
+            "HOLDFAST_VNPAY_HASH_SECRET",
+            "HOLDFAST_TICKET_SIGNING_KEY",
+            "HOLDFAST_JWT_SECRET",
+        ],
+        &[("HOLDFAST_VNPAY_SIM_ADDR", &sim_addr)],
+    )
+    .await;
+    let secret_path = server.sandbox().data_dir().join("vnpay-demo.secret");
+    let secret = std::fs::read_to_string(&secret_path).expect("a generated demo secret");
+    assert!(secret.trim().len() >= 32 && secret.trim() != OLD_DEMO_VNPAY_SECRET);
+    let mode = std::fs::metadata(&secret_path)
+        .expect("metadata")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "the demo secret is private");
+
+    let api = server.client();
+    let organizer = server.organizer_token().await;
+    let buyer = api.customer_token().await;
+    let event = api.create_ga_event(&organizer, 5, None).await;
+    let hold = api.hold(&buyer, &event, &[("GA", 1)]).await;
+    hold.assert_status(201);
+    let order = api
+        .post(
+            "/v1/orders",
+            Some(&buyer),
+            &json!({"hold_id": hold.body["id"]}),
+        )
+        .await;
+    order.assert_status(201);
+    let id = order.body["id"].as_str().expect("order id").to_owned();
+    let path = format!("/v1/orders/{id}");
+    let payment_url = poll_until(
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || async {
+            let reply = api.get(&path, Some(&buyer)).await;
+            reply.body["payment_url"].as_str().map(str::to_owned)
+        },
+    )
+    .await
+    .expect("a payment URL");
+    let sim_url = format!("http://{sim_addr}");
+    assert!(
+        payment_url.starts_with(&format!("{sim_url}/paymentv2/vpcpay.html?")),
+        "the demo merchant's payment page follows HOLDFAST_VNPAY_SIM_ADDR: {payment_url}"
+    );
+
+    // An attacker signs "paid" with the old published secret.
+    let amount = order.body["amount"].as_i64().expect("amount");
+    let forged = [
+        ("vnp_Amount", (amount * 100).to_string()),
+        ("vnp_BankCode", "NCB".to_owned()),
+        ("vnp_OrderInfo", format!("Holdfast order {id}")),
+        ("vnp_PayDate", "20261128153000".to_owned()),
+        ("vnp_ResponseCode", "00".to_owned()),
+        ("vnp_TmnCode", "HOLDFAST".to_owned()),
+        ("vnp_TransactionNo", "14999001".to_owned()),
+        ("vnp_TransactionStatus", "00".to_owned()),
+        ("vnp_TxnRef", id.clone()),
+    ];
+    let query = holdfast_vnpay::encoding::signed_query(OLD_DEMO_VNPAY_SECRET, &forged);
+    let ipn = api
+        .get(&format!("/v1/payments/vnpay/ipn?{query}"), None)
+        .await;
+    ipn.assert_status(200);
+    assert_eq!(ipn.body["RspCode"], "97", "{ipn}");
+    assert_eq!(
+        api.get(&path, Some(&buyer)).await.body["status"],
+        "pending_payment"
+    );
+
+    // Without the secret file, the stand-in says what to do.
+    let empty = tempfile::tempdir().expect("directory");
+    let mut elsewhere = server.env().to_vec();
+    elsewhere.push((
+        "HOLDFAST_DATA_DIR".to_owned(),
+        empty.path().display().to_string(),
+    ));
+    let missing = holdfast_tests::run_cli(
+        &elsewhere,
+        &server.sandbox().working_dir(),
+        &["vnpay-sim"],
+        "",
+    )
+    .await;
+    assert!(!missing.status.success());
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        stderr.contains("start `holdfast serve` first, or pass --hash-secret-file"),
+        "{stderr}"
+    );
+
+    // The stand-in with the server's own settings: no flags at all.
+    let mut sim = holdfast_tests::holdfast_command(server.env(), &server.sandbox().working_dir())
+        .arg("vnpay-sim")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start holdfast vnpay-sim");
+    let up = poll_until(
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || async { reqwest::get(format!("{sim_url}/")).await.ok().map(|_| ()) },
+    )
+    .await;
+    assert!(up.is_some(), "vnpay-sim did not start");
+    holdfast_tests::press(&sim_url, &payment_url, true).await;
+    let confirmed = poll_until(
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || async {
+            let reply = api.get(&path, Some(&buyer)).await;
+            (reply.body["status"] == "confirmed").then_some(())
+        },
+    )
+    .await;
+    assert!(
+        confirmed.is_some(),
+        "the stand-in's payment confirms the order"
+    );
+    let _ = sim.kill().await;
+}
+
+/// Outside the embedded demo, and whenever a secret is set explicitly, a node refuses the
+/// secrets this project publishes (the old demo secret, the deployment files' placeholders,
+/// the RFC 8032 test seed), naming the setting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn published_secrets_are_refused() {
+    let published = [
+        ("HOLDFAST_VNPAY_HASH_SECRET", OLD_DEMO_VNPAY_SECRET),
+        (
+            "HOLDFAST_VNPAY_HASH_SECRET",
+            "change-me-to-the-secret-from-vnpay",
+        ),
+        (
+            "HOLDFAST_JWT_SECRET",
+            "change-me-to-32-or-more-random-bytes!!",
+        ),
+        (
+            "HOLDFAST_TICKET_SIGNING_KEY",
+            "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60",
+        ),
+    ];
+    for backend in [Backend::Postgres, Backend::Sqlite] {
+        let sandbox = holdfast_tests::Sandbox::new(backend).await;
+        std::fs::create_dir_all(sandbox.working_dir()).expect("working directory");
+        let port = holdfast_tests::free_port();
+        for (setting, secret) in published {
+            let mut env = sandbox.env(port);
+            env.retain(|(k, _)| k != setting);
+            env.push((setting.to_owned(), secret.to_owned()));
+            let out = holdfast_tests::run_cli(&env, &sandbox.working_dir(), &["serve"], "").await;
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                !out.status.success()
+                    && stderr.contains(&format!("{setting} is a secret published")),
+                "{backend:?} {setting}={secret}: {}\n{stderr}",
+                out.status
+            );
+        }
+    }
+}
+
+/// `holdfast … | head`: a reader that closed its end of the pipe ends the command quietly,
+/// with no panic (`failed printing to stdout`) and no error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_exit_quietly_when_their_output_is_closed() {
+    use axum::routing::get;
+
+    let shards: Vec<_> = (0..256)
+        .map(|shard| {
+            json!({"shard": shard, "owner": if shard < 200 { "n0" } else { "n1" },
+                            "epoch": 1, "events": shard % 7})
+        })
+        .collect();
+    let nodes = json!([
+        {"node": "n0", "addr": "127.0.0.1:7070", "http_addr": "127.0.0.1:8080", "live": true, "shards": 200},
+        {"node": "n1", "addr": "127.0.0.1:7071", "http_addr": "127.0.0.1:8081", "live": true, "shards": 56},
+    ]);
+    let admin = axum::Router::new()
+        .route(
+            "/v1/admin/shards",
+            get(move || async move { axum::Json(json!(shards)) }),
+        )
+        .route(
+            "/v1/admin/nodes",
+            get(move || async move { axum::Json(nodes) }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("address"));
+    tokio::spawn(async move { axum::serve(listener, admin).await });
+
+    let cwd = tempfile::tempdir().expect("directory");
+    let admin = ["--url", url.as_str(), "--token", "t"];
+    let commands: [Vec<&str>; 5] = [
+        [&["shards", "list"][..], &admin].concat(),
+        [&["shards", "list", "--json"][..], &admin].concat(),
+        [&["shards", "rebalance", "--dry-run"][..], &admin].concat(),
+        vec!["--help"],
+        vec!["--version"],
+    ];
+    for args in commands {
+        // The reader is gone before the command writes a byte.
+        let (reader, writer) = std::io::pipe().expect("a pipe");
+        drop(reader);
+        let child = holdfast_tests::holdfast_command(&[], cwd.path())
+            .args(&args)
+            .stdin(std::process::Stdio::null())
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start holdfast");
+        let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+            .await
+            .expect("the command ends")
+            .expect("run the command");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stderr.is_empty(),
+            "holdfast {args:?} | (closed): {}\n{stderr}",
+            out.status
+        );
+    }
+
+    // A command that reports on standard error (and logs there) with that closed too.
+    let data = cwd.path().join("data");
+    let env = [("HOLDFAST_DATA_DIR".to_owned(), data.display().to_string())];
+    let closed = || {
+        let (reader, writer) = std::io::pipe().expect("a pipe");
+        drop(reader);
+        writer
+    };
+    let status = holdfast_tests::holdfast_command(&env, cwd.path())
+        .arg("migrate")
+        .stdin(std::process::Stdio::null())
+        .stdout(closed())
+        .stderr(closed())
+        .kill_on_drop(true)
+        .status();
+    let status = tokio::time::timeout(Duration::from_secs(60), status)
+        .await
+        .expect("the command ends")
+        .expect("run the command");
+    assert!(
+        status.success(),
+        "holdfast migrate 2>&1 | (closed): {status}"
+    );
+    assert!(data.join("holdfast.db").exists(), "the migration ran");
+}
+
+/// `holdfast users add --role staff --organizer EMAIL`: staff need an organizer, only staff
+/// take one, and the staff member then checks in at that organizer's events only.
+async fn staff_belong_to_an_organizer(backend: Backend) {
+    let server = ServerProcess::start(backend, &[]).await;
+    let api = server.client();
+    let add = |email: &str, role: &str, organizer: Option<&str>| {
+        let mut args = vec![
+            "users".to_owned(),
+            "add".to_owned(),
+            email.to_owned(),
+            "--role".to_owned(),
+            role.to_owned(),
+            "--password-stdin".to_owned(),
+        ];
+        if let Some(organizer) = organizer {
+            args.extend(["--organizer".to_owned(), organizer.to_owned()]);
+        }
+        args
+    };
+    let srv = &server;
+    let run = |args: Vec<String>| async move {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = srv.cli(&args, &format!("{PASSWORD}\n")).await;
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let organizer = unique_email("organizer");
+    assert!(run(add(&organizer, "organizer", None)).await.0);
+    let customer = unique_email("customer");
+    api.register(&customer, PASSWORD, "Customer")
+        .await
+        .assert_status(201);
+    let staff = unique_email("staff");
+    for (args, message) in [
+        (add(&staff, "staff", None), "--organizer"),
+        (
+            add(&staff, "organizer", Some(&organizer)),
+            "--organizer is for staff only",
+        ),
+        (add(&staff, "staff", Some(&customer)), "not an organizer"),
+        (
+            add(&staff, "staff", Some("nobody@example.com")),
+            "no account is registered",
+        ),
+    ] {
+        let (ok, stderr) = run(args).await;
+        assert!(!ok, "accepted: {stderr}");
+        assert!(stderr.contains(message), "no clear message: {stderr}");
+    }
+    api.login(&staff, PASSWORD)
+        .await
+        .assert_problem(401, "invalid-credentials");
+    let (ok, stderr) = run(add(&staff, "staff", Some(&organizer))).await;
+    assert!(ok, "holdfast users add failed: {stderr}");
+
+    let own = api
+        .create_ga_event(&api.login_token(&organizer, PASSWORD).await, 10, None)
+        .await;
+    let other = api
+        .create_ga_event(&server.organizer_token().await, 10, None)
+        .await;
+    let door = api.login_token(&staff, PASSWORD).await;
+    let scan = |event: String| {
+        let door = door.clone();
+        async move {
+            api.post(
+                "/v1/checkin",
+                Some(&door),
+                &json!({"code": "HF1.bm90LWEtdGlja2V0.c2ln", "event_id": event}),
+            )
+            .await
+        }
+    };
+    // Past the door check at its organizer's event (the code itself is not genuine).
+    scan(own).await.assert_problem(422, "invalid-ticket");
+    scan(other).await.assert_problem(403, "forbidden");
 }

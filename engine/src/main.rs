@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use holdfast_actors::UserId;
 use holdfast_engine::config::{Config, LogFormat};
 use holdfast_engine::{backend, node};
+use holdfast_gateway::auth::Role;
 use holdfast_gateway::backend::Account;
 use tracing_subscriber::EnvFilter;
 
@@ -43,47 +44,18 @@ enum Command {
         command: UsersCommand,
     },
     /// Runs a local stand-in of the VNPAY sandbox: a payment page whose Pay and Cancel buttons
-    /// call the merchant's IPN with a correctly signed result and send the browser back.
-    VnpaySim {
-        /// Where the simulated payment page listens; point HOLDFAST_VNPAY_PAY_URL at
-        /// http://ADDR/paymentv2/vpcpay.html.
-        #[arg(
-            long,
-            env = "HOLDFAST_VNPAY_SIM_ADDR",
-            default_value = "127.0.0.1:9090"
-        )]
-        addr: std::net::SocketAddr,
-        /// The merchant's terminal code (vnp_TmnCode).
-        #[arg(long, env = "HOLDFAST_VNPAY_TMN_CODE", default_value = holdfast_engine::node::DEMO_VNPAY_TMN_CODE)]
-        tmn_code: String,
-        /// The HMAC-SHA512 secret shared with the merchant; unset: the embedded default's demo
-        /// merchant.
-        #[arg(
-            long,
-            env = "HOLDFAST_VNPAY_HASH_SECRET",
-            hide_env_values = true,
-            default_value = holdfast_engine::node::DEMO_VNPAY_HASH_SECRET,
-            hide_default_value = true
-        )]
-        hash_secret: String,
-        /// The merchant's IPN endpoint; defaults to HOLDFAST_PUBLIC_URL + /v1/payments/vnpay/ipn.
-        #[arg(long)]
-        merchant_ipn_url: Option<String>,
-        #[arg(
-            long,
-            env = "HOLDFAST_PUBLIC_URL",
-            default_value = "http://127.0.0.1:8080"
-        )]
-        public_url: String,
-    },
+    /// call the merchant's IPN with a correctly signed result and send the browser back. It
+    /// reads the server's settings (the same --config file and HOLDFAST_* variables), so with
+    /// none it plays VNPAY for the embedded default on this machine.
+    VnpaySim(VnpaySimArgs),
     /// Operates the cluster's shards through any node's admin API.
     Shards {
-        /// A node's public URL.
+        /// A node's ops listener (its HOLDFAST_OPS_ADDR), where the admin API is served.
         #[arg(
             long,
             global = true,
             env = "HOLDFAST_URL",
-            default_value = "http://127.0.0.1:8080"
+            default_value = "http://127.0.0.1:9091"
         )]
         url: String,
         /// An admin's access token.
@@ -92,6 +64,36 @@ enum Command {
         #[command(subcommand)]
         command: ShardsCommand,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct VnpaySimArgs {
+    /// Where the payment page listens [default: HOLDFAST_VNPAY_SIM_ADDR, else 127.0.0.1:9090,
+    /// where the embedded default sends buyers].
+    #[arg(long)]
+    addr: Option<std::net::SocketAddr>,
+    /// The merchant's terminal code (vnp_TmnCode) [default: HOLDFAST_VNPAY_TMN_CODE, else the
+    /// embedded default's demo merchant].
+    #[arg(long)]
+    tmn_code: Option<String>,
+    /// The HMAC-SHA512 secret shared with the merchant [default: HOLDFAST_VNPAY_HASH_SECRET,
+    /// else the file of --hash-secret-file].
+    #[arg(long, conflicts_with = "hash_secret_file")]
+    hash_secret: Option<String>,
+    /// A file holding the secret [default: DATA_DIR/vnpay-demo.secret, which `holdfast serve`
+    /// generates on the embedded default].
+    #[arg(long)]
+    hash_secret_file: Option<PathBuf>,
+    /// The server's data directory [default: HOLDFAST_DATA_DIR, else ./data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// The server's public base URL, which IPNs and buyers return to [default:
+    /// HOLDFAST_PUBLIC_URL, else http://HOLDFAST_HTTP_ADDR].
+    #[arg(long)]
+    public_url: Option<String>,
+    /// The merchant's IPN endpoint [default: PUBLIC_URL/v1/payments/vnpay/ipn].
+    #[arg(long)]
+    merchant_ipn_url: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -131,6 +133,9 @@ enum UsersCommand {
         /// Display name; defaults to the part of the email before '@'.
         #[arg(long)]
         name: Option<String>,
+        /// For staff (required): the e-mail of the organizer they check tickets in for.
+        #[arg(long, value_name = "ORGANIZER_EMAIL")]
+        organizer: Option<String>,
     },
 }
 
@@ -143,7 +148,10 @@ fn init_tracing(config: &Config) {
         .unwrap_or_else(|| EnvFilter::new("info,sqlx=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Its fallback for a failed write is `eprintln!`, which panics on a closed pipe
+        // (`holdfast serve 2>&1 | head`); a log line that cannot be written is dropped.
+        .log_internal_errors(false);
     match config.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -186,8 +194,19 @@ async fn add_user(
     email: &str,
     role: &str,
     name: Option<String>,
+    organizer: Option<String>,
 ) -> anyhow::Result<()> {
     let role = backend::parse_role(role).map_err(anyhow::Error::msg)?;
+    match (role, &organizer) {
+        (Role::Staff, None) => {
+            anyhow::bail!("staff belong to an organizer: add --organizer ORGANIZER_EMAIL")
+        }
+        (Role::Staff, Some(_)) | (_, None) => {}
+        (other, Some(_)) => anyhow::bail!(
+            "--organizer is for staff only, not for the role {}",
+            other.as_str()
+        ),
+    }
     let email = holdfast_gateway::routes::accounts::parse_email(email)
         .map_err(|p| anyhow::anyhow!(p.detail))?;
     let mut password = String::new();
@@ -204,6 +223,10 @@ async fn add_user(
             .await?
             .map_err(|e| anyhow::anyhow!("hashing the password: {e}"))?;
     let store = node::open_store(&config).await?;
+    let organizer = match organizer {
+        Some(email) => Some(organizer_id(&store, &email).await?),
+        None => None,
+    };
     let account = Account {
         id: UserId::generate(),
         email,
@@ -212,17 +235,35 @@ async fn add_user(
         phone: None,
     };
     let now = holdfast_actors::actor::Clock::now(&holdfast_actors::actor::SystemClock).as_millis();
-    backend::add_user(&store, &account, &hash, now)
-        .await
-        .map_err(|e| anyhow::anyhow!("adding {}: {e}", account.email))?;
+    let added = match organizer {
+        Some(organizer) => backend::add_staff(&store, &account, &hash, organizer, now).await,
+        None => backend::add_user(&store, &account, &hash, now).await,
+    };
+    added.map_err(|e| anyhow::anyhow!("adding {}: {e}", account.email))?;
     store.close().await;
-    eprintln!(
+    holdfast_engine::errln!(
         "added {} ({}) with id {}",
         account.email,
         account.role.as_str(),
         account.id
     );
     Ok(())
+}
+
+/// The id of the organizer account registered with `email`.
+async fn organizer_id(store: &holdfast_persistence::Store, email: &str) -> anyhow::Result<UserId> {
+    let user = store
+        .user_by_email(email.trim())
+        .await
+        .with_context(|| format!("looking up the organizer {email}"))?
+        .ok_or_else(|| anyhow::anyhow!("no account is registered with {email}"))?;
+    if user.role != Role::Organizer.as_str() {
+        anyhow::bail!(
+            "{email} is a {} account, not an organizer: staff belong to an organizer",
+            user.role
+        );
+    }
+    Ok(UserId(user.id))
 }
 
 async fn shards(url: &str, token: Option<String>, command: ShardsCommand) -> anyhow::Result<()> {
@@ -253,6 +294,53 @@ async fn shards(url: &str, token: Option<String>, command: ShardsCommand) -> any
     }
 }
 
+/// The stand-in's address and merchant: flags first, then the server's settings.
+fn sim_config(
+    config: &Config,
+    args: VnpaySimArgs,
+) -> anyhow::Result<(std::net::SocketAddr, holdfast_vnpay::sim::SimConfig)> {
+    let hash_secret = match (args.hash_secret, args.hash_secret_file) {
+        (Some(secret), _) => secret,
+        (None, Some(path)) => read_secret_file(&path)?,
+        (None, None) => match &config.vnpay_hash_secret {
+            Some(secret) => secret.clone(),
+            None => {
+                let data_dir = args.data_dir.as_deref().unwrap_or(&config.data_dir);
+                read_secret_file(&node::vnpay_demo_secret_path(data_dir))?
+            }
+        },
+    };
+    let public_url = args.public_url.unwrap_or_else(|| config.public_url());
+    let merchant_ipn_url = args
+        .merchant_ipn_url
+        .unwrap_or_else(|| format!("{}/v1/payments/vnpay/ipn", public_url.trim_end_matches('/')));
+    let tmn_code = args
+        .tmn_code
+        .or_else(|| config.vnpay_tmn_code.clone())
+        .unwrap_or_else(|| node::DEMO_VNPAY_TMN_CODE.to_owned());
+    Ok((
+        args.addr.unwrap_or(config.vnpay_sim_addr),
+        holdfast_vnpay::sim::SimConfig {
+            hash_secret,
+            tmn_code,
+            merchant_ipn_url,
+        },
+    ))
+}
+
+/// A merchant secret kept in a file (surrounding whitespace is not part of it).
+fn read_secret_file(path: &std::path::Path) -> anyhow::Result<String> {
+    match std::fs::read_to_string(path) {
+        Ok(secret) => Ok(secret.trim().to_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => anyhow::bail!(
+            "no VNPAY merchant secret at {} (the embedded default generates it there): start \
+             `holdfast serve` first, or pass --hash-secret-file",
+            path.display()
+        ),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
 async fn vnpay_sim(
     addr: std::net::SocketAddr,
     config: holdfast_vnpay::sim::SimConfig,
@@ -265,7 +353,7 @@ async fn vnpay_sim(
         .await
         .with_context(|| format!("binding {addr}"))?;
     let ipn = config.merchant_ipn_url.clone();
-    eprintln!(
+    holdfast_engine::errln!(
         "VNPAY sandbox stand-in on http://{}/paymentv2/vpcpay.html, IPN to {ipn}",
         listener.local_addr()?
     );
@@ -287,32 +375,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             token,
             command,
         } => shards(&url, token, command).await,
-        Command::VnpaySim {
-            addr,
-            tmn_code,
-            hash_secret,
-            merchant_ipn_url,
-            public_url,
-        } => {
-            let merchant_ipn_url = merchant_ipn_url.unwrap_or_else(|| {
-                format!("{}/v1/payments/vnpay/ipn", public_url.trim_end_matches('/'))
-            });
-            vnpay_sim(
-                addr,
-                holdfast_vnpay::sim::SimConfig {
-                    hash_secret,
-                    tmn_code,
-                    merchant_ipn_url,
-                },
-            )
-            .await
+        Command::VnpaySim(args) => {
+            let (addr, config) = sim_config(&load()?, args)?;
+            vnpay_sim(addr, config).await
         }
         Command::Serve { roles } => serve(load()?, roles).await,
         Command::Migrate => {
             let config = load()?;
             let store = node::open_store(&config).await?;
             store.close().await;
-            eprintln!(
+            holdfast_engine::errln!(
                 "database {} is up to date",
                 node::redact(&config.database_url())
             );
@@ -325,8 +397,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     role,
                     password_stdin: _,
                     name,
+                    organizer,
                 },
-        } => add_user(load()?, &email, &role, name).await,
+        } => add_user(load()?, &email, &role, name, organizer).await,
     }
 }
 
@@ -338,14 +411,16 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
+            holdfast_engine::errln!("error: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        // `holdfast shards list | head`: the reader has what it wanted.
+        Err(e) if holdfast_engine::output::is_closed(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            holdfast_engine::errln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }

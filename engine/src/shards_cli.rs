@@ -197,35 +197,42 @@ pub async fn list(admin: &Admin, json: bool) -> anyhow::Result<()> {
     let shards = admin.shards().await?;
     if json {
         let rows: Vec<Value> = shards.iter().map(|s| serde_json::json!({"shard": s.shard, "owner": s.owner, "epoch": s.epoch, "events": s.events})).collect();
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&rows)?)?;
         return Ok(());
     }
     let nodes = admin.nodes().await?;
-    println!(
+    crate::outln!(
         "{:<7} {:<20} {:>7} {:>8}",
-        "SHARD", "OWNER", "EPOCH", "EVENTS"
-    );
+        "SHARD",
+        "OWNER",
+        "EPOCH",
+        "EVENTS"
+    )?;
     for s in &shards {
-        println!(
+        crate::outln!(
             "{:<7} {:<20} {:>7} {:>8}",
             s.shard,
             s.owner.as_deref().unwrap_or("-"),
             s.epoch,
             s.events
-        );
+        )?;
     }
-    println!();
-    println!(
+    crate::outln!()?;
+    crate::outln!(
         "{:<20} {:<6} {:>7} {:>8}  {:<22} HTTP",
-        "NODE", "LIVE", "SHARDS", "EVENTS", "INTERNAL"
-    );
+        "NODE",
+        "LIVE",
+        "SHARDS",
+        "EVENTS",
+        "INTERNAL"
+    )?;
     for n in &nodes {
         let events: u64 = shards
             .iter()
             .filter(|s| s.owner.as_deref() == Some(n.node.as_str()))
             .map(|s| s.events)
             .sum();
-        println!(
+        crate::outln!(
             "{:<20} {:<6} {:>7} {:>8}  {:<22} {}",
             n.node,
             if n.live { "yes" } else { "NO" },
@@ -233,27 +240,27 @@ pub async fn list(admin: &Admin, json: bool) -> anyhow::Result<()> {
             events,
             n.addr,
             n.http_addr
-        );
+        )?;
     }
     Ok(())
 }
 
 pub async fn run_moves(admin: &Admin, moves: &[Move], dry_run: bool) -> anyhow::Result<()> {
     if moves.is_empty() {
-        println!("nothing to move: the cluster is balanced");
+        crate::outln!("nothing to move: the cluster is balanced")?;
         return Ok(());
     }
-    println!("plan: {} move(s)", moves.len());
+    crate::outln!("plan: {} move(s)", moves.len())?;
     for m in moves {
-        println!(
+        crate::outln!(
             "  shard {:>5}: {} -> {}",
             m.shard,
             m.from.as_deref().unwrap_or("(none)"),
             m.to
-        );
+        )?;
     }
     if dry_run {
-        println!("dry run: nothing moved");
+        crate::outln!("dry run: nothing moved")?;
         return Ok(());
     }
     let started = Instant::now();
@@ -262,7 +269,7 @@ pub async fn run_moves(admin: &Admin, moves: &[Move], dry_run: bool) -> anyhow::
             .move_shard(m.shard, &m.to)
             .await
             .with_context(|| format!("moving shard {} to {}", m.shard, m.to))?;
-        println!(
+        crate::outln!(
             "[{}/{}] shard {} moved to {} (epoch {}, paused {} ms)",
             i + 1,
             moves.len(),
@@ -270,9 +277,9 @@ pub async fn run_moves(admin: &Admin, moves: &[Move], dry_run: bool) -> anyhow::
             m.to,
             report.get("epoch").and_then(Value::as_u64).unwrap_or(0),
             report.get("pause_ms").and_then(Value::as_u64).unwrap_or(0)
-        );
+        )?;
     }
-    println!("done in {:.1} s", started.elapsed().as_secs_f64());
+    crate::outln!("done in {:.1} s", started.elapsed().as_secs_f64())?;
     Ok(())
 }
 

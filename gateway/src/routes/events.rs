@@ -20,6 +20,9 @@ use crate::extract::ApiJson;
 use crate::problem::Problem;
 
 pub const CAPACITY_MAX: u64 = 1_000_000;
+/// Currencies tickets may be priced in: those the payment provider takes. VNPAY settles in
+/// VND only; an order in any other currency could never be paid.
+pub const CURRENCIES: &[&str] = &["VND"];
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -79,6 +82,19 @@ fn parse_ticket_type(t: &TicketTypeRequest) -> Result<TicketTypeSpec, Problem> {
             "ticket type {code}: currency must be a 3-letter ISO 4217 code like VND"
         )));
     }
+    if !CURRENCIES.contains(&t.currency.as_str()) {
+        return Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "currency-not-supported",
+            "Currency not supported",
+            format!(
+                "ticket type {code}: the payment provider (VNPAY) takes {} only, not {}",
+                CURRENCIES.join(", "),
+                t.currency
+            ),
+        )
+        .with("supported", json!(CURRENCIES)));
+    }
     if t.capacity > CAPACITY_MAX {
         return Err(Problem::invalid(format!(
             "ticket type {code}: capacity must be at most {CAPACITY_MAX}"
@@ -101,6 +117,25 @@ fn parse_ticket_type(t: &TicketTypeRequest) -> Result<TicketTypeSpec, Problem> {
         capacity: u32::try_from(t.capacity).unwrap_or(u32::MAX),
         per_user_limit,
     })
+}
+
+/// When an event starts: an RFC 3339 time after `now` (an event in the past never sells).
+fn parse_starts_at(raw: &str, now: OffsetDateTime) -> Result<OffsetDateTime, Problem> {
+    let starts_at = OffsetDateTime::parse(raw, &Rfc3339).map_err(|_| {
+        Problem::invalid("starts_at must be an RFC 3339 time like 2030-12-31T20:00:00Z")
+    })?;
+    if starts_at <= now {
+        return Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "event-in-past",
+            "Event in the past",
+            format!(
+                "starts_at {} is not in the future: nobody could buy a ticket for it",
+                rfc3339(starts_at)
+            ),
+        ));
+    }
+    Ok(starts_at)
 }
 
 pub fn event_json(e: &EventInfo) -> Value {
@@ -128,9 +163,7 @@ pub async fn create(
     ApiJson(req): ApiJson<CreateEvent>,
 ) -> Result<(StatusCode, HeaderMap, Json<Value>), Problem> {
     user.require(&[Role::Organizer, Role::Admin])?;
-    let starts_at = OffsetDateTime::parse(&req.starts_at, &Rfc3339).map_err(|_| {
-        Problem::invalid("starts_at must be an RFC 3339 time like 2026-12-31T20:00:00Z")
-    })?;
+    let starts_at = parse_starts_at(&req.starts_at, OffsetDateTime::now_utc())?;
     if req.ticket_types.is_empty()
         || req.ticket_types.len() > holdfast_actors::inventory::TICKET_TYPES_MAX
     {
@@ -213,4 +246,49 @@ pub async fn availability(
             "sold": s.sold,
         })).collect::<Vec<_>>(),
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ticket_type(price: i64, currency: &str) -> TicketTypeRequest {
+        TicketTypeRequest {
+            code: "GA".to_owned(),
+            name: "General".to_owned(),
+            price,
+            currency: currency.to_owned(),
+            capacity: 10,
+            per_user_limit: None,
+        }
+    }
+
+    #[test]
+    fn events_start_in_the_future() {
+        let now = OffsetDateTime::parse("2026-06-01T12:00:00Z", &Rfc3339).unwrap();
+        assert!(parse_starts_at("2026-06-01T12:00:01Z", now).is_ok());
+        for past in ["2026-06-01T12:00:00Z", "2020-01-01T00:00:00Z"] {
+            assert_eq!(
+                parse_starts_at(past, now).unwrap_err().slug,
+                "event-in-past"
+            );
+        }
+        assert_eq!(
+            parse_starts_at("tomorrow", now).unwrap_err().slug,
+            "invalid-request"
+        );
+    }
+
+    #[test]
+    fn tickets_are_priced_in_a_currency_the_payment_provider_takes() {
+        assert!(parse_ticket_type(&ticket_type(500_000, "VND")).is_ok());
+        assert!(parse_ticket_type(&ticket_type(0, "VND")).is_ok());
+        let usd = parse_ticket_type(&ticket_type(10, "USD")).unwrap_err();
+        assert_eq!(usd.slug, "currency-not-supported");
+        assert!(usd.detail.contains("VND"), "{}", usd.detail);
+        assert_eq!(
+            parse_ticket_type(&ticket_type(10, "vnd")).unwrap_err().slug,
+            "invalid-request"
+        );
+    }
 }
