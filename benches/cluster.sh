@@ -14,7 +14,10 @@ bench=target/release/holdfast-bench
 out=target/cluster-bench
 pg_admin=${HOLDFAST_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 pg_server=${pg_admin%/*}
-export HOLDFAST_JWT_SECRET=cluster-bench-secret-0123456789abcdef0123
+# Fresh secrets per run, shared by the nodes (a node refuses the ones the project publishes).
+random_hex() { head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
+export HOLDFAST_JWT_SECRET=$(random_hex) HOLDFAST_TICKET_SIGNING_KEY=$(random_hex)
+export HOLDFAST_VNPAY_TMN_CODE=BENCH HOLDFAST_VNPAY_HASH_SECRET=$(random_hex)
 mkdir -p "$out"
 pids=()
 
@@ -31,7 +34,7 @@ fresh_db() {
 
 start_nodes() { # n
   for i in $(seq 1 "$1"); do
-    HOLDFAST_NODE_ID=n$i HOLDFAST_HTTP_ADDR=127.0.0.1:1808$i HOLDFAST_INTERNAL_ADDR=127.0.0.1:1707$i \
+    HOLDFAST_NODE_ID=n$i HOLDFAST_HTTP_ADDR=127.0.0.1:1808$i HOLDFAST_INTERNAL_ADDR=127.0.0.1:1707$i HOLDFAST_OPS_ADDR=127.0.0.1:1909$i \
       HOLDFAST_DATA_DIR="$out/n$i" HOLDFAST_SHARDS=64 HOLDFAST_LEASE_SECS=3 HOLDFAST_LOG=warn \
       "$bin" serve >>"$out/n$i.log" 2>&1 &
     pids+=($!); disown
@@ -58,7 +61,7 @@ PY
 echo "== throughput on 64 events, $secs s, 64 connections, against node 1"
 for n in 1 2 3; do
   fresh_db; start_nodes "$n"
-  HOLDFAST_URL=http://127.0.0.1:18081 HOLDFAST_TOKEN=$(admin_token) "$bin" shards rebalance >/dev/null
+  HOLDFAST_URL=http://127.0.0.1:19091 HOLDFAST_TOKEN=$(admin_token) "$bin" shards rebalance >/dev/null
   "$bench" run --url http://127.0.0.1:18081 --events 64 --duration "${secs}s" --connections 64 \
     --quiet --label "cluster-$n" --out "$out/throughput-$n.json" >/dev/null
   echo "$n node(s): $(summary "$out/throughput-$n.json")"
@@ -67,7 +70,7 @@ done
 
 echo "== handoff pause: a hot event's shard moved 20 times under load (3 nodes)"
 fresh_db; start_nodes 3
-export HOLDFAST_URL=http://127.0.0.1:18081 HOLDFAST_TOKEN=$(admin_token)
+export HOLDFAST_URL=http://127.0.0.1:19091 HOLDFAST_TOKEN=$(admin_token)
 "$bin" shards rebalance >/dev/null
 "$bench" run --url http://127.0.0.1:18082 --events 1 --duration "$((secs + 10))s" --connections 32 \
   --quiet --label handoff --out "$out/handoff.json" >/dev/null &

@@ -59,7 +59,7 @@ impl TestCluster {
     }
 
     async fn shards_cli(&self, via: usize, args: &[&str]) -> String {
-        let url = self.client(via).base_url().to_owned();
+        let url = self.nodes[via].ops_client().base_url().to_owned();
         let mut all = vec!["shards", "--url", &url, "--token", &self.admin];
         all.extend_from_slice(args);
         let out = self.nodes[via].cli(&all, "").await;
@@ -451,7 +451,7 @@ async fn a_purchase_across_the_nodes_happens_once() {
         .client(0)
         .create_event(&organizer, &[TicketType::new("GA", 10, Some(4))])
         .await;
-    let staff = cluster.nodes[0].user_token("staff").await;
+    let staff = cluster.client(0).staff_token(&organizer).await;
     let buyer = cluster.client(1).customer_token().await;
     let hold = cluster.client(1).hold(&buyer, &event, &[("GA", 2)]).await;
     hold.assert_status(201);
@@ -504,7 +504,7 @@ async fn a_purchase_across_the_nodes_happens_once() {
         .post(
             "/v1/checkin",
             Some(&staff),
-            &json!({"code": tickets[0]["code"]}),
+            &json!({"code": tickets[0]["code"], "event_id": event}),
         )
         .await
         .assert_status(200);
@@ -513,7 +513,7 @@ async fn a_purchase_across_the_nodes_happens_once() {
         .post(
             "/v1/checkin",
             Some(&staff),
-            &json!({"code": tickets[0]["code"]}),
+            &json!({"code": tickets[0]["code"], "event_id": event}),
         )
         .await
         .assert_problem(409, "already-admitted");
@@ -549,4 +549,195 @@ async fn a_purchase_across_the_nodes_happens_once() {
         count("SELECT COUNT(*) FROM bus_records").await,
         "every outbox record published once, whichever node's relay had the turn"
     );
+}
+
+/// A CA and a node certificate for 127.0.0.1 signed by it, made with the openssl command line
+/// as an operator would: `(ca.pem, node.pem, node.key)`.
+fn internal_certificates(dir: &std::path::Path) -> (String, String, String) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("run openssl (Debian's openssl package)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend(ec);
+    ca.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=holdfast test CA",
+    ]);
+    run(&ca);
+    let mut csr = vec!["req"];
+    csr.extend(ec);
+    csr.extend([
+        "-keyout",
+        "node.key",
+        "-out",
+        "node.csr",
+        "-subj",
+        "/CN=holdfast node",
+    ]);
+    run(&csr);
+    std::fs::write(
+        dir.join("node.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("write node.ext");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "node.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "node.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "node.ext",
+    ]);
+    let path = |name: &str| dir.join(name).display().to_string();
+    (path("ca.pem"), path("node.pem"), path("node.key"))
+}
+
+/// With certificates configured the node-to-node API is TLS: requests forwarded between the
+/// nodes work, and a node that speaks plain h2c to it gets no answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_node_api_speaks_tls_when_configured() {
+    let certs = tempfile::tempdir().expect("a directory for the certificates");
+    let (ca, cert, key) = internal_certificates(certs.path());
+    let cluster = TestCluster::start(
+        2,
+        3,
+        &[
+            ("HOLDFAST_INTERNAL_TLS_CERT", &cert),
+            ("HOLDFAST_INTERNAL_TLS_KEY", &key),
+            ("HOLDFAST_INTERNAL_TLS_CA", &ca),
+        ],
+    )
+    .await;
+    cluster.shards_cli(1, &["rebalance"]).await;
+    let organizer = cluster.nodes[0].organizer_token().await;
+    let events = events_on_every_shard(cluster.client(0), &organizer, 10).await;
+    let owners = cluster.owners(0).await;
+    let buyer = cluster.client(1).customer_token().await;
+    let mut forwarded = 0;
+    for (shard, event) in &events {
+        for via in 0..2 {
+            if owners[shard] != format!("n{via}") {
+                forwarded += 1;
+            }
+            cluster
+                .client(via)
+                .hold(&buyer, event, &[("GA", 1)])
+                .await
+                .assert_status(201);
+        }
+    }
+    assert!(
+        forwarded >= SHARDS as usize,
+        "every shard was reached through the other node"
+    );
+
+    let internal = cluster.nodes[0]
+        .env()
+        .iter()
+        .find(|(k, _)| k == "HOLDFAST_INTERNAL_ADDR")
+        .map(|(_, v)| v.clone())
+        .expect("the node's internal address");
+    let h2c = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .timeout(Duration::from_secs(3))
+        .build()
+        .expect("client");
+    let plain = h2c
+        .post(format!("http://{internal}/internal/v1/refresh"))
+        .send()
+        .await;
+    assert!(plain.is_err(), "plain h2c was answered: {plain:?}");
+}
+
+/// Logout on one node revokes every access token of that login on the others within about a
+/// second (the deny list is pulled every second), and so does a refresh token used twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_revoked_login_is_refused_by_every_node() {
+    let cluster = TestCluster::start(2, 3, &[]).await;
+    let (api0, api1) = (cluster.client(0), cluster.client(1));
+    let email = holdfast_tests::unique_email("revoke");
+    api0.register(&email, holdfast_tests::PASSWORD, "R")
+        .await
+        .assert_status(201);
+    for how in ["logout", "refresh reuse"] {
+        let login = api0.login(&email, holdfast_tests::PASSWORD).await;
+        login.assert_status(200);
+        let refreshed = api0
+            .post(
+                "/v1/auth/refresh",
+                None,
+                &json!({"refresh_token": login.body["refresh_token"]}),
+            )
+            .await;
+        refreshed.assert_status(200);
+        let other = refreshed.body["access_token"]
+            .as_str()
+            .expect("token")
+            .to_owned();
+        api1.get("/v1/orders", Some(&other))
+            .await
+            .assert_status(200);
+        let revoked_at = Instant::now();
+        if how == "logout" {
+            let first = login.body["access_token"].as_str().expect("token");
+            api0.post("/v1/auth/logout", Some(first), &json!({}))
+                .await
+                .assert_status(204);
+        } else {
+            api0.post(
+                "/v1/auth/refresh",
+                None,
+                &json!({"refresh_token": login.body["refresh_token"]}),
+            )
+            .await
+            .assert_problem(401, "refresh-token-reused");
+        }
+        let refused = poll_until(
+            Duration::from_secs(5),
+            Duration::from_millis(50),
+            || async {
+                let reply = api1.get("/v1/orders", Some(&other)).await;
+                (reply.status == 401).then_some(reply)
+            },
+        )
+        .await
+        .unwrap_or_else(|| panic!("{how}: node 1 still accepts the login's token after 5 s"));
+        refused.assert_problem(401, "token-revoked");
+        let took = revoked_at.elapsed();
+        assert!(
+            took < Duration::from_secs(2),
+            "{how}: refused on node 1 after {took:?}"
+        );
+    }
 }

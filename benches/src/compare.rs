@@ -171,7 +171,7 @@ async fn wait_ready(server: &mut Server, within: Duration) -> anyhow::Result<()>
 }
 
 /// A command with no inherited `HOLDFAST_*` settings, its output going to `log`.
-fn command(program: &Path, log: &Path) -> anyhow::Result<Command> {
+pub(crate) fn command(program: &Path, log: &Path) -> anyhow::Result<Command> {
     let mut cmd = Command::new(program);
     for (key, _) in std::env::vars() {
         if key.starts_with("HOLDFAST_") {
@@ -210,6 +210,8 @@ async fn start(
         cmd.arg("serve")
             .env("HOLDFAST_HTTP_ADDR", &addr)
             .env("HOLDFAST_DATA_DIR", &data)
+            // The ops listener on a port of its own, so a node already on 8081 does not clash.
+            .env("HOLDFAST_OPS_ADDR", "127.0.0.1:0")
             .env("HOLDFAST_JWT_SECRET", secret)
             .env(
                 "HOLDFAST_DURABILITY",

@@ -15,3 +15,4 @@ pub mod report;
 pub mod scenario;
 pub mod setup;
 pub mod stats;
+pub mod storm;

@@ -34,6 +34,29 @@ enum Command {
     Baseline(BaselineArgs),
     /// Starts Holdfast and each baseline in turn, loads each the same way, and compares.
     Compare(CompareArgs),
+    /// Many wrong-password logins at once against a fresh `holdfast serve`: its memory,
+    /// `/healthz` latency and correct logins, with the default bound and with a wide one.
+    LoginStorm(StormArgs),
+}
+
+#[derive(Debug, Args)]
+struct StormArgs {
+    /// Concurrent wrong-password logins, each on its own connection.
+    #[arg(long, default_value_t = 1000)]
+    logins: usize,
+    /// The `holdfast` binary; default: next to this one.
+    #[arg(long)]
+    holdfast_bin: Option<PathBuf>,
+    /// Also run with this many hashes at once (and no wait bound), to show what the bound buys;
+    /// 0 skips it.
+    #[arg(long, default_value_t = 64)]
+    wide: usize,
+    /// Seconds to watch the memory after each storm.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    settle: Duration,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 /// The load and the events, shared by `run` and `compare`.
@@ -328,6 +351,53 @@ async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
     Ok(runs.iter().all(|r| r.audit.ok))
 }
 
+async fn login_storm(args: StormArgs) -> anyhow::Result<bool> {
+    use holdfast_bench::storm;
+    anyhow::ensure!(
+        (1..=20_000).contains(&args.logins),
+        "--logins must be 1 to 20000"
+    );
+    let mut plans = vec![("bounded (defaults)".to_owned(), Vec::new())];
+    if args.wide > 0 {
+        let env = vec![
+            (
+                "HOLDFAST_PASSWORD_HASH_CONCURRENCY".to_owned(),
+                args.wide.to_string(),
+            ),
+            (
+                "HOLDFAST_PASSWORD_HASH_WAIT_MS".to_owned(),
+                "120000".to_owned(),
+            ),
+            (
+                "HOLDFAST_PASSWORD_HASH_WAITING_MAX".to_owned(),
+                "100000".to_owned(),
+            ),
+        ];
+        plans.push((format!("{} hashes at once, no wait bound", args.wide), env));
+    }
+    let mut results = Vec::new();
+    for (label, env) in plans {
+        eprintln!("login storm: {label}, {} logins", args.logins);
+        results.push(
+            storm::run(&storm::Options {
+                label,
+                holdfast_bin: args.holdfast_bin.clone(),
+                logins: args.logins,
+                env,
+                settle: args.settle,
+            })
+            .await?,
+        );
+    }
+    print!("{}", storm::table(&results));
+    println!("{}", machine_note());
+    if let Some(path) = &args.out {
+        std::fs::write(path, serde_json::to_string_pretty(&results)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(true)
+}
+
 fn main() -> anyhow::Result<std::process::ExitCode> {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -351,6 +421,7 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
                 .map(|()| true)
             }
             Command::Compare(args) => compare(args).await,
+            Command::LoginStorm(args) => login_storm(args).await,
         }
     })?;
     Ok(if ok {

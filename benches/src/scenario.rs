@@ -27,7 +27,7 @@ pub async fn measure(
     label: &str,
     progress: bool,
 ) -> anyhow::Result<RunResult> {
-    let keys = setup::token_keys(secret, scenario.load.duration);
+    let keys = setup::token_keys(secret, scenario.load.duration)?;
     let organizer = setup::mint(
         &keys,
         holdfast_actors::UserId(uuid::Uuid::new_v4()),

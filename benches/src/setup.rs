@@ -46,9 +46,16 @@ pub fn now_secs() -> i64 {
         .unwrap_or(0)
 }
 
-/// Token keys whose tokens outlive a run of `run` by an hour.
-pub fn token_keys(secret: &[u8], run: Duration) -> TokenKeys {
-    TokenKeys::from_secret(secret, run.as_secs() + 3600)
+/// Token keys minting what the server issues: tokens live as long as its default access-token
+/// lifetime (a server refuses longer-lived ones), which must outlast the run.
+pub fn token_keys(secret: &[u8], run: Duration) -> anyhow::Result<TokenKeys> {
+    let ttl_secs = holdfast_gateway::Options::default().access_token_ttl_secs;
+    anyhow::ensure!(
+        run.as_secs() + 60 < ttl_secs,
+        "runs are limited to {} s: the buyers' tokens live {ttl_secs} s",
+        ttl_secs - 60
+    );
+    Ok(TokenKeys::from_secret(secret, ttl_secs))
 }
 
 pub fn mint(keys: &TokenKeys, user: UserId, role: Role) -> anyhow::Result<HeaderValue> {
@@ -141,12 +148,12 @@ mod tests {
     #[test]
     fn minted_tokens_verify_with_the_same_secret() {
         let secret = b"0123456789abcdef0123456789abcdef";
-        let keys = token_keys(secret, Duration::from_secs(30));
+        let keys = token_keys(secret, Duration::from_secs(30)).expect("keys");
         let buyers = buyers(&keys, 3).expect("mint");
         assert_eq!(buyers.len(), 3);
         let header = buyers[0].auth.to_str().expect("ascii");
         let token = header.strip_prefix("Bearer ").expect("bearer");
-        let claims = TokenKeys::from_secret(secret, 1)
+        let claims = TokenKeys::from_secret(secret, 900)
             .verify(token)
             .expect("valid");
         assert_eq!(claims.sub, buyers[0].id.to_string());

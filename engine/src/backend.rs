@@ -94,11 +94,23 @@ impl NodeBackend {
         self.execute(hold.event_id, op).await.map(|_| ())
     }
 
-    /// Puts refunded order `order`'s seats back on sale (idempotent).
-    pub async fn return_stock(&self, event: EventId, order: OrderId) -> Result<(), BackendError> {
-        self.execute(event, InventoryOp::Return { order_id: order })
-            .await
-            .map(|_| ())
+    /// Puts refunded order `order`'s seats back on sale except `keep`, which stay sold
+    /// (idempotent).
+    pub async fn return_stock_except(
+        &self,
+        event: EventId,
+        order: OrderId,
+        keep: Vec<Line>,
+    ) -> Result<(), BackendError> {
+        self.execute(
+            event,
+            InventoryOp::ReturnPart {
+                order_id: order,
+                keep,
+            },
+        )
+        .await
+        .map(|_| ())
     }
 
     /// The store of this node.
@@ -139,7 +151,7 @@ fn datetime(millis: i64) -> Result<OffsetDateTime, BackendError> {
         .map_err(|e| BackendError::Internal(format!("stored time {millis}: {e}")))
 }
 
-fn millis(t: OffsetDateTime) -> i64 {
+pub(crate) fn millis(t: OffsetDateTime) -> i64 {
     i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
 }
 
@@ -192,7 +204,35 @@ pub async fn add_user(
     password_hash: &str,
     now_ms: i64,
 ) -> Result<(), BackendError> {
+    insert_user(store, account, password_hash, None, now_ms).await
+}
+
+/// Creates a staff account that works for organizer `organizer`.
+pub async fn add_staff(
+    store: &Store,
+    account: &Account,
+    password_hash: &str,
+    organizer: UserId,
+    now_ms: i64,
+) -> Result<(), BackendError> {
+    if account.role != Role::Staff {
+        return Err(BackendError::Internal(format!(
+            "only staff work for an organizer, not {}",
+            account.role.as_str()
+        )));
+    }
+    insert_user(store, account, password_hash, Some(organizer), now_ms).await
+}
+
+async fn insert_user(
+    store: &Store,
+    account: &Account,
+    password_hash: &str,
+    organizer: Option<UserId>,
+    now_ms: i64,
+) -> Result<(), BackendError> {
     let user = NewUser {
+        organizer_id: organizer.map(|o| o.0),
         id: account.id.0,
         email: account.email.clone(),
         name: account.name.clone(),
@@ -215,6 +255,37 @@ impl Backend for NodeBackend {
         password_hash: &str,
     ) -> Result<(), BackendError> {
         add_user(&self.store, account, password_hash, self.now_ms()).await
+    }
+
+    async fn create_staff(
+        &self,
+        account: &Account,
+        password_hash: &str,
+        organizer: UserId,
+    ) -> Result<(), BackendError> {
+        add_staff(
+            &self.store,
+            account,
+            password_hash,
+            organizer,
+            self.now_ms(),
+        )
+        .await
+    }
+
+    async fn account(&self, id: UserId) -> Result<Option<Account>, BackendError> {
+        match self.store.user_by_id(id.0).await.map_err(unavailable)? {
+            Some(row) => Ok(Some(account(&row)?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn staff_organizer(&self, staff: UserId) -> Result<Option<UserId>, BackendError> {
+        let row = self.store.user_by_id(staff.0).await.map_err(unavailable)?;
+        Ok(row
+            .filter(|r| r.role == Role::Staff.as_str())
+            .and_then(|r| r.organizer_id)
+            .map(UserId))
     }
 
     async fn credentials(&self, email: &str) -> Result<Option<Credentials>, BackendError> {
@@ -399,7 +470,7 @@ impl Backend for NodeBackend {
                 }
             }
             Rotation::Invalid => Ok(RefreshOutcome::Invalid),
-            Rotation::Reused { .. } => Ok(RefreshOutcome::Reused),
+            Rotation::Reused { family } => Ok(RefreshOutcome::Reused { family }),
         }
     }
 
@@ -424,8 +495,18 @@ impl Backend for NodeBackend {
         Ok(())
     }
 
-    async fn is_access_revoked(&self, jti: &str) -> bool {
-        self.deny_list.contains(jti, self.now_ms())
+    async fn revoke_login(&self, family: &str, until_ms: i64) -> Result<(), BackendError> {
+        let key = crate::deny_list::family_key(family);
+        self.store
+            .access_revoke(&key, until_ms, self.now_ms())
+            .await
+            .map_err(unavailable)?;
+        self.deny_list.insert(key, until_ms);
+        Ok(())
+    }
+
+    async fn is_access_revoked(&self, jti: &str, family: Option<&str>) -> bool {
+        self.deny_list.is_revoked(jti, family, self.now_ms())
     }
 
     async fn ready(&self) -> bool {

@@ -27,6 +27,29 @@ pub struct Config {
     pub jwt_secret: Option<String>,
     /// File holding the secret; unset means `<data_dir>/jwt.secret`, generated on first start.
     pub jwt_secret_file: Option<PathBuf>,
+    /// The secret tokens were signed with before a rotation: still accepted, never used to
+    /// sign. Drop it one access-token lifetime after the rotation.
+    pub jwt_previous_secret: Option<String>,
+    /// Password hashes (Argon2id, 19 MiB each) computed at once; 0: one per CPU core.
+    pub password_hash_concurrency: usize,
+    /// Longest a login or registration waits for a hashing turn before a 503 `overloaded`.
+    pub password_hash_wait_ms: u64,
+    /// Logins and registrations waiting for a turn at most; more get a 503 at once.
+    pub password_hash_waiting_max: usize,
+    /// Where `/metrics` and `/v1/admin/*` are served (and `/healthz`, `/readyz` too); keep it
+    /// off the public network.
+    pub ops_addr: SocketAddr,
+    /// Origins allowed to call the API from a browser (CORS), comma-separated; unset: none.
+    pub cors_origins: Option<String>,
+    /// A connection that has not sent a whole request head within this many seconds is closed.
+    pub header_read_timeout_secs: u64,
+    /// A keep-alive connection with no request for this many seconds is closed.
+    pub idle_timeout_secs: u64,
+    /// Open client connections at most; more are answered 503 and closed at once.
+    pub connections_max: usize,
+    /// Idempotency keys one signed-in caller may have stored per hour; past it, POSTs with a
+    /// key are answered 429.
+    pub idempotency_keys_per_user_max: u32,
     pub access_token_ttl_secs: u64,
     pub refresh_token_ttl_secs: u64,
     pub request_timeout_secs: u64,
@@ -47,6 +70,13 @@ pub struct Config {
     pub internal_addr: SocketAddr,
     /// What other nodes dial to reach `internal_addr`; unset means `internal_addr`.
     pub advertise_addr: Option<String>,
+    /// PEM certificate (chain) and private key of this node's internal API: with both set it
+    /// speaks TLS, and dials the other nodes over TLS too (every node needs them then).
+    pub internal_tls_cert: Option<PathBuf>,
+    pub internal_tls_key: Option<PathBuf>,
+    /// PEM CA bundle the other nodes' certificates must chain to; unset: `internal_tls_cert`
+    /// itself (one self-signed certificate shared by every node).
+    pub internal_tls_ca: Option<PathBuf>,
     /// Number of shards; fixed when the cluster is created.
     pub shards: u32,
     /// A node whose heartbeat is older than this loses its shards to the others.
@@ -78,8 +108,12 @@ pub struct Config {
     pub vnpay_hash_secret: Option<String>,
     /// VNPAY's payment page. Unset on the embedded default: a local `holdfast vnpay-sim`.
     pub vnpay_pay_url: Option<String>,
-    /// VNPAY's API endpoint (`querydr`). Unset: pending payments past their window fail.
+    /// VNPAY's API endpoint (`querydr`). Unset: pending payments past their window fail,
+    /// except on the embedded default: the `holdfast vnpay-sim` at `vnpay_sim_addr`.
     pub vnpay_api_url: Option<String>,
+    /// Where `holdfast vnpay-sim` listens; the embedded default's demo merchant sends buyers
+    /// (and `querydr`) there.
+    pub vnpay_sim_addr: SocketAddr,
     /// Longest payment window in seconds; never past the hold's expiry.
     pub payment_window_secs: u64,
     /// Seconds after a payment window closes before a payment without result is reconciled.
@@ -134,6 +168,16 @@ impl Default for Config {
             hold_ttl: 900,
             jwt_secret: None,
             jwt_secret_file: None,
+            jwt_previous_secret: None,
+            password_hash_concurrency: gateway.passwords.concurrency,
+            password_hash_wait_ms: gateway.passwords.wait_ms,
+            password_hash_waiting_max: gateway.passwords.waiting_max,
+            ops_addr: SocketAddr::from(([127, 0, 0, 1], 9091)),
+            cors_origins: None,
+            header_read_timeout_secs: gateway.header_read_timeout_secs,
+            idle_timeout_secs: gateway.idle_timeout_secs,
+            connections_max: gateway.connections_max,
+            idempotency_keys_per_user_max: gateway.idempotency_keys_per_user_max,
             access_token_ttl_secs: gateway.access_token_ttl_secs,
             refresh_token_ttl_secs: gateway.refresh_token_ttl_secs,
             request_timeout_secs: gateway.request_timeout_secs,
@@ -148,6 +192,9 @@ impl Default for Config {
             node_id: None,
             internal_addr: SocketAddr::from(([127, 0, 0, 1], 7070)),
             advertise_addr: None,
+            internal_tls_cert: None,
+            internal_tls_key: None,
+            internal_tls_ca: None,
             shards: 256,
             lease_secs: 10,
             roles: "all".to_owned(),
@@ -161,6 +208,7 @@ impl Default for Config {
             vnpay_hash_secret: None,
             vnpay_pay_url: None,
             vnpay_api_url: None,
+            vnpay_sim_addr: SocketAddr::from(([127, 0, 0, 1], 9090)),
             payment_window_secs: 900,
             payment_reconcile_grace_secs: 300,
             payment_url_wait_ms: 3000,
@@ -255,6 +303,38 @@ impl Config {
         if self.payment_window_secs < 60 {
             return bad("payment_window_secs must be at least 60 (VNPAY's minimum is a minute)");
         }
+        if self.internal_tls_cert.is_some() != self.internal_tls_key.is_some() {
+            return bad("internal_tls_cert and internal_tls_key go together: set both or neither");
+        }
+        if self.internal_tls_ca.is_some() && self.internal_tls_cert.is_none() {
+            return bad("internal_tls_ca needs internal_tls_cert and internal_tls_key");
+        }
+        if self
+            .jwt_previous_secret
+            .as_ref()
+            .is_some_and(|s| s.len() < 32)
+        {
+            return bad("jwt_previous_secret must be at least 32 bytes");
+        }
+        if self.header_read_timeout_secs == 0 || self.idle_timeout_secs == 0 {
+            return bad("header_read_timeout_secs and idle_timeout_secs must be at least 1");
+        }
+        if self.connections_max == 0 {
+            return bad("connections_max must be at least 1");
+        }
+        if let Some(origins) = &self.cors_origins {
+            for origin in origins.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+                if origin == "*"
+                    || !(origin.starts_with("https://") || origin.starts_with("http://"))
+                    || origin.trim_end_matches('/').len() != origin.len()
+                    || axum::http::HeaderValue::from_str(origin).is_err()
+                {
+                    return Err(Error::Invalid(format!(
+                        "cors_origins: {origin:?} is not an origin such as https://shop.example.com"
+                    )));
+                }
+            }
+        }
         if self.notify_attempts_max == 0 {
             return bad("notify_attempts_max must be at least 1");
         }
@@ -305,6 +385,15 @@ impl Config {
             .to_owned()
     }
 
+    /// The internal API's TLS files, when configured.
+    pub fn internal_tls(&self) -> Option<crate::cluster::tls::Files> {
+        Some(crate::cluster::tls::Files {
+            cert: self.internal_tls_cert.clone()?,
+            key: self.internal_tls_key.clone()?,
+            ca: self.internal_tls_ca.clone(),
+        })
+    }
+
     /// The address other nodes dial for this node's internal API.
     pub fn advertised(&self) -> String {
         self.advertise_addr
@@ -318,6 +407,25 @@ impl Config {
             refresh_token_ttl_secs: self.refresh_token_ttl_secs,
             request_timeout_secs: self.request_timeout_secs,
             body_limit_bytes: self.body_limit_bytes,
+            passwords: holdfast_gateway::passwords::Options {
+                concurrency: self.password_hash_concurrency,
+                wait_ms: self.password_hash_wait_ms,
+                waiting_max: self.password_hash_waiting_max,
+            },
+            cors_origins: self
+                .cors_origins
+                .as_deref()
+                .unwrap_or("")
+                .split(',')
+                .map(str::trim)
+                .filter(|o| !o.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            hsts: self.public_url().starts_with("https://"),
+            header_read_timeout_secs: self.header_read_timeout_secs,
+            idle_timeout_secs: self.idle_timeout_secs,
+            connections_max: self.connections_max,
+            idempotency_keys_per_user_max: self.idempotency_keys_per_user_max,
         }
     }
 }

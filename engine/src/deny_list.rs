@@ -1,6 +1,8 @@
-//! Logged-out access tokens, answered from memory on every request. Revocations are stored in
-//! the database and pulled from it every second, so a logout on any node of a cluster is
-//! honoured by every node within about a second (at once on the node that took it).
+//! Logged-out access tokens and revoked logins, answered from memory on every request.
+//! Revocations are stored in the database and pulled from it every second, so a logout on any
+//! node of a cluster is honoured by every node within about a second (at once on the node that
+//! took it). A revoked login (logout, or a refresh token presented twice) is one entry keyed
+//! [`family_key`], which refuses every access token that login issued.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -20,7 +22,17 @@ pub struct DenyList {
     revoked: RwLock<HashMap<String, i64>>,
 }
 
+/// The deny-list key of a whole login (refresh-token family); no jti has this form.
+pub fn family_key(family: &str) -> String {
+    format!("fam:{family}")
+}
+
 impl DenyList {
+    /// Whether the token `jti` or its login `family` is revoked.
+    pub fn is_revoked(&self, jti: &str, family: Option<&str>, now_ms: i64) -> bool {
+        self.contains(jti, now_ms) || family.is_some_and(|f| self.contains(&family_key(f), now_ms))
+    }
+
     pub fn contains(&self, jti: &str, now_ms: i64) -> bool {
         let revoked = self
             .revoked
@@ -77,7 +89,11 @@ mod tests {
         assert!(list.contains("a", 999));
         assert!(!list.contains("a", 1_000));
         assert!(!list.contains("b", 0));
-        list.prune(1_000);
+        list.insert(super::family_key("f1"), 2_000);
+        assert!(list.is_revoked("any-token", Some("f1"), 1_500));
+        assert!(!list.is_revoked("any-token", Some("f2"), 1_500));
+        assert!(!list.is_revoked("any-token", None, 1_500));
+        list.prune(2_000);
         assert!(list.revoked.read().expect("lock").is_empty());
     }
 }

@@ -9,6 +9,8 @@ pub mod deny_list;
 pub mod inventories;
 pub mod node;
 pub mod ops;
+pub mod output;
+pub mod secrets;
 pub mod shards_cli;
 
 pub use config::Config;

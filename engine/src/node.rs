@@ -1,7 +1,7 @@
 //! One Holdfast node: store, event actors and the HTTP gateway, started and stopped together.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -53,18 +53,84 @@ pub fn metrics_handle() -> PrometheusHandle {
 /// Opens (and migrates) the store the settings name; creates the data directory if embedded.
 pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
     if config.is_embedded() {
-        std::fs::create_dir_all(&config.data_dir)
-            .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+        private_dir(&config.data_dir)?;
     }
     let url = config.database_url();
+    let sqlite_file = sqlite_path(&url);
+    if let Some(path) = &sqlite_file {
+        private_file(path)?;
+    }
     let store = Store::connect(&url, config.database_max_connections)
         .await
         .with_context(|| format!("connecting to {}", redact(&url)))?;
+    if let Some(path) = &sqlite_file {
+        // SQLite gives its -wal and -shm files the database file's mode; older installs
+        // created them world-readable, so every start makes sure.
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let file = PathBuf::from(format!("{}{suffix}", path.display()));
+            if file.exists() {
+                set_mode(&file, 0o600)?;
+            }
+        }
+    }
     store
         .migrate()
         .await
         .context("running database migrations")?;
     Ok(store)
+}
+
+/// The file of a `sqlite:` URL (`None` for other databases and in-memory SQLite).
+fn sqlite_path(url: &str) -> Option<PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or("");
+    (!path.is_empty() && path != ":memory:").then(|| PathBuf::from(path))
+}
+
+fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("making {} private (mode {mode:o})", path.display()))
+}
+
+/// The data directory, created if missing, readable by this user only (it holds the
+/// database with password hashes and e-mails, and the generated secrets).
+fn private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating data directory {}", dir.display()))?;
+    // The working directory itself is not ours to lock down; a directory of someone else's
+    // (a mounted volume) is reported, not fatal.
+    if !matches!(dir.to_str(), Some("" | "."))
+        && let Err(e) = set_mode(dir, 0o700)
+    {
+        tracing::warn!(error = %format!("{e:#}"), "the data directory could not be made private");
+    }
+    Ok(())
+}
+
+/// The SQLite database file, created empty with mode 0600 if missing, so SQLite and its
+/// journal files start private.
+fn private_file(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    if path.exists() {
+        return set_mode(path, 0o600);
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    Ok(())
 }
 
 /// The database URL without its password, for messages.
@@ -90,27 +156,40 @@ pub fn redact(url: &str) -> String {
 
 /// The token secret: from settings, or from a file generated on first start.
 fn jwt_secret(config: &Config) -> anyhow::Result<Vec<u8>> {
+    if let Some(previous) = &config.jwt_previous_secret {
+        crate::secrets::refuse_published("HOLDFAST_JWT_PREVIOUS_SECRET", previous.as_bytes())?;
+    }
     if let Some(secret) = &config.jwt_secret {
         anyhow::ensure!(
             secret.len() >= 32,
             "HOLDFAST_JWT_SECRET must be at least 32 bytes"
         );
+        crate::secrets::refuse_published("HOLDFAST_JWT_SECRET", secret.as_bytes())?;
         return Ok(secret.as_bytes().to_vec());
     }
     let path = config
         .jwt_secret_file
         .clone()
         .unwrap_or_else(|| config.data_dir.join("jwt.secret"));
-    if path.exists() {
-        let secret = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        anyhow::ensure!(
-            secret.len() >= 32,
-            "{} must hold at least 32 bytes",
-            path.display()
-        );
-        return Ok(secret);
-    }
-    write_new_secret(&path)
+    let secret = read_or_generate_secret(&path)?;
+    anyhow::ensure!(
+        secret.len() >= 32,
+        "{} must hold at least 32 bytes",
+        path.display()
+    );
+    Ok(secret)
+}
+
+/// A secret kept in `path`: read, or generated (mode 0600) on first start. Refused when it is
+/// one this project publishes.
+fn read_or_generate_secret(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let secret = if path.exists() {
+        std::fs::read(path).with_context(|| format!("reading {}", path.display()))?
+    } else {
+        write_new_secret(path)?
+    };
+    crate::secrets::refuse_published(&path.display().to_string(), &secret)?;
+    Ok(secret)
 }
 
 fn write_new_secret(path: &Path) -> anyhow::Result<Vec<u8>> {
@@ -137,6 +216,7 @@ fn write_new_secret(path: &Path) -> anyhow::Result<Vec<u8>> {
 #[derive(Debug)]
 pub struct RunningNode {
     addr: SocketAddr,
+    ops_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<anyhow::Result<()>>,
 }
@@ -145,6 +225,11 @@ impl RunningNode {
     /// Where the HTTP API listens.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where `/metrics` and the admin API listen.
+    pub fn ops_addr(&self) -> SocketAddr {
+        self.ops_addr
     }
 
     /// Stops accepting requests, finishes those in flight, snapshots every event and returns.
@@ -190,6 +275,15 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
         .await
         .with_context(|| format!("binding the API to {}", config.http_addr))?;
     let addr = listener.local_addr()?;
+    let ops_listener = tokio::net::TcpListener::bind(config.ops_addr)
+        .await
+        .with_context(|| {
+            format!(
+                "binding the ops listener (metrics, admin API) to {}; set HOLDFAST_OPS_ADDR",
+                config.ops_addr
+            )
+        })?;
+    let ops_addr = ops_listener.local_addr()?;
     let (shutdown, mut stopped) = watch::channel(false);
     let (cluster, internal_task) = match &config.node_id {
         Some(node_id) => {
@@ -197,6 +291,11 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
                 .await
                 .with_context(|| format!("binding the internal API to {}", config.internal_addr))?;
             let internal_addr = internal.local_addr()?;
+            let tls = config
+                .internal_tls()
+                .map(|files| cluster::tls::Tls::load(&files))
+                .transpose()
+                .context("loading the internal API's TLS certificate")?;
             let settings = cluster::Settings {
                 node_id: node_id.clone(),
                 advertise_addr: config
@@ -206,6 +305,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
                 http_addr: addr.to_string(),
                 shards: config.shards,
                 lease: Duration::from_secs(config.lease_secs),
+                tls_roots: tls.as_ref().map(|t| t.roots.clone()),
             };
             let cluster = Cluster::join(
                 settings,
@@ -218,16 +318,21 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
             .context("joining the cluster")?;
             let router = cluster::wire::router(Arc::clone(&cluster));
             let mut stop = shutdown.subscribe();
-            let task = tokio::spawn(async move {
-                let served = axum::serve(internal, router)
-                    .with_graceful_shutdown(async move {
-                        let _ = stop.wait_for(|s| *s).await;
-                    })
-                    .await;
-                if let Err(e) = served {
-                    tracing::error!(error = %e, "internal API failed");
+            let task = match tls {
+                Some(tls) => {
+                    tokio::spawn(cluster::tls::serve(internal, router, tls.acceptor, stop))
                 }
-            });
+                None => tokio::spawn(async move {
+                    let served = axum::serve(internal, router)
+                        .with_graceful_shutdown(async move {
+                            let _ = stop.wait_for(|s| *s).await;
+                        })
+                        .await;
+                    if let Err(e) = served {
+                        tracing::error!(error = %e, "internal API failed");
+                    }
+                }),
+            };
             (Some(cluster), Some(task))
         }
         None => (None, None),
@@ -248,27 +353,44 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
             .context("starting the checkout services")?,
     );
     let metrics = metrics_handle();
+    let gateway_options = config.gateway_options();
+    let tokens = holdfast_gateway::auth::TokenKeys::with_previous(
+        &secret,
+        config.jwt_previous_secret.as_deref().map(str::as_bytes),
+        gateway_options.access_token_ttl_secs,
+    );
+    let serve_options = gateway_options.serve_options();
     let state = AppState::new(
         backend.clone(),
         checkout.clone(),
-        &secret,
-        config.gateway_options(),
+        tokens,
+        gateway_options,
         Arc::new(move || metrics.render()),
     );
-    let app = holdfast_gateway::router(state);
+    let app = holdfast_gateway::router(state.clone());
+    let ops_app = holdfast_gateway::ops_router(state);
+    let mut ops_stop = shutdown.subscribe();
+    let ops_task = tokio::spawn(holdfast_gateway::serve::serve(
+        ops_listener,
+        ops_app,
+        serve_options.clone(),
+        async move {
+            let _ = ops_stop.wait_for(|s| *s).await;
+        },
+    ));
     let purge = tokio::spawn(purge_idempotency_keys(
         store.clone(),
         Arc::clone(&clock),
         config.idempotency_ttl_secs,
     ));
     backend.set_ready(true);
-    tracing::info!(%addr, node = ?config.node_id, database = %redact(&config.database_url()), durability = ?config.durability, "holdfast node serving");
+    tracing::info!(%addr, %ops_addr, node = ?config.node_id, database = %redact(&config.database_url()), durability = ?config.durability, "holdfast node serving");
     let task = tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            })
-            .await;
+        let served = holdfast_gateway::serve::serve(listener, app, serve_options, async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        })
+        .await;
+        let _ = ops_task.await;
         backend.set_ready(false);
         checkout.stop().await;
         purge.abort();
@@ -286,29 +408,55 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
     });
     Ok(RunningNode {
         addr,
+        ops_addr,
         shutdown,
         task,
     })
 }
 
-/// The VNPAY merchant of the embedded default: `holdfast vnpay-sim` plays VNPAY for it, so a
-/// purchase can be clicked through on one machine. Never used with PostgreSQL.
+/// The VNPAY terminal code of the embedded default's demo merchant, which `holdfast vnpay-sim`
+/// plays VNPAY for, so a purchase can be clicked through on one machine. Not a secret: the
+/// merchant's secret is generated per data directory ([`vnpay_demo_secret_path`]).
 pub const DEMO_VNPAY_TMN_CODE: &str = "HOLDFAST";
-pub const DEMO_VNPAY_HASH_SECRET: &str = "holdfast-demo-secret-for-vnpay-sim-only";
-pub const DEMO_VNPAY_SIM_URL: &str = "http://127.0.0.1:9090";
+
+/// Where the embedded default keeps its demo merchant's VNPAY secret, generated on first start;
+/// `holdfast vnpay-sim` reads it from there.
+pub fn vnpay_demo_secret_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("vnpay-demo.secret")
+}
+
+/// The base URL of a `holdfast vnpay-sim` listening on `addr` (loopback when it listens on
+/// every interface).
+pub fn vnpay_sim_url(addr: SocketAddr) -> String {
+    let mut addr = addr;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    format!("http://{addr}")
+}
 
 /// The VNPAY merchant settings: from settings, or the demo merchant on the embedded default.
 fn vnpay_config(config: &Config) -> anyhow::Result<(holdfast_vnpay::Config, Option<String>)> {
     let demo = config.is_embedded() && config.vnpay_hash_secret.is_none();
+    let sim = vnpay_sim_url(config.vnpay_sim_addr);
     let hash_secret = match (&config.vnpay_hash_secret, demo) {
-        (Some(secret), _) => secret.clone(),
+        (Some(secret), _) => {
+            crate::secrets::refuse_published("HOLDFAST_VNPAY_HASH_SECRET", secret.as_bytes())?;
+            secret.clone()
+        }
         (None, true) => {
+            let path = vnpay_demo_secret_path(&config.data_dir);
+            let secret = read_or_generate_secret(&path)?;
             tracing::warn!(
                 "VNPAY is not configured: payments go to the demo merchant of `holdfast vnpay-sim` \
-                 ({DEMO_VNPAY_SIM_URL}); set HOLDFAST_VNPAY_TMN_CODE, HOLDFAST_VNPAY_HASH_SECRET \
-                 and HOLDFAST_VNPAY_PAY_URL for real payments"
+                 ({sim}, secret in {}); set HOLDFAST_VNPAY_TMN_CODE, HOLDFAST_VNPAY_HASH_SECRET \
+                 and HOLDFAST_VNPAY_PAY_URL for real payments",
+                path.display()
             );
-            DEMO_VNPAY_HASH_SECRET.to_owned()
+            String::from_utf8(secret)
+                .with_context(|| format!("{} is not text", path.display()))?
+                .trim()
+                .to_owned()
         }
         (None, false) => anyhow::bail!(
             "the payments service needs HOLDFAST_VNPAY_TMN_CODE and HOLDFAST_VNPAY_HASH_SECRET \
@@ -322,14 +470,12 @@ fn vnpay_config(config: &Config) -> anyhow::Result<(holdfast_vnpay::Config, Opti
     };
     let pay_url = match (&config.vnpay_pay_url, demo) {
         (Some(url), _) => url.clone(),
-        (None, true) => format!("{DEMO_VNPAY_SIM_URL}/paymentv2/vpcpay.html"),
+        (None, true) => format!("{sim}/paymentv2/vpcpay.html"),
         (None, false) => holdfast_vnpay::SANDBOX_PAY_URL.to_owned(),
     };
     let api_url = match (&config.vnpay_api_url, demo) {
         (Some(url), _) => Some(url.clone()),
-        (None, true) => Some(format!(
-            "{DEMO_VNPAY_SIM_URL}/merchant_webapi/api/transaction"
-        )),
+        (None, true) => Some(format!("{sim}/merchant_webapi/api/transaction")),
         (None, false) => None,
     };
     let public_url = config.public_url();
@@ -356,14 +502,13 @@ fn ticket_keys(
     holdfast_tickets::Verifier,
 )> {
     let seed = match &config.ticket_signing_key {
-        Some(seed) => Some(seed.clone()),
+        Some(seed) => {
+            crate::secrets::refuse_published("HOLDFAST_TICKET_SIGNING_KEY", seed.as_bytes())?;
+            Some(seed.clone())
+        }
         None if config.is_embedded() => {
             let path = config.data_dir.join("ticket-signing.key");
-            let seed = if path.exists() {
-                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?
-            } else {
-                write_new_secret(&path)?
-            };
+            let seed = read_or_generate_secret(&path)?;
             Some(String::from_utf8(seed).context("ticket-signing.key is not hex")?)
         }
         None => None,
@@ -383,6 +528,7 @@ fn ticket_keys(
         config.ticket_trusted_keys.as_deref(),
         "HOLDFAST_TICKET_TRUSTED_KEYS",
     )? {
+        crate::secrets::refuse_published_public_key("HOLDFAST_TICKET_TRUSTED_KEYS", &key)?;
         verifier
             .add_public_key_hex(kid.as_str(), &key)
             .map_err(|e| anyhow::anyhow!("HOLDFAST_TICKET_TRUSTED_KEYS {kid}: {e}"))?;

@@ -132,8 +132,8 @@ pub enum RefreshOutcome {
     Rotated { account: Account, family: String },
     /// Unknown, expired or revoked.
     Invalid,
-    /// Used before: the whole login family is now revoked.
-    Reused,
+    /// Used before: the refresh tokens of the login `family` are now revoked.
+    Reused { family: String },
 }
 
 /// Why the node could not do what the gateway asked.
@@ -167,6 +167,27 @@ pub trait Backend: Send + Sync + 'static {
         password_hash: &str,
     ) -> Result<(), BackendError>;
     async fn credentials(&self, email: &str) -> Result<Option<Credentials>, BackendError>;
+
+    /// The account with id `id`.
+    async fn account(&self, _id: UserId) -> Result<Option<Account>, BackendError> {
+        Ok(None)
+    }
+    /// Creates a staff account working for `organizer`.
+    async fn create_staff(
+        &self,
+        _account: &Account,
+        _password_hash: &str,
+        _organizer: UserId,
+    ) -> Result<(), BackendError> {
+        Err(BackendError::Unavailable(
+            "this node keeps no staff accounts".to_owned(),
+        ))
+    }
+    /// The organizer staff account `staff` works for; `None` for unknown accounts and other
+    /// roles.
+    async fn staff_organizer(&self, _staff: UserId) -> Result<Option<UserId>, BackendError> {
+        Ok(None)
+    }
 
     async fn create_event(&self, event: NewEvent) -> Result<EventInfo, BackendError>;
     async fn event(&self, id: EventId) -> Result<Option<EventInfo>, BackendError>;
@@ -221,8 +242,12 @@ pub trait Backend: Send + Sync + 'static {
         expires_at_ms: i64,
         family: Option<&str>,
     ) -> Result<(), BackendError>;
-    /// Whether access token `jti` was logged out (answered from memory: it runs per request).
-    async fn is_access_revoked(&self, jti: &str) -> bool;
+    /// Every access token of the login `family` is refused until `until_ms` (when the last
+    /// one the login may have issued expires), on every node within about a second.
+    async fn revoke_login(&self, family: &str, until_ms: i64) -> Result<(), BackendError>;
+    /// Whether access token `jti`, or its whole login `family`, was revoked (answered from
+    /// memory: it runs per request).
+    async fn is_access_revoked(&self, jti: &str, family: Option<&str>) -> bool;
 
     /// True once the node serves traffic (stores reachable, recovery done).
     async fn ready(&self) -> bool;

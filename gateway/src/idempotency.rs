@@ -1,6 +1,10 @@
 //! `Idempotency-Key` on POST: the same key with the same body returns the first response again;
 //! with another body it is refused. Keys are scoped to the caller and the route, and responses
 //! are kept by the backend so a retry on another node or after a restart still replays.
+//!
+//! Only signed-in callers (a valid access token of a login that was not revoked) on routes
+//! that exist get a stored answer, at most [`Quota`] new keys per caller and hour: nobody can
+//! fill the table anonymously, and a logged-out token never replays an answer.
 
 use axum::body::{Body, Bytes, to_bytes};
 use axum::extract::{Request, State};
@@ -10,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
 use crate::AppState;
-use crate::auth::bearer;
+use crate::auth::{AuthUser, bearer};
 use crate::backend::{IdempotencyState, StoredResponse};
 use crate::problem::Problem;
 
@@ -57,11 +61,16 @@ pub async fn layer(State(state): State<AppState>, request: Request, next: Next) 
         }
     };
     let (parts, body) = request.into_parts();
-    // The caller is named by its token's subject when it has a valid one; anonymous calls
-    // (register) share one scope per route.
-    let caller = bearer(&parts)
-        .and_then(|t| state.tokens().verify(t).ok())
-        .map_or_else(|| "anonymous".to_owned(), |c| c.sub);
+    // Anonymous callers run without a stored answer.
+    if bearer(&parts).is_none() {
+        return next.run(Request::from_parts(parts, body)).await;
+    }
+    let caller = match AuthUser::from_parts(&parts, &state).await {
+        Ok(user) => user.id,
+        // The handler answers a bad or revoked token as it would without the key (a 401 where
+        // it needs a caller); nothing is stored or replayed for it.
+        Err(_) => return next.run(Request::from_parts(parts, body)).await,
+    };
     let scope = format!("{caller} {} {}", parts.method, parts.uri.path());
     let body = match to_bytes(body, state.options().body_limit_bytes).await {
         Ok(b) => b,
@@ -77,7 +86,22 @@ pub async fn layer(State(state): State<AppState>, request: Request, next: Next) 
     };
     let hash = Sha256::digest(&body);
     match state.backend().idempotency_begin(&scope, &key, &hash).await {
-        Ok(IdempotencyState::Started) => {}
+        // A new key counts against the caller's quota; replays of stored ones do not.
+        Ok(IdempotencyState::Started) => {
+            if let Err(retry_after_secs) = state.idempotency_quota().check(&caller.to_string()) {
+                if let Err(e) = state.backend().idempotency_abandon(&scope, &key).await {
+                    tracing::warn!(error = %e, "could not abandon idempotency key");
+                }
+                return Problem::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate-limited",
+                    "Too many idempotency keys",
+                    "this account stored as many Idempotency-Keys this hour as it may; retry later or send the request without a key",
+                )
+                .retry_after(retry_after_secs)
+                .into_response();
+            }
+        }
         Ok(IdempotencyState::InProgress) => {
             return Problem::new(
                 StatusCode::CONFLICT,
@@ -173,4 +197,77 @@ fn replay(stored: StoredResponse) -> Response {
     }
     headers.insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
     response
+}
+
+/// New idempotency keys per caller and hour, counted in this node's memory (fixed windows).
+#[derive(Debug)]
+pub struct Quota {
+    per_hour_max: u32,
+    windows: std::sync::Mutex<std::collections::HashMap<String, (u64, u32)>>,
+}
+
+/// Callers tracked at most before windows of past hours are dropped.
+const QUOTA_CALLERS_MAX: usize = 100_000;
+const HOUR_SECS: u64 = 3600;
+
+impl Quota {
+    pub fn new(per_hour_max: u32) -> Self {
+        Self {
+            per_hour_max,
+            windows: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Counts one key for `caller`, or says in how many seconds the next one is allowed.
+    pub fn check(&self, caller: &str) -> Result<(), u32> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.check_at(caller, now)
+    }
+
+    fn check_at(&self, caller: &str, now_secs: u64) -> Result<(), u32> {
+        let window = now_secs / HOUR_SECS;
+        let mut windows = self
+            .windows
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if windows.len() >= QUOTA_CALLERS_MAX {
+            windows.retain(|_, (w, _)| *w == window);
+        }
+        let entry = windows.entry(caller.to_owned()).or_insert((window, 0));
+        if entry.0 != window {
+            *entry = (window, 0);
+        }
+        if entry.1 >= self.per_hour_max {
+            let retry = (window + 1) * HOUR_SECS - now_secs;
+            return Err(u32::try_from(retry).unwrap_or(u32::MAX).max(1));
+        }
+        entry.1 += 1;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Quota;
+
+    #[test]
+    fn a_caller_gets_its_quota_per_hour() {
+        let quota = Quota::new(2);
+        let t = 7200 + 100;
+        assert_eq!(quota.check_at("a", t), Ok(()));
+        assert_eq!(quota.check_at("a", t + 1), Ok(()));
+        assert_eq!(quota.check_at("a", t + 2), Err(3600 - 102));
+        assert_eq!(
+            quota.check_at("b", t + 2),
+            Ok(()),
+            "callers are counted apart"
+        );
+        assert_eq!(
+            quota.check_at("a", 3 * 3600),
+            Ok(()),
+            "a new hour, a new quota"
+        );
+    }
 }

@@ -8,22 +8,24 @@ pub mod backend;
 pub mod checkout;
 pub mod extract;
 pub mod idempotency;
+pub mod passwords;
 pub mod problem;
 pub mod routes;
+pub mod serve;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::http::{HeaderName, Method, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use tower::ServiceBuilder;
 use tower_http::compression::CompressionLayer;
-use tower_http::cors::{Any, CorsLayer};
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::trace::TraceLayer;
@@ -47,15 +49,45 @@ pub struct Options {
     pub request_timeout_secs: u64,
     /// Largest accepted request body.
     pub body_limit_bytes: usize,
+    /// How many password hashes run at once, and how long a login waits for a turn.
+    pub passwords: passwords::Options,
+    /// Origins allowed to call the API from a browser (CORS); empty: none.
+    pub cors_origins: Vec<String>,
+    /// Send `Strict-Transport-Security` (the public URL is https).
+    pub hsts: bool,
+    pub header_read_timeout_secs: u64,
+    pub idle_timeout_secs: u64,
+    pub connections_max: usize,
+    /// Idempotency keys one caller may have stored per hour.
+    pub idempotency_keys_per_user_max: u32,
+}
+
+impl Options {
+    /// The limits on client connections.
+    pub fn serve_options(&self) -> serve::Options {
+        serve::Options {
+            header_read_timeout_secs: self.header_read_timeout_secs,
+            idle_timeout_secs: self.idle_timeout_secs,
+            connections_max: self.connections_max,
+        }
+    }
 }
 
 impl Default for Options {
     fn default() -> Self {
+        let serve = serve::Options::default();
         Self {
             access_token_ttl_secs: 900,
             refresh_token_ttl_secs: 30 * 24 * 3600,
             request_timeout_secs: 10,
             body_limit_bytes: 64 * 1024,
+            passwords: passwords::Options::default(),
+            cors_origins: Vec::new(),
+            hsts: false,
+            header_read_timeout_secs: serve.header_read_timeout_secs,
+            idle_timeout_secs: serve.idle_timeout_secs,
+            connections_max: serve.connections_max,
+            idempotency_keys_per_user_max: 1_000,
         }
     }
 }
@@ -73,6 +105,8 @@ struct Inner {
     backend: Arc<dyn Backend>,
     checkout: Arc<dyn Checkout>,
     tokens: TokenKeys,
+    passwords: passwords::Hasher,
+    idempotency_quota: idempotency::Quota,
     options: Options,
     render_metrics: RenderMetrics,
 }
@@ -89,16 +123,17 @@ impl AppState {
     pub fn new(
         backend: Arc<dyn Backend>,
         checkout: Arc<dyn Checkout>,
-        jwt_secret: &[u8],
+        tokens: TokenKeys,
         options: Options,
         render_metrics: RenderMetrics,
     ) -> Self {
-        let tokens = TokenKeys::from_secret(jwt_secret, options.access_token_ttl_secs);
         Self {
             inner: Arc::new(Inner {
                 backend,
                 checkout,
                 tokens,
+                passwords: passwords::Hasher::new(&options.passwords),
+                idempotency_quota: idempotency::Quota::new(options.idempotency_keys_per_user_max),
                 options,
                 render_metrics,
             }),
@@ -117,6 +152,14 @@ impl AppState {
         &self.inner.tokens
     }
 
+    pub fn passwords(&self) -> &passwords::Hasher {
+        &self.inner.passwords
+    }
+
+    pub fn idempotency_quota(&self) -> &idempotency::Quota {
+        &self.inner.idempotency_quota
+    }
+
     pub fn options(&self) -> &Options {
         &self.inner.options
     }
@@ -126,9 +169,8 @@ impl AppState {
     }
 }
 
-/// The whole HTTP API of a node.
+/// The public HTTP API of a node (and its OpenAPI document and health checks).
 pub fn router(state: AppState) -> Router {
-    let request_id = HeaderName::from_static(REQUEST_ID);
     let api = Router::new()
         .route("/v1/auth/register", post(routes::accounts::register))
         .route("/v1/auth/login", post(routes::accounts::login))
@@ -163,11 +205,27 @@ pub fn router(state: AppState) -> Router {
             get(routes::tickets::qr_png),
         )
         .route("/v1/checkin", post(routes::tickets::checkin))
+        .route("/v1/organizer/staff", post(routes::staff::create))
         .route("/v1/payments/vnpay/ipn", get(routes::payments::ipn))
         .route(
             "/v1/payments/vnpay/return",
             get(routes::payments::return_page),
         )
+        .route("/healthz", get(routes::ops::healthz))
+        .route("/readyz", get(routes::ops::readyz))
+        .route("/openapi.json", get(routes::ops::openapi))
+        // Only for matched routes: a POST to a route that does not exist stores nothing.
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            idempotency::layer,
+        ));
+    edge(api, &state)
+}
+
+/// The operator's API of a node, for the ops listener (loopback by default): metrics, shard
+/// administration and health checks. Never served on the public listener.
+pub fn ops_router(state: AppState) -> Router {
+    let ops = Router::new()
         .route("/v1/admin/shards", get(routes::admin::shards))
         .route(
             "/v1/admin/shards/{shard}/move",
@@ -176,19 +234,23 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/admin/nodes", get(routes::admin::nodes))
         .route("/healthz", get(routes::ops::healthz))
         .route("/readyz", get(routes::ops::readyz))
-        .route("/metrics", get(routes::ops::metrics))
-        .route("/openapi.json", get(routes::ops::openapi))
+        .route("/metrics", get(routes::ops::metrics));
+    edge(ops, &state)
+}
+
+/// What every listener's routes share: metrics, problem+json fallbacks, body limit, request
+/// ids, tracing, security headers, CORS, compression and the request timeout.
+fn edge(routes: Router<AppState>, state: &AppState) -> Router {
+    let request_id = HeaderName::from_static(REQUEST_ID);
+    let routes = routes
         .route_layer(middleware::from_fn(record_metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            idempotency::layer,
-        ))
         .layer(DefaultBodyLimit::max(state.options().body_limit_bytes))
         .with_state(state.clone());
     let timeout = Duration::from_secs(state.options().request_timeout_secs.max(1));
-    api.layer(
+    let hsts = state.options().hsts;
+    routes.layer(
         ServiceBuilder::new()
             .layer(SetSensitiveRequestHeadersLayer::new([header::AUTHORIZATION]))
             .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
@@ -197,16 +259,72 @@ pub fn router(state: AppState) -> Router {
                 tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %id)
             }))
             .layer(PropagateRequestIdLayer::new(request_id))
-            .layer(
-                CorsLayer::new()
-                    .allow_origin(Any)
-                    .allow_methods([Method::GET, Method::POST, Method::DELETE])
-                    .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, HeaderName::from_static(idempotency::HEADER)])
-                    .expose_headers([HeaderName::from_static(REQUEST_ID), header::LOCATION, header::RETRY_AFTER]),
-            )
+            .layer(middleware::from_fn(move |req: Request, next: Next| security_headers(hsts, req, next)))
+            .option_layer(cors(&state.options().cors_origins))
             .layer(CompressionLayer::new())
             .layer(middleware::from_fn(move |req: Request, next: Next| with_timeout(timeout, req, next))),
     )
+}
+
+/// CORS for the configured origins; none configured, no CORS headers at all (browsers then
+/// keep other sites' pages from calling the API).
+fn cors(origins: &[String]) -> Option<CorsLayer> {
+    let origins: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    (!origins.is_empty()).then(|| {
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_methods([Method::GET, Method::POST, Method::DELETE])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                HeaderName::from_static(idempotency::HEADER),
+            ])
+            .expose_headers([
+                HeaderName::from_static(REQUEST_ID),
+                header::LOCATION,
+                header::RETRY_AFTER,
+            ])
+    })
+}
+
+/// `X-Content-Type-Options: nosniff` everywhere; on HTML pages a CSP that forbids framing
+/// (clickjacking) and foreign scripts; HSTS when the public URL is https.
+async fn security_headers(hsts: bool, req: Request, next: Next) -> Response {
+    let mut response = next.run(req).await;
+    let html = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("text/html"));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    if html {
+        headers.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(
+                "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; \
+                 frame-ancestors 'none'; base-uri 'none'; form-action 'self' https:",
+            ),
+        );
+        headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+        headers.insert(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        );
+    }
+    if hsts {
+        headers.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000; includeSubDomains"),
+        );
+    }
+    response
 }
 
 async fn with_timeout(timeout: Duration, req: Request, next: Next) -> Response {

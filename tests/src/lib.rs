@@ -25,9 +25,10 @@ pub const JWT_SECRET: &str = "holdfast-tests-jwt-secret-0123456789abcdef";
 /// The VNPAY merchant of every test node; tests that play VNPAY sign with the same secret.
 pub const VNPAY_TMN_CODE: &str = "HFTEST01";
 pub const VNPAY_HASH_SECRET: &str = "holdfast-tests-vnpay-secret-0123456789";
-/// The ticket signing seed of every test node (Ed25519, hex).
+/// The ticket signing seed of every test node (Ed25519, hex). Not a published test vector:
+/// nodes refuse those (`holdfast_engine::secrets`).
 pub const TICKET_SIGNING_KEY: &str =
-    "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60";
+    "80e7b0907a666216d5eab7ad8387458f155723124e83fb8fc9bcd383a370f338";
 /// A password every check accepts.
 pub const PASSWORD: &str = "correct horse battery staple";
 /// The server on which PostgreSQL test databases are created, unless
@@ -179,6 +180,12 @@ impl TestDatabase {
         .unwrap_or(0)
     }
 
+    /// Rows in `table` (a name from the migrations, never input).
+    pub async fn count_rows(&self, table: &str) -> i64 {
+        let sql = format!("SELECT COUNT(*) AS n FROM {table} WHERE '' = $1");
+        self.query_i64(&sql, "").await.unwrap_or(0)
+    }
+
     async fn query_i64(&self, sql: &str, bind: &str) -> Option<i64> {
         sqlx::any::install_default_drivers();
         let mut conn = AnyConnection::connect(&self.url)
@@ -269,6 +276,7 @@ impl Sandbox {
     pub fn config(&self) -> Config {
         Config {
             http_addr: "127.0.0.1:0".parse().expect("address"),
+            ops_addr: "127.0.0.1:0".parse().expect("address"),
             data_dir: self.data_dir(),
             database_url: Some(self.database.url().to_owned()),
             database_max_connections: NODE_DB_CONNECTIONS,
@@ -311,6 +319,7 @@ pub struct InProcessNode {
     node: Option<RunningNode>,
     config: Config,
     client: Client,
+    ops_client: Client,
     // Last: the node stops using the database before it is dropped.
     sandbox: Sandbox,
 }
@@ -329,16 +338,23 @@ impl InProcessNode {
             .await
             .expect("start an in-process node");
         let client = Client::new(format!("http://{}", node.addr()));
+        let ops_client = Client::new(format!("http://{}", node.ops_addr()));
         Self {
             node: Some(node),
             config,
             client,
+            ops_client,
             sandbox,
         }
     }
 
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// A client of the node's ops listener (`/metrics`, `/v1/admin/*`).
+    pub fn ops_client(&self) -> &Client {
+        &self.ops_client
     }
 
     pub fn base_url(&self) -> &str {
@@ -358,6 +374,7 @@ impl InProcessNode {
             .await
             .expect("restart the in-process node");
         self.client = Client::new(format!("http://{}", node.addr()));
+        self.ops_client = Client::new(format!("http://{}", node.ops_addr()));
         self.node = Some(node);
     }
 
@@ -433,7 +450,7 @@ pub fn free_port() -> u16 {
 }
 
 /// A `holdfast` command run in `cwd` with `env` and no stray `HOLDFAST_*` settings.
-fn holdfast_command(env: &[(String, String)], cwd: &Path) -> Command {
+pub fn holdfast_command(env: &[(String, String)], cwd: &Path) -> Command {
     let mut command = Command::new(holdfast_bin());
     for (key, _) in std::env::vars() {
         if key.starts_with("HOLDFAST_") {
@@ -457,6 +474,7 @@ pub struct ServerProcess {
     env: Vec<(String, String)>,
     log_path: PathBuf,
     client: Client,
+    ops_client: Client,
     starts: u32,
     // Last: dropped after the process is killed.
     sandbox: Sandbox,
@@ -466,14 +484,30 @@ impl ServerProcess {
     /// Starts `holdfast serve` with the sandbox's settings plus `extra_env`, and waits until it
     /// is ready.
     pub async fn start(backend: Backend, extra_env: &[(&str, &str)]) -> Self {
+        Self::start_without(backend, &[], extra_env).await
+    }
+
+    /// Like [`start`](Self::start), without the sandbox's settings named in `unset` (e.g. the
+    /// VNPAY merchant's, to run the embedded default's demo merchant).
+    pub async fn start_without(
+        backend: Backend,
+        unset: &[&str],
+        extra_env: &[(&str, &str)],
+    ) -> Self {
         let sandbox = Sandbox::new(backend).await;
         let port = free_port();
+        let ops_port = free_port();
         let mut env = sandbox.env(port);
+        env.push((
+            "HOLDFAST_OPS_ADDR".to_owned(),
+            format!("127.0.0.1:{ops_port}"),
+        ));
         env.extend(
             extra_env
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
         );
+        env.retain(|(k, _)| !unset.contains(&k.as_str()));
         std::fs::create_dir_all(sandbox.working_dir()).expect("working directory");
         let log_path = sandbox.dir().join("server.log");
         let mut server = Self {
@@ -481,6 +515,7 @@ impl ServerProcess {
             env,
             log_path,
             client: Client::new(format!("http://127.0.0.1:{port}")),
+            ops_client: Client::new(format!("http://127.0.0.1:{ops_port}")),
             starts: 0,
             sandbox,
         };
@@ -491,6 +526,19 @@ impl ServerProcess {
     /// A client of the current process (a new one after each restart).
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// A client of the process's ops listener (`/metrics`, `/v1/admin/*`).
+    pub fn ops_client(&self) -> &Client {
+        &self.ops_client
+    }
+
+    /// The process id of the running server.
+    pub fn pid(&self) -> u32 {
+        self.child
+            .as_ref()
+            .and_then(Child::id)
+            .expect("the server is running")
     }
 
     pub fn sandbox(&self) -> &Sandbox {
@@ -928,6 +976,17 @@ impl Client {
         self.login_token(&email, PASSWORD).await
     }
 
+    /// Adds a staff member of the organizer `organizer_token` signs in as
+    /// (`POST /v1/organizer/staff`) and returns the staff member's access token.
+    pub async fn staff_token(&self, organizer_token: &str) -> String {
+        let email = unique_email("staff");
+        let body = json!({"email": email, "password": PASSWORD, "name": "Door Staff"});
+        self.post("/v1/organizer/staff", Some(organizer_token), &body)
+            .await
+            .assert_status(201);
+        self.login_token(&email, PASSWORD).await
+    }
+
     /// Registers and logs in `n` customers, at most `concurrency` at a time (Argon2 is costly).
     pub async fn customer_tokens(&self, n: usize, concurrency: usize) -> Vec<String> {
         let permits = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
@@ -952,7 +1011,7 @@ impl Client {
         let body = json!({
             "name": "New Year Live",
             "venue": "My Dinh",
-            "starts_at": "2026-12-31T20:00:00Z",
+            "starts_at": "2030-12-31T20:00:00Z",
             "ticket_types": types.iter().map(TicketType::json).collect::<Vec<_>>(),
         });
         self.post("/v1/events", Some(token), &body).await
@@ -1129,4 +1188,32 @@ pub async fn press(sim: &str, payment_url: &str, pay: bool) -> String {
         .and_then(|v| v.to_str().ok())
         .expect("redirect to the return URL")
         .to_owned()
+}
+
+// ---------------------------------------------------------------------------------------------
+// QR codes
+
+/// Arguments of every zbarimg run: QR codes only. With every symbology on, zbarimg now and
+/// then also reads a one-dimensional symbol (Codabar, `A00C`) among a code's modules.
+pub const ZBARIMG_ARGS: [&str; 4] = ["--raw", "-q", "-Sdisable", "-Sqrcode.enable"];
+
+/// The one text zbarimg (Debian's zbar-tools) reads in `png`, as a phone scanner would; fails
+/// unless it reads exactly one QR code.
+pub fn zbar_decode(png: &[u8]) -> String {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("ticket.png");
+    std::fs::write(&path, png).expect("write the PNG");
+    let out = std::process::Command::new("zbarimg")
+        .args(ZBARIMG_ARGS)
+        .arg(&path)
+        .output()
+        .expect("zbarimg (Debian's zbar-tools) decodes QR images; tests/run installs it");
+    assert!(out.status.success(), "zbarimg failed: {out:?}");
+    let text = String::from_utf8(out.stdout).expect("text");
+    let symbol = text.strip_suffix('\n').unwrap_or(&text);
+    assert!(
+        !symbol.contains('\n'),
+        "zbarimg read more than one symbol: {text:?}"
+    );
+    symbol.to_owned()
 }

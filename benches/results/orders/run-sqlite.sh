@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # One server per run, fresh data, same settings; a run without orders and one with.
 set -euo pipefail
-S=bench-secret-0123456789abcdef0123456789
+S=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 B=${B:-target/release}
 run() {
   local label=$1; shift
   rm -rf data-$label && mkdir -p data-$label
-  HOLDFAST_HTTP_ADDR=127.0.0.1:18282 HOLDFAST_DATA_DIR=data-$label HOLDFAST_JWT_SECRET=$S HOLDFAST_LOG=warn \
+  HOLDFAST_HTTP_ADDR=127.0.0.1:18282 HOLDFAST_OPS_ADDR=127.0.0.1:0 HOLDFAST_DATA_DIR=data-$label HOLDFAST_JWT_SECRET=$S HOLDFAST_LOG=warn \
     $B/holdfast serve > server-$label.log 2>&1 &
   local pid=$!
   for _ in $(seq 1 50); do curl -sf http://127.0.0.1:18282/readyz >/dev/null && break; sleep 0.2; done

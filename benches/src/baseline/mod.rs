@@ -257,8 +257,12 @@ impl Backend for BaselineBackend {
         self.inner.logout(jti, expires_at_ms, family).await
     }
 
-    async fn is_access_revoked(&self, jti: &str) -> bool {
-        self.inner.is_access_revoked(jti).await
+    async fn revoke_login(&self, family: &str, until_ms: i64) -> Result<(), BackendError> {
+        self.inner.revoke_login(family, until_ms).await
+    }
+
+    async fn is_access_revoked(&self, jti: &str, family: Option<&str>) -> bool {
+        self.inner.is_access_revoked(jti, family).await
     }
 
     async fn ready(&self) -> bool {
@@ -318,11 +322,15 @@ pub async fn serve(options: Options) -> anyhow::Result<()> {
     });
     // The same Prometheus recorder as a Holdfast node, so the per-request metrics cost the same.
     let metrics = holdfast_engine::node::metrics_handle();
+    let gateway = holdfast_gateway::Options::default();
     let state = AppState::new(
         backend,
         Arc::new(holdfast_gateway::checkout::NoCheckout),
-        options.jwt_secret.as_bytes(),
-        holdfast_gateway::Options::default(),
+        holdfast_gateway::auth::TokenKeys::from_secret(
+            options.jwt_secret.as_bytes(),
+            gateway.access_token_ttl_secs,
+        ),
+        gateway,
         Arc::new(move || metrics.render()),
     );
     let app = holdfast_gateway::router(state);

@@ -6,6 +6,7 @@
 //! it locally when it owns the event's shard, or forwards it over the internal API. A "not
 //! owner" answer refreshes the cached map and retries (operations are idempotent by id).
 
+pub mod tls;
 pub mod wire;
 
 use std::collections::HashMap;
@@ -39,6 +40,8 @@ pub struct Settings {
     pub http_addr: String,
     pub shards: u32,
     pub lease: Duration,
+    /// CA certificates other nodes' internal APIs must chain to (TLS); `None`: h2c.
+    pub tls_roots: Option<Vec<reqwest::Certificate>>,
 }
 
 /// Why a cluster operation failed.
@@ -116,7 +119,7 @@ impl Cluster {
         store.cluster_init(settings.shards).await?;
         let key = wire::cluster_key(secret);
         let cluster = Arc::new(Self {
-            client: wire::Client::new(key.clone()),
+            client: wire::Client::new(key.clone(), settings.tls_roots.as_deref()),
             key,
             settings,
             store,

@@ -1,5 +1,6 @@
-//! The internal node-to-node API: typed, versioned messages in bincode over HTTP/2 (h2c),
-//! with connection reuse, timeouts and a shared cluster key.
+//! The internal node-to-node API: typed, versioned messages in bincode over HTTP/2 (h2c, or
+//! h2 over TLS when certificates are configured), with connection reuse, timeouts and a shared
+//! cluster key.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -75,6 +76,13 @@ pub fn cluster_key(secret: &[u8]) -> String {
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Whether a request's cluster key is `key`, compared in constant time so the answer's timing
+/// tells nothing about how much of a guess was right.
+fn key_matches(presented: Option<&axum::http::HeaderValue>, key: &str) -> bool {
+    use subtle::ConstantTimeEq as _;
+    presented.is_some_and(|v| bool::from(v.as_bytes().ct_eq(key.as_bytes())))
+}
+
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     bincode::serde::encode_to_vec(value, bincode::config::standard()).expect("wire messages encode")
 }
@@ -90,18 +98,31 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
 pub struct Client {
     http: reqwest::Client,
     key: String,
+    scheme: &'static str,
 }
 
 impl Client {
-    pub fn new(key: String) -> Self {
-        let http = reqwest::Client::builder()
+    /// A client sending `key`; with `roots`, over TLS trusting those CAs only.
+    pub fn new(key: String, roots: Option<&[reqwest::Certificate]>) -> Self {
+        let mut builder = reqwest::Client::builder()
             .http2_prior_knowledge()
             .timeout(TIMEOUT)
             .connect_timeout(Duration::from_secs(1))
-            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_idle_timeout(Duration::from_secs(60));
+        if let Some(roots) = roots {
+            builder = builder.use_rustls_tls().tls_built_in_root_certs(false);
+            for root in roots {
+                builder = builder.add_root_certificate(root.clone());
+            }
+        }
+        let http = builder
             .build()
             .expect("an HTTP client with static settings builds");
-        Self { http, key }
+        Self {
+            http,
+            key,
+            scheme: if roots.is_some() { "https" } else { "http" },
+        }
     }
 
     async fn call<Q: Serialize, A: DeserializeOwned>(
@@ -110,7 +131,7 @@ impl Client {
         path: &str,
         body: Q,
     ) -> Result<A, CallError> {
-        let url = format!("http://{addr}{path}");
+        let url = format!("{}://{addr}{path}", self.scheme);
         let response = self
             .http
             .post(&url)
@@ -188,7 +209,7 @@ fn open<T: DeserializeOwned>(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<T, Box<Response>> {
-    if headers.get(KEY_HEADER).and_then(|v| v.to_str().ok()) != Some(cluster.key()) {
+    if !key_matches(headers.get(KEY_HEADER), cluster.key()) {
         return Err(Box::new(
             (StatusCode::UNAUTHORIZED, "wrong cluster key").into_response(),
         ));
@@ -254,5 +275,28 @@ async fn refresh(State(cluster): State<Arc<Cluster>>, headers: HeaderMap, body: 
             reply(&())
         }
         Err(r) => *r,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+
+    use super::{cluster_key, key_matches};
+
+    #[test]
+    fn only_the_exact_cluster_key_opens_the_node_api() {
+        let key = cluster_key(b"a shared token secret of 32 bytes");
+        assert!(key_matches(
+            Some(&HeaderValue::from_str(&key).unwrap()),
+            &key
+        ));
+        let mut wrong = key.clone();
+        wrong.pop();
+        for presented in [wrong.clone(), format!("{wrong}0x"), String::new()] {
+            let value = HeaderValue::from_str(&presented).unwrap();
+            assert!(!key_matches(Some(&value), &key), "{presented:?}");
+        }
+        assert!(!key_matches(None, &key));
     }
 }

@@ -102,10 +102,7 @@ pub async fn register(
             e.to_string(),
         )
     })?;
-    let password_hash = tokio::task::spawn_blocking(move || auth::hash_password(&req.password))
-        .await
-        .map_err(|_| Problem::internal())?
-        .map_err(|_| Problem::internal())?;
+    let password_hash = state.passwords().hash(req.password).await?;
     let account = Account {
         id: UserId::generate(),
         email,
@@ -119,15 +116,6 @@ pub async fn register(
         .await?;
     tracing::info!(user = %account.id, "account registered");
     Ok((StatusCode::CREATED, Json(account_json(&account))))
-}
-
-/// A valid Argon2id hash of a random password: verifying unknown emails against it makes a
-/// miss take as long as a wrong password, so timing does not reveal which emails exist.
-fn dummy_hash() -> String {
-    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    DUMMY
-        .get_or_init(|| auth::hash_password(&uuid::Uuid::new_v4().to_string()).unwrap_or_default())
-        .clone()
 }
 
 pub async fn login(
@@ -144,13 +132,10 @@ pub async fn login(
     };
     let email = req.email.trim().to_lowercase();
     let credentials = state.backend().credentials(&email).await?;
+    // Unknown emails are checked against a dummy hash: a miss takes as long as a wrong
+    // password, so timing does not tell which emails exist.
     let stored = credentials.as_ref().map(|c| c.password_hash.clone());
-    let password = req.password;
-    let matches = tokio::task::spawn_blocking(move || {
-        auth::verify_password(&password, &stored.unwrap_or_else(dummy_hash))
-    })
-    .await
-    .map_err(|_| Problem::internal())?;
+    let matches = state.passwords().verify(req.password, stored).await?;
     let account = match credentials {
         Some(c) if matches => c.account,
         _ => return Err(invalid()),
@@ -237,8 +222,12 @@ pub async fn refresh(
             "Invalid refresh token",
             "the refresh token is unknown, expired or revoked; log in again",
         )),
-        RefreshOutcome::Reused => {
-            tracing::warn!("refresh token reused: its login family is revoked");
+        RefreshOutcome::Reused { family } => {
+            tracing::warn!("refresh token reused: its login is revoked");
+            state
+                .backend()
+                .revoke_login(&family, login_revoked_until_ms(&state))
+                .await?;
             Err(Problem::new(
                 StatusCode::UNAUTHORIZED,
                 "refresh-token-reused",
@@ -249,8 +238,16 @@ pub async fn refresh(
     }
 }
 
-/// `POST /v1/auth/logout`: this access token is refused from now on, and the refresh tokens of
-/// its login stop working.
+/// When the last access token a login revoked now may have issued expires.
+fn login_revoked_until_ms(state: &AppState) -> i64 {
+    let ttl_ms = i64::try_from(state.tokens().access_ttl_secs.saturating_add(60))
+        .unwrap_or(i64::MAX / 2000)
+        .saturating_mul(1000);
+    (time::OffsetDateTime::now_utc().unix_timestamp() * 1000).saturating_add(ttl_ms)
+}
+
+/// `POST /v1/auth/logout`: every access token of this login is refused from now on, on every
+/// node within a second, and its refresh tokens stop working.
 pub async fn logout(State(state): State<AppState>, user: AuthUser) -> Result<StatusCode, Problem> {
     state
         .backend()
@@ -260,5 +257,11 @@ pub async fn logout(State(state): State<AppState>, user: AuthUser) -> Result<Sta
             user.family.as_deref(),
         )
         .await?;
+    if let Some(family) = &user.family {
+        state
+            .backend()
+            .revoke_login(family, login_revoked_until_ms(&state))
+            .await?;
+    }
     Ok(StatusCode::NO_CONTENT)
 }
