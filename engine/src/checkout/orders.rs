@@ -449,11 +449,14 @@ impl Orders {
 
     /// The second half: the order ends `refunded` and `OrderRefunded` goes out. The seats go
     /// back on sale when the tickets service answers with `TicketsVoided` (it knows which
-    /// were used at the door).
+    /// were used at the door). `void_tickets` (the tickets service runs here; `Some(by the
+    /// buyer)`) voids the unused tickets in the same transaction, so a refund is never half
+    /// done: tickets void and the order refunded, or neither.
     pub(crate) async fn refund(
         &self,
         id: OrderId,
         reason: String,
+        void_tickets: Option<bool>,
     ) -> Result<OrderView, CheckoutError> {
         let now = self.ctx.now_ms();
         let mut tx = self.ctx.store.checkout_tx().await.map_err(store_error)?;
@@ -470,6 +473,9 @@ impl Orders {
                     status: other.to_owned(),
                 });
             }
+        }
+        if let Some(by_buyer) = void_tickets {
+            super::tickets::Tickets::void_in(&mut tx, id, by_buyer).await?;
         }
         row.status = REFUNDED.to_owned();
         row.note = Some(format!("refunded: {reason}"));

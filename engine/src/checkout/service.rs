@@ -224,10 +224,11 @@ impl Checkout for CheckoutNode {
         self.orders()?.of_user(user).await
     }
 
-    /// The order's rules first, then (with the tickets service on this node) its unused
-    /// tickets are voided under their row locks, which refuses the buyer an admitted ticket;
-    /// then the order is refunded. Run apart, the tickets service voids on `OrderRefunded`
-    /// and admitted seats still stay sold, but the buyer's refund is not refused.
+    /// The order's rules first; then, in one transaction, (with the tickets service on this
+    /// node) its unused tickets are voided under their row locks, which refuses the buyer an
+    /// admitted ticket, and the order is refunded. Run apart, the tickets service voids on
+    /// `OrderRefunded` and admitted seats still stay sold, but the buyer's refund is not
+    /// refused.
     async fn refund(
         &self,
         id: OrderId,
@@ -238,10 +239,8 @@ impl Checkout for CheckoutNode {
         if let Some(done) = orders.refund_check(id, by).await? {
             return Ok(done);
         }
-        if let Some(tickets) = &self.tickets {
-            tickets.void_for_refund(id, by == RefundBy::Buyer).await?;
-        }
-        orders.refund(id, reason).await
+        let void_tickets = self.tickets.is_some().then_some(by == RefundBy::Buyer);
+        orders.refund(id, reason, void_tickets).await
     }
 
     async fn tickets(&self, order: OrderId) -> Result<Vec<TicketView>, CheckoutError> {

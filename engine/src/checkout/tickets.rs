@@ -139,20 +139,20 @@ impl Tickets {
         Ok(())
     }
 
-    /// A refund asked for now: voids the order's unused tickets at once, unless the buyer asks
-    /// and a ticket was already admitted (then nothing changes).
-    pub(crate) async fn void_for_refund(
-        &self,
+    /// A refund asked for now, with this service on the node: voids the order's unused tickets
+    /// inside the refund's own transaction `tx`, unless the buyer asks and a ticket was already
+    /// admitted (then the refund fails and nothing changes).
+    pub(crate) async fn void_in(
+        tx: &mut holdfast_persistence::CheckoutTx,
         order: OrderId,
         by_buyer: bool,
     ) -> Result<(), CheckoutError> {
-        let mut tx = self.ctx.store.checkout_tx().await.map_err(store_error)?;
         let tickets = tx.tickets_of_order(order.0).await.map_err(store_error)?;
         if by_buyer && let Some(used) = tickets.iter().find(|t| t.status == ADMITTED) {
             return Err(CheckoutError::TicketAdmitted { ticket_id: used.id });
         }
         tx.void_tickets(order.0).await.map_err(store_error)?;
-        tx.commit().await.map_err(store_error)
+        Ok(())
     }
 
     pub(crate) async fn of_order(&self, order: OrderId) -> Result<Vec<TicketView>, CheckoutError> {
