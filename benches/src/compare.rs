@@ -213,6 +213,8 @@ async fn start(
             // The ops listener on a port of its own, so a node already on 8081 does not clash.
             .env("HOLDFAST_OPS_ADDR", "127.0.0.1:0")
             .env("HOLDFAST_JWT_SECRET", secret)
+            // One load generator on one IP is not the crowd the limits are for.
+            .env("HOLDFAST_RATE_LIMITS", "off")
             .env(
                 "HOLDFAST_DURABILITY",
                 if kind == TargetKind::HoldfastAsync {

@@ -1,7 +1,7 @@
 //! Errors as `application/problem+json` (RFC 9457), mapped in one place. The `type` slug is
 //! stable: clients match on it.
 
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use holdfast_actors::inventory;
 use serde_json::{Map, Value, json};
@@ -19,6 +19,8 @@ pub struct Problem {
     pub detail: String,
     pub extensions: Map<String, Value>,
     pub retry_after_secs: Option<u32>,
+    /// Further headers of the answer (a 429's `RateLimit` fields).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl Problem {
@@ -35,11 +37,17 @@ impl Problem {
             detail: detail.into(),
             extensions: Map::new(),
             retry_after_secs: None,
+            headers: Vec::new(),
         }
     }
 
     pub fn with(mut self, key: &str, value: Value) -> Self {
         self.extensions.insert(key.to_owned(), value);
+        self
+    }
+
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
         self
     }
 
@@ -124,6 +132,7 @@ impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let mut response = (self.status, self.body().to_string()).into_response();
         let headers = response.headers_mut();
+        headers.extend(self.headers);
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
         if let Some(secs) = self.retry_after_secs {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));

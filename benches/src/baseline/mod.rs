@@ -322,7 +322,9 @@ pub async fn serve(options: Options) -> anyhow::Result<()> {
     });
     // The same Prometheus recorder as a Holdfast node, so the per-request metrics cost the same.
     let metrics = holdfast_engine::node::metrics_handle();
-    let gateway = holdfast_gateway::Options::default();
+    // Like a node under HOLDFAST_RATE_LIMITS=off: a load test is one client hammering.
+    let mut gateway = holdfast_gateway::Options::default();
+    gateway.rate_limits.enabled = false;
     let state = AppState::new(
         backend,
         Arc::new(holdfast_gateway::checkout::NoCheckout),
@@ -332,6 +334,7 @@ pub async fn serve(options: Options) -> anyhow::Result<()> {
         ),
         gateway,
         Arc::new(move || metrics.render()),
+        None,
     );
     let app = holdfast_gateway::router(state);
     let listener = tokio::net::TcpListener::bind(options.addr)

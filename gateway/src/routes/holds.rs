@@ -13,6 +13,7 @@ use crate::AppState;
 use crate::auth::AuthUser;
 use crate::extract::ApiJson;
 use crate::problem::Problem;
+use crate::rate_limit::Limit;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -74,7 +75,12 @@ pub async fn create(
     request_headers: HeaderMap,
     ApiJson(req): ApiJson<HoldRequest>,
 ) -> Result<(StatusCode, HeaderMap, Json<Value>), Problem> {
+    let limits = state.rate_limits();
+    limits.check(Limit::Holds, &user.id.to_string()).await?;
     let event_id = parse_event_id(&event)?;
+    limits
+        .check(Limit::EventHolds, &event_id.to_string())
+        .await?;
     let items = parse_items(&req.items)?;
     let key = request_headers
         .get(crate::idempotency::HEADER)
