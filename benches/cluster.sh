@@ -76,7 +76,7 @@ export HOLDFAST_URL=http://127.0.0.1:19091 HOLDFAST_TOKEN=$(admin_token)
   --quiet --label handoff --out "$out/handoff.json" >/dev/null &
 load=$!
 sleep 3
-shard=$("$bin" shards list --json | python3 -c 'import sys,json;print(next(s["shard"] for s in json.load(sys.stdin) if s["events"]>0))')
+shard=$("$bin" shards list --json | python3 -c 'import sys,json;print(next(s["shard"] for s in json.load(sys.stdin)["shards"] if s["events"]>0))')
 : >"$out/pauses.txt"
 for k in $(seq 1 20); do
   to=n$(( (k % 3) + 1 ))
@@ -101,15 +101,15 @@ export HOLDFAST_TOKEN=$(admin_token)
   --quiet --label failover --out "$out/failover.json" >/dev/null &
 load=$!
 sleep 3
-shard=$("$bin" shards list --json | python3 -c 'import sys,json;print(next(s["shard"] for s in json.load(sys.stdin) if s["events"]>0))')
-owner=$("$bin" shards list --json | python3 -c "import sys,json;print(next(s['owner'] for s in json.load(sys.stdin) if s['shard']==$shard))")
+shard=$("$bin" shards list --json | python3 -c 'import sys,json;print(next(s["shard"] for s in json.load(sys.stdin)["shards"] if s["events"]>0))')
+owner=$("$bin" shards list --json | python3 -c "import sys,json;print(next(s['owner'] for s in json.load(sys.stdin)['shards'] if s['shard']==$shard))")
 if [ "$owner" = n1 ]; then "$bin" shards move "$shard" n2 >/dev/null; owner=n2; fi
 event=$(curl -s 127.0.0.1:18081/v1/events | python3 -c 'import sys,json;print(json.load(sys.stdin)[0]["id"])')
 sleep 2
 victim=${pids[$(( ${owner#n} - 1 ))]}
 t0=$(date +%s.%N)
 kill -9 "$victim"
-until [ "$("$bin" shards list --json | python3 -c "import sys,json;print(next(s['owner'] for s in json.load(sys.stdin) if s['shard']==$shard))")" != "$owner" ]; do sleep 0.05; done
+until [ "$("$bin" shards list --json | python3 -c "import sys,json;print(next(s['owner'] for s in json.load(sys.stdin)['shards'] if s['shard']==$shard))")" != "$owner" ]; do sleep 0.05; done
 t1=$(date +%s.%N)
 until curl -sf "127.0.0.1:18081/v1/events/$event/availability" >/dev/null; do sleep 0.05; done
 t2=$(date +%s.%N)

@@ -76,8 +76,13 @@ impl TestCluster {
     async fn owners(&self, via: usize) -> BTreeMap<u32, String> {
         let json: Value = serde_json::from_str(&self.shards_cli(via, &["list", "--json"]).await)
             .expect("list --json is JSON");
-        json.as_array()
-            .expect("an array")
+        assert!(
+            json["nodes"].is_array(),
+            "list --json has the nodes: {json}"
+        );
+        json["shards"]
+            .as_array()
+            .expect("an array of shards")
             .iter()
             .map(|s| {
                 let shard = u32::try_from(s["shard"].as_u64().expect("shard")).expect("small");

@@ -467,7 +467,13 @@ async fn operator_commands(backend: Backend) {
         "holdfast users add failed: {}",
         String::from_utf8_lossy(&added.stderr)
     );
-    assert!(String::from_utf8_lossy(&added.stderr).contains(&email));
+    let stderr = String::from_utf8_lossy(&added.stderr);
+    assert!(stderr.contains(&email));
+    let database = holdfast_engine::node::redact(server.sandbox().database().url());
+    assert!(
+        stderr.contains(&format!(" to {database}")),
+        "users add names the database it wrote: {stderr}"
+    );
     let again = server.cli(&add, &format!("{PASSWORD}\n")).await;
     assert!(!again.status.success(), "the same email was added twice");
     assert!(
@@ -693,6 +699,13 @@ async fn the_embedded_default_pays_with_a_secret_of_its_own() {
         &[("HOLDFAST_VNPAY_SIM_ADDR", &sim_addr)],
     )
     .await;
+    assert!(
+        server.log().contains(&format!(
+            "`holdfast vnpay-sim` (http://{sim_addr}, secret in"
+        )),
+        "the startup warning names HOLDFAST_VNPAY_SIM_ADDR: {}",
+        server.log()
+    );
     let secret_path = server.sandbox().data_dir().join("vnpay-demo.secret");
     let secret = std::fs::read_to_string(&secret_path).expect("a generated demo secret");
     assert!(secret.trim().len() >= 32 && secret.trim() != OLD_DEMO_VNPAY_SECRET);
@@ -1019,4 +1032,241 @@ async fn staff_belong_to_an_organizer(backend: Backend) {
     // Past the door check at its organizer's event (the code itself is not genuine).
     scan(own).await.assert_problem(422, "invalid-ticket");
     scan(other).await.assert_problem(403, "forbidden");
+}
+
+/// `holdfast users add` from a directory without the server's database refuses to create one
+/// there, names the path and what to do; with the database it says which one it wrote. Help
+/// texts describe every argument.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_add_writes_only_an_existing_database_and_says_which() {
+    let cwd = tempfile::tempdir().expect("directory");
+    let add = [
+        "users",
+        "add",
+        "door@example.com",
+        "--role",
+        "organizer",
+        "--password-stdin",
+    ];
+    let out = holdfast_tests::run_cli(&[], cwd.path(), &add, &format!("{PASSWORD}\n")).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a database was created unasked");
+    assert!(
+        stderr.contains("no database at data/holdfast.db")
+            && stderr.contains("holdfast migrate")
+            && stderr.contains("HOLDFAST_DATA_DIR"),
+        "{stderr}"
+    );
+    assert!(!cwd.path().join("data").exists(), "./data was created");
+
+    let migrate = holdfast_tests::run_cli(&[], cwd.path(), &["migrate"], "").await;
+    assert!(migrate.status.success(), "{migrate:?}");
+    let elsewhere = tempfile::tempdir().expect("directory");
+    let data_dir = cwd.path().join("data");
+    let with_dir = [&add[..], &["--data-dir", data_dir.to_str().expect("path")]].concat();
+    let out =
+        holdfast_tests::run_cli(&[], elsewhere.path(), &with_dir, &format!("{PASSWORD}\n")).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "to sqlite://{}",
+            data_dir.join("holdfast.db").display()
+        )),
+        "users add names the database it wrote: {stderr}"
+    );
+
+    for (args, help) in [
+        (&["shards", "list", "--help"][..], "\"nodes\""),
+        (
+            &["shards", "drain", "--help"][..],
+            "Show the plan, move nothing",
+        ),
+        (&["shards", "move", "--help"][..], "The node id"),
+        (&["users", "add", "--help"][..], "e-mail address"),
+    ] {
+        let out = holdfast_tests::run_cli(&[], cwd.path(), args, "").await;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains(help), "holdfast {args:?}: {stdout}");
+    }
+}
+
+/// Settings mistakes are found before anything is created: a port in use before secrets are
+/// generated, a cluster node's missing VNPAY merchant before it joins the cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_are_checked_before_secrets_and_joining() {
+    let sandbox = holdfast_tests::Sandbox::new(Backend::Sqlite).await;
+    std::fs::create_dir_all(sandbox.working_dir()).expect("working directory");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("address").port();
+    let mut env = sandbox.env(port);
+    env.retain(|(k, _)| {
+        !matches!(
+            k.as_str(),
+            "HOLDFAST_JWT_SECRET"
+                | "HOLDFAST_VNPAY_TMN_CODE"
+                | "HOLDFAST_VNPAY_HASH_SECRET"
+                | "HOLDFAST_TICKET_SIGNING_KEY"
+        )
+    });
+    let out = holdfast_tests::run_cli(&env, &sandbox.working_dir(), &["serve"], "").await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains(&format!("binding the API to 127.0.0.1:{port}")),
+        "{stderr}"
+    );
+    for file in ["jwt.secret", "vnpay-demo.secret", "ticket-signing.key"] {
+        assert!(
+            !sandbox.data_dir().join(file).exists(),
+            "{file} was generated before the port was found in use"
+        );
+    }
+    drop(taken);
+
+    let cluster = holdfast_tests::Sandbox::new(Backend::Postgres).await;
+    std::fs::create_dir_all(cluster.working_dir()).expect("working directory");
+    let mut env = cluster.env(holdfast_tests::free_port());
+    env.retain(|(k, _)| k != "HOLDFAST_VNPAY_TMN_CODE");
+    env.extend([
+        ("HOLDFAST_NODE_ID".to_owned(), "n1".to_owned()),
+        (
+            "HOLDFAST_INTERNAL_ADDR".to_owned(),
+            format!("127.0.0.1:{}", holdfast_tests::free_port()),
+        ),
+        (
+            "HOLDFAST_OPS_ADDR".to_owned(),
+            format!("127.0.0.1:{}", holdfast_tests::free_port()),
+        ),
+    ]);
+    let out = holdfast_tests::run_cli(&env, &cluster.working_dir(), &["serve"], "").await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("HOLDFAST_VNPAY_TMN_CODE"),
+        "{stderr}"
+    );
+    let migrate = holdfast_tests::run_cli(&env, &cluster.working_dir(), &["migrate"], "").await;
+    assert!(migrate.status.success(), "{migrate:?}");
+    assert_eq!(
+        cluster.database().count_rows("cluster_nodes").await,
+        0,
+        "the node joined the cluster before its settings were checked"
+    );
+}
+
+/// A refused PostgreSQL connection fails at once and says so; a missing database is named
+/// once, not once per layer of the error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_errors_are_prompt_and_said_once() {
+    let cwd = tempfile::tempdir().expect("directory");
+    let refused = format!(
+        "postgres://holdfast@127.0.0.1:{}/holdfast",
+        holdfast_tests::free_port()
+    );
+    let env = [("HOLDFAST_DATABASE_URL".to_owned(), refused)];
+    let started = Instant::now();
+    let out = holdfast_tests::run_cli(&env, cwd.path(), &["migrate"], "").await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.to_lowercase().contains("connection refused"),
+        "{stderr}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "a refused connection took {:?}",
+        started.elapsed()
+    );
+
+    let sandbox = holdfast_tests::Sandbox::new(Backend::Postgres).await;
+    let url = sandbox.database().url();
+    let (base, _) = url.rsplit_once('/').expect("a database name");
+    let env = [(
+        "HOLDFAST_DATABASE_URL".to_owned(),
+        format!("{base}/holdfast_no_such_database"),
+    )];
+    let out = holdfast_tests::run_cli(&env, cwd.path(), &["migrate"], "").await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(
+        stderr.matches("does not exist").count(),
+        1,
+        "the error repeats itself: {stderr}"
+    );
+}
+
+/// `HOLDFAST_HTTP_ADDR` takes a host name; `/openapi.json` names the node's own public URL and
+/// ops listener; an unknown `HOLDFAST_*` variable is warned about with the nearest setting;
+/// `shards move` on a single node refuses before printing a plan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_and_documents_follow_the_node() {
+    let public = "https://tickets.example.com";
+    let server = ServerProcess::start(
+        Backend::Sqlite,
+        &[("HOLDFAST_PUBLIC_URL", public), ("HOLDFAST_HOLD_TLL", "60")],
+    )
+    .await;
+    let doc = server.client().get("/openapi.json", None).await;
+    doc.assert_status(200);
+    assert_eq!(doc.body["servers"][0]["url"], public);
+    assert_eq!(
+        doc.body["paths"]["/metrics"]["servers"][0]["url"],
+        server.ops_client().base_url()
+    );
+    assert!(
+        server.log().contains(
+            "HOLDFAST_HOLD_TLL is not a setting and is ignored; did you mean HOLDFAST_HOLD_TTL?"
+        ),
+        "{}",
+        server.log()
+    );
+
+    let admin = server.user_token("admin").await;
+    let ops = server.ops_client().base_url().to_owned();
+    let out = server
+        .cli(
+            &[
+                "shards", "move", "3", "n2", "--url", &ops, "--token", &admin,
+            ],
+            "",
+        )
+        .await;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(!out.status.success());
+    assert!(!stdout.contains("plan"), "a plan was printed: {stdout}");
+    assert!(stderr.contains("is a single node"), "{stderr}");
+
+    // A host name: the node binds what it resolves to.
+    let sandbox = holdfast_tests::Sandbox::new(Backend::Sqlite).await;
+    std::fs::create_dir_all(sandbox.working_dir()).expect("working directory");
+    let port = holdfast_tests::free_port();
+    let mut env = sandbox.env(port);
+    env.push(("HOLDFAST_HTTP_ADDR".to_owned(), format!("localhost:{port}")));
+    env.push((
+        "HOLDFAST_OPS_ADDR".to_owned(),
+        format!("localhost:{}", holdfast_tests::free_port()),
+    ));
+    let mut child = holdfast_tests::holdfast_command(&env, &sandbox.working_dir())
+        .arg("serve")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start holdfast serve");
+    let api = holdfast_tests::Client::new(format!("http://localhost:{port}"));
+    let doc = poll_until(
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        || async { api.try_get("/openapi.json", None).await.ok() },
+    )
+    .await
+    .expect("holdfast serve on HOLDFAST_HTTP_ADDR=localhost:PORT");
+    assert_eq!(
+        doc.body["servers"][0]["url"],
+        format!("http://localhost:{port}")
+    );
+    let _ = child.kill().await;
 }

@@ -9,13 +9,15 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use holdfast_actors::actor::{self, Durability};
 use serde::{Deserialize, Serialize};
 
+pub use crate::addr::BindAddr;
+
 /// Every setting of a node. Each field is also the lower-case tail of its environment
 /// variable: `hold_ttl` is `HOLDFAST_HOLD_TTL`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Where the REST API listens.
-    pub http_addr: SocketAddr,
+    /// Where the REST API listens: `host:port`, a host name resolved when it binds.
+    pub http_addr: BindAddr,
     /// Where the embedded default keeps its SQLite database and generated keys.
     pub data_dir: PathBuf,
     /// `sqlite://…` or `postgres://…`; unset means `sqlite://<data_dir>/holdfast.db`.
@@ -38,7 +40,7 @@ pub struct Config {
     pub password_hash_waiting_max: usize,
     /// Where `/metrics` and `/v1/admin/*` are served (and `/healthz`, `/readyz` too); keep it
     /// off the public network.
-    pub ops_addr: SocketAddr,
+    pub ops_addr: BindAddr,
     /// Origins allowed to call the API from a browser (CORS), comma-separated; unset: none.
     pub cors_origins: Option<String>,
     /// A connection that has not sent a whole request head within this many seconds is closed.
@@ -67,7 +69,7 @@ pub struct Config {
     /// Setting this joins a cluster (needs PostgreSQL): this node's unique, stable name.
     pub node_id: Option<String>,
     /// Where the node-to-node API listens (cluster mode).
-    pub internal_addr: SocketAddr,
+    pub internal_addr: BindAddr,
     /// What other nodes dial to reach `internal_addr`; unset means `internal_addr`.
     pub advertise_addr: Option<String>,
     /// PEM certificate (chain) and private key of this node's internal API: with both set it
@@ -142,10 +144,43 @@ pub struct Config {
     pub notify_attempts_max: u32,
     /// First retry delay of a message in seconds; doubles per attempt up to an hour.
     pub notify_backoff_secs: u64,
+    /// `off` turns every rate limit off (load tests).
+    pub rate_limits: Switch,
+    /// Peers whose `X-Forwarded-For` names the client (the right-most address that is not one
+    /// of them): IPs or CIDRs, comma-separated. Unset: none, the TCP peer is the client.
+    pub trusted_proxies: Option<String>,
+    /// `redis://host:port`: every node counts its rate limits there. Unset: each node alone.
+    pub redis_url: Option<String>,
+    /// Longest a rate-limit check waits for Redis before counting on this node alone.
+    pub rate_limit_redis_timeout_ms: u64,
+    /// Rate limits: so many per minute (per second for a whole event's holds), at most
+    /// `…_burst` at once; 0 turns that limit off. Login, register and refresh count per client
+    /// IP (a failed login counts double), holds and orders per user.
+    pub rate_limit_login_per_minute: u32,
+    pub rate_limit_login_burst: u32,
+    pub rate_limit_register_per_minute: u32,
+    pub rate_limit_register_burst: u32,
+    pub rate_limit_refresh_per_minute: u32,
+    pub rate_limit_refresh_burst: u32,
+    pub rate_limit_holds_per_minute: u32,
+    pub rate_limit_holds_burst: u32,
+    pub rate_limit_orders_per_minute: u32,
+    pub rate_limit_orders_burst: u32,
+    pub rate_limit_event_holds_per_second: u32,
+    pub rate_limit_event_holds_burst: u32,
     /// `text` or `json`.
     pub log_format: LogFormat,
     /// A tracing filter such as `info,holdfast=debug`; `RUST_LOG` is used when unset.
     pub log: Option<String>,
+}
+
+/// A feature turned `on` or `off`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Switch {
+    #[default]
+    On,
+    Off,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -160,8 +195,9 @@ impl Default for Config {
     fn default() -> Self {
         let actors = actor::Options::default();
         let gateway = holdfast_gateway::Options::default();
+        let limits = gateway.rate_limits.clone();
         Self {
-            http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)).into(),
             data_dir: PathBuf::from("data"),
             database_url: None,
             database_max_connections: 16,
@@ -172,7 +208,7 @@ impl Default for Config {
             password_hash_concurrency: gateway.passwords.concurrency,
             password_hash_wait_ms: gateway.passwords.wait_ms,
             password_hash_waiting_max: gateway.passwords.waiting_max,
-            ops_addr: SocketAddr::from(([127, 0, 0, 1], 9091)),
+            ops_addr: SocketAddr::from(([127, 0, 0, 1], 9091)).into(),
             cors_origins: None,
             header_read_timeout_secs: gateway.header_read_timeout_secs,
             idle_timeout_secs: gateway.idle_timeout_secs,
@@ -190,7 +226,7 @@ impl Default for Config {
             idempotency_ttl_secs: 24 * 60 * 60,
             idle_passivate_secs: actors.idle_passivate_secs,
             node_id: None,
-            internal_addr: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            internal_addr: SocketAddr::from(([127, 0, 0, 1], 7070)).into(),
             advertise_addr: None,
             internal_tls_cert: None,
             internal_tls_key: None,
@@ -223,6 +259,22 @@ impl Default for Config {
             sms_from: None,
             notify_attempts_max: 8,
             notify_backoff_secs: 5,
+            rate_limits: Switch::On,
+            trusted_proxies: None,
+            redis_url: None,
+            rate_limit_redis_timeout_ms: limits.shared_timeout_ms,
+            rate_limit_login_per_minute: limits.login.rate,
+            rate_limit_login_burst: limits.login.burst,
+            rate_limit_register_per_minute: limits.register.rate,
+            rate_limit_register_burst: limits.register.burst,
+            rate_limit_refresh_per_minute: limits.refresh.rate,
+            rate_limit_refresh_burst: limits.refresh.burst,
+            rate_limit_holds_per_minute: limits.holds.rate,
+            rate_limit_holds_burst: limits.holds.burst,
+            rate_limit_orders_per_minute: limits.orders.rate,
+            rate_limit_orders_burst: limits.orders.burst,
+            rate_limit_event_holds_per_second: limits.event_holds.rate,
+            rate_limit_event_holds_burst: limits.event_holds.burst,
             log_format: LogFormat::Text,
             log: None,
         }
@@ -266,6 +318,39 @@ impl Config {
             Ok(serde_json::Value::Object(map)) => map.keys().cloned().collect(),
             _ => Vec::new(),
         }
+    }
+
+    /// A warning for each `HOLDFAST_*` name in `names` that is no setting (a typo is ignored
+    /// otherwise, while a TOML typo is an error), with the nearest setting when one is close.
+    /// The CLI's own variables and the test and benchmark harnesses' are not settings.
+    pub fn unknown_variables(names: impl IntoIterator<Item = String>) -> Vec<String> {
+        const NOT_SETTINGS: &[&str] = &["URL", "TOKEN", "CONFIG", "BIN"];
+        let known = Self::keys();
+        names
+            .into_iter()
+            .filter_map(|name| {
+                let tail = name.strip_prefix("HOLDFAST_")?.to_ascii_lowercase();
+                let ours = NOT_SETTINGS.iter().any(|n| n.eq_ignore_ascii_case(&tail))
+                    || tail.starts_with("test_")
+                    || tail.starts_with("bench_")
+                    || known.contains(&tail);
+                if ours {
+                    return None;
+                }
+                let nearest = known
+                    .iter()
+                    .map(|k| (edit_distance(k, &tail), k))
+                    .filter(|(d, k)| *d <= 3 && *d < k.len() / 2)
+                    .min();
+                Some(match nearest {
+                    Some((_, k)) => format!(
+                        "{name} is not a setting and is ignored; did you mean HOLDFAST_{}?",
+                        k.to_ascii_uppercase()
+                    ),
+                    None => format!("{name} is not a setting and is ignored"),
+                })
+            })
+            .collect()
     }
 
     fn validate(&self) -> Result<(), Error> {
@@ -339,6 +424,13 @@ impl Config {
             return bad("notify_attempts_max must be at least 1");
         }
         self.roles().map_err(Error::Invalid)?;
+        self.trusted_proxies()
+            .map_err(|e| Error::Invalid(format!("trusted_proxies: {e}")))?;
+        if let Some(url) = &self.redis_url
+            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+        {
+            return bad("redis_url must start with redis:// or rediss://");
+        }
         if let Some(url) = &self.database_url
             && !(url.starts_with("sqlite:")
                 || url.starts_with("postgres://")
@@ -401,6 +493,46 @@ impl Config {
             .unwrap_or_else(|| self.internal_addr.to_string())
     }
 
+    /// The trusted proxies `trusted_proxies` names.
+    pub fn trusted_proxies(&self) -> Result<Vec<ipnet::IpNet>, String> {
+        holdfast_gateway::rate_limit::client_ip::parse_trusted(
+            self.trusted_proxies.as_deref().unwrap_or(""),
+        )
+    }
+
+    pub fn rate_limit_options(&self) -> holdfast_gateway::rate_limit::Options {
+        use holdfast_gateway::rate_limit::Quota;
+        holdfast_gateway::rate_limit::Options {
+            enabled: self.rate_limits == Switch::On,
+            trusted_proxies: self.trusted_proxies().unwrap_or_default(),
+            shared_timeout_ms: self.rate_limit_redis_timeout_ms,
+            login: Quota::per_minute(
+                self.rate_limit_login_per_minute,
+                self.rate_limit_login_burst,
+            ),
+            register: Quota::per_minute(
+                self.rate_limit_register_per_minute,
+                self.rate_limit_register_burst,
+            ),
+            refresh: Quota::per_minute(
+                self.rate_limit_refresh_per_minute,
+                self.rate_limit_refresh_burst,
+            ),
+            holds: Quota::per_minute(
+                self.rate_limit_holds_per_minute,
+                self.rate_limit_holds_burst,
+            ),
+            orders: Quota::per_minute(
+                self.rate_limit_orders_per_minute,
+                self.rate_limit_orders_burst,
+            ),
+            event_holds: Quota::per_second(
+                self.rate_limit_event_holds_per_second,
+                self.rate_limit_event_holds_burst,
+            ),
+        }
+    }
+
     pub fn gateway_options(&self) -> holdfast_gateway::Options {
         holdfast_gateway::Options {
             access_token_ttl_secs: self.access_token_ttl_secs,
@@ -426,8 +558,28 @@ impl Config {
             idle_timeout_secs: self.idle_timeout_secs,
             connections_max: self.connections_max,
             idempotency_keys_per_user_max: self.idempotency_keys_per_user_max,
+            rate_limits: self.rate_limit_options(),
+            // The node sets them once its listeners are bound.
+            public_url: None,
+            ops_url: None,
         }
     }
+}
+
+/// Levenshtein distance of two ASCII names.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b = b.as_bytes();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.bytes().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitute = diagonal + usize::from(ca != *cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substitute.min(row[j] + 1).min(diagonal + 1);
+        }
+    }
+    row[b.len()]
 }
 
 /// What a process runs, from `all` or a comma-separated list.
@@ -539,6 +691,84 @@ mod tests {
             let config = Config::load(Some(Path::new("holdfast.toml"))).expect("env");
             assert_eq!(config.hold_ttl, 5);
             assert!(!config.is_embedded());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn listen_addresses_take_host_names() {
+        Jail::expect_with(|jail| {
+            jail.set_env("HOLDFAST_HTTP_ADDR", "localhost:28081");
+            jail.set_env("HOLDFAST_OPS_ADDR", "[::1]:9091");
+            let config = Config::load(None).expect("host names");
+            assert_eq!(config.http_addr.as_str(), "localhost:28081");
+            assert_eq!(config.public_url(), "http://localhost:28081");
+            assert_eq!(config.ops_addr.as_str(), "[::1]:9091");
+            jail.set_env("HOLDFAST_HTTP_ADDR", "localhost");
+            let err = Config::load(None).expect_err("no port");
+            assert!(err.to_string().contains("host:port"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_variables_are_named_with_the_nearest_setting() {
+        let names = [
+            "HOLDFAST_HOLD_TLL",
+            "HOLDFAST_HTTP_ADR",
+            "HOLDFAST_FROBNICATE",
+            "HOLDFAST_HOLD_TTL",
+            "HOLDFAST_URL",
+            "HOLDFAST_TOKEN",
+            "HOLDFAST_CONFIG",
+            "HOLDFAST_BIN",
+            "HOLDFAST_TEST_DATABASE_URL",
+            "HOLDFAST_VNPAY_SIM_ADDR",
+            "PATH",
+        ]
+        .map(str::to_owned);
+        let warnings = Config::unknown_variables(names);
+        assert_eq!(warnings.len(), 3, "{warnings:?}");
+        assert!(
+            warnings[0].contains("did you mean HOLDFAST_HOLD_TTL?"),
+            "{warnings:?}"
+        );
+        assert!(
+            warnings[1].contains("did you mean HOLDFAST_HTTP_ADDR?"),
+            "{warnings:?}"
+        );
+        assert!(
+            warnings[2].starts_with("HOLDFAST_FROBNICATE is not a setting")
+                && !warnings[2].contains("did you mean"),
+            "{warnings:?}"
+        );
+        assert_eq!(super::edit_distance("kitten", "sitting"), 3);
+    }
+
+    #[test]
+    fn rate_limits_are_settings_and_turn_off() {
+        Jail::expect_with(|jail| {
+            let limits = Config::load(None).expect("defaults").rate_limit_options();
+            assert!(limits.enabled && limits.trusted_proxies.is_empty());
+            assert_eq!((limits.login.rate, limits.login.period_secs), (10, 60));
+            assert_eq!(limits.event_holds.period_secs, 1);
+            jail.create_file(
+                "limits.toml",
+                "rate_limit_holds_per_minute = 5\nrate_limit_holds_burst = 2\n",
+            )?;
+            jail.set_env("HOLDFAST_RATE_LIMITS", "off");
+            jail.set_env("HOLDFAST_TRUSTED_PROXIES", "10.0.0.0/8, 192.0.2.7");
+            let config = Config::load(Some(Path::new("limits.toml"))).expect("limits");
+            let limits = config.rate_limit_options();
+            assert!(!limits.enabled);
+            assert_eq!((limits.holds.rate, limits.holds.burst), (5, 2));
+            assert_eq!(limits.trusted_proxies.len(), 2);
+            jail.set_env("HOLDFAST_TRUSTED_PROXIES", "10.0.0.0/40");
+            let err = Config::load(None).expect_err("bad CIDR");
+            assert!(err.to_string().contains("trusted_proxies"), "{err}");
+            jail.set_env("HOLDFAST_TRUSTED_PROXIES", "");
+            jail.set_env("HOLDFAST_REDIS_URL", "127.0.0.1:6379");
+            assert!(Config::load(None).is_err());
             Ok(())
         });
     }

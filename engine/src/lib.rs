@@ -1,6 +1,7 @@
 //! The Holdfast node runtime: settings, the event actors of a node, the backend the gateway
 //! calls, and the composition of a node. The `holdfast` binary lives in `main.rs`.
 
+pub mod addr;
 pub mod backend;
 pub mod checkout;
 pub mod cluster;
@@ -10,6 +11,7 @@ pub mod inventories;
 pub mod node;
 pub mod ops;
 pub mod output;
+pub mod rate_limits;
 pub mod secrets;
 pub mod shards_cli;
 

@@ -100,11 +100,17 @@ struct VnpaySimArgs {
 enum ShardsCommand {
     /// Shows every shard's owner, epoch and events, and every node.
     List {
+        /// Print {"shards": [...], "nodes": [...]} as JSON instead of tables.
         #[arg(long)]
         json: bool,
     },
     /// Moves SHARD to NODE with a live handoff.
-    Move { shard: u32, node: String },
+    Move {
+        /// The shard's number (`holdfast shards list` shows them).
+        shard: u32,
+        /// The node id (HOLDFAST_NODE_ID) of a live member to move it to.
+        node: String,
+    },
     /// Evens out shards across live nodes (least-loaded first); shows the plan first.
     Rebalance {
         /// Show the plan, move nothing.
@@ -113,7 +119,9 @@ enum ShardsCommand {
     },
     /// Moves every shard off NODE (before maintenance).
     Drain {
+        /// The node id (HOLDFAST_NODE_ID) to empty.
         node: String,
+        /// Show the plan, move nothing.
         #[arg(long)]
         dry_run: bool,
     },
@@ -121,8 +129,11 @@ enum ShardsCommand {
 
 #[derive(Debug, Subcommand)]
 enum UsersCommand {
-    /// Adds an account with a privileged role; the password is read from standard input.
+    /// Adds an account with a privileged role to the server's database (which must exist:
+    /// `holdfast migrate` or `holdfast serve` creates it); the password is read from standard
+    /// input.
     Add {
+        /// The account's e-mail address, which it logs in with.
         email: String,
         /// organizer, staff, admin (or customer).
         #[arg(long)]
@@ -136,6 +147,10 @@ enum UsersCommand {
         /// For staff (required): the e-mail of the organizer they check tickets in for.
         #[arg(long, value_name = "ORGANIZER_EMAIL")]
         organizer: Option<String>,
+        /// The server's data directory, where its embedded database is [default:
+        /// HOLDFAST_DATA_DIR, else ./data].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
     },
 }
 
@@ -190,12 +205,23 @@ async fn serve(mut config: Config, roles: Option<String>) -> anyhow::Result<()> 
 }
 
 async fn add_user(
-    config: Config,
+    mut config: Config,
+    data_dir: Option<PathBuf>,
     email: &str,
     role: &str,
     name: Option<String>,
     organizer: Option<String>,
 ) -> anyhow::Result<()> {
+    if let Some(dir) = data_dir {
+        config.data_dir = dir;
+    }
+    if let Some(path) = node::missing_sqlite_file(&config) {
+        anyhow::bail!(
+            "no database at {}: run `holdfast migrate` (or `holdfast serve`) to create it, or \
+             name the server's data directory with --data-dir or HOLDFAST_DATA_DIR",
+            path.display()
+        );
+    }
     let role = backend::parse_role(role).map_err(anyhow::Error::msg)?;
     match (role, &organizer) {
         (Role::Staff, None) => {
@@ -242,10 +268,11 @@ async fn add_user(
     added.map_err(|e| anyhow::anyhow!("adding {}: {e}", account.email))?;
     store.close().await;
     holdfast_engine::errln!(
-        "added {} ({}) with id {}",
+        "added {} ({}) with id {} to {}",
         account.email,
         account.role.as_str(),
-        account.id
+        account.id,
+        node::redact(&config.database_url())
     );
     Ok(())
 }
@@ -272,13 +299,10 @@ async fn shards(url: &str, token: Option<String>, command: ShardsCommand) -> any
     match command {
         ShardsCommand::List { json } => cli::list(&admin, json).await,
         ShardsCommand::Move { shard, node } => {
+            let (shards, nodes) = (admin.shards().await?, admin.nodes().await?);
             cli::run_moves(
                 &admin,
-                &[cli::Move {
-                    shard,
-                    from: None,
-                    to: node,
-                }],
+                &[cli::plan_move(&shards, &nodes, shard, &node)?],
                 false,
             )
             .await
@@ -367,6 +391,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let load = || -> anyhow::Result<Config> {
         let config = Config::load(cli.config.as_deref())?;
         init_tracing(&config);
+        let names = std::env::vars_os().filter_map(|(name, _)| name.into_string().ok());
+        for warning in Config::unknown_variables(names) {
+            tracing::warn!("{warning}");
+        }
         Ok(config)
     };
     match cli.command {
@@ -398,8 +426,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     password_stdin: _,
                     name,
                     organizer,
+                    data_dir,
                 },
-        } => add_user(load()?, &email, &role, name, organizer).await,
+        } => add_user(load()?, data_dir, &email, &role, name, organizer).await,
     }
 }
 
@@ -420,7 +449,7 @@ fn main() -> ExitCode {
         // `holdfast shards list | head`: the reader has what it wanted.
         Err(e) if holdfast_engine::output::is_closed(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            holdfast_engine::errln!("error: {e:#}");
+            holdfast_engine::errln!("error: {}", holdfast_engine::output::chain(&e));
             ExitCode::FAILURE
         }
     }

@@ -11,6 +11,7 @@ use holdfast_actors::group_commit::GroupCommit;
 use holdfast_gateway::AppState;
 use holdfast_persistence::Store;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -78,6 +79,12 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
         .await
         .context("running database migrations")?;
     Ok(store)
+}
+
+/// The SQLite file the settings name when it does not exist yet (operator commands other than
+/// `migrate` refuse to create one).
+pub fn missing_sqlite_file(config: &Config) -> Option<PathBuf> {
+    sqlite_path(&config.database_url()).filter(|path| !path.exists())
 }
 
 /// The file of a `sqlite:` URL (`None` for other databases and in-memory SQLite).
@@ -212,6 +219,73 @@ fn write_new_secret(path: &Path) -> anyhow::Result<Vec<u8>> {
     Ok(secret.into_bytes())
 }
 
+/// Checks every setting that can be wrong on its own (merchant, ticket keys, TLS files, SMS,
+/// secrets given explicitly) without generating anything; returns the internal API's TLS.
+fn check_settings(config: &Config) -> anyhow::Result<Option<cluster::tls::Tls>> {
+    let roles = config.roles().map_err(anyhow::Error::msg)?;
+    if let Some(previous) = &config.jwt_previous_secret {
+        crate::secrets::refuse_published("HOLDFAST_JWT_PREVIOUS_SECRET", previous.as_bytes())?;
+    }
+    if config.jwt_secret.is_some() {
+        jwt_secret(config)?;
+    }
+    // Off the embedded default's demo merchant these only read settings.
+    let demo = config.is_embedded() && config.vnpay_hash_secret.is_none();
+    if roles.saga.payments && !demo {
+        vnpay_config(config)?;
+    }
+    if config.ticket_signing_key.is_some() || !config.is_embedded() {
+        let (signer, _) = ticket_keys(config)?;
+        check_ticket_signer(roles, signer.as_deref())?;
+    }
+    sms_settings(config)?;
+    pairs(
+        config.kafka_producer_config.as_deref(),
+        "HOLDFAST_KAFKA_PRODUCER_CONFIG",
+    )?;
+    config
+        .internal_tls()
+        .map(|files| cluster::tls::Tls::load(&files))
+        .transpose()
+        .context("loading the internal API's TLS certificate")
+}
+
+/// The API's, the ops' and (in cluster mode) the internal API's listeners.
+async fn bind_listeners(
+    config: &Config,
+) -> anyhow::Result<(TcpListener, TcpListener, Option<TcpListener>)> {
+    let api = config
+        .http_addr
+        .bind()
+        .await
+        .with_context(|| format!("binding the API to {}", config.http_addr))?;
+    let ops = config.ops_addr.bind().await.with_context(|| {
+        format!(
+            "binding the ops listener (metrics, admin API) to {}; set HOLDFAST_OPS_ADDR",
+            config.ops_addr
+        )
+    })?;
+    let internal = if config.node_id.is_some() {
+        let what = format!("binding the internal API to {}", config.internal_addr);
+        Some(config.internal_addr.bind().await.context(what)?)
+    } else {
+        None
+    };
+    Ok((api, ops, internal))
+}
+
+fn check_ticket_signer(
+    roles: crate::config::Roles,
+    signer: Option<&holdfast_tickets::Signer>,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !roles.saga.tickets || signer.is_some(),
+        "the tickets service needs HOLDFAST_TICKET_SIGNING_KEY (64 hex digits; every node must \
+         share it) unless it runs on the embedded default"
+    );
+    Ok(())
+}
+
 /// A started node.
 #[derive(Debug)]
 pub struct RunningNode {
@@ -251,6 +325,10 @@ impl RunningNode {
 /// Opens the store, binds the API (and in cluster mode the internal API, then joins the
 /// cluster) and serves until shut down.
 pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
+    // Settings and ports first: a mistake must not leave generated secrets, a joined cluster
+    // or claimed shards behind.
+    let tls = check_settings(&config)?;
+    let (listener, ops_listener, internal) = bind_listeners(&config).await?;
     let store = open_store(&config).await?;
     let secret = jwt_secret(&config)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
@@ -271,31 +349,12 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
         Arc::clone(&clock),
         config.actor_options(),
     ));
-    let listener = tokio::net::TcpListener::bind(config.http_addr)
-        .await
-        .with_context(|| format!("binding the API to {}", config.http_addr))?;
     let addr = listener.local_addr()?;
-    let ops_listener = tokio::net::TcpListener::bind(config.ops_addr)
-        .await
-        .with_context(|| {
-            format!(
-                "binding the ops listener (metrics, admin API) to {}; set HOLDFAST_OPS_ADDR",
-                config.ops_addr
-            )
-        })?;
     let ops_addr = ops_listener.local_addr()?;
     let (shutdown, mut stopped) = watch::channel(false);
-    let (cluster, internal_task) = match &config.node_id {
-        Some(node_id) => {
-            let internal = tokio::net::TcpListener::bind(config.internal_addr)
-                .await
-                .with_context(|| format!("binding the internal API to {}", config.internal_addr))?;
+    let (cluster, internal_task) = match (&config.node_id, internal) {
+        (Some(node_id), Some(internal)) => {
             let internal_addr = internal.local_addr()?;
-            let tls = config
-                .internal_tls()
-                .map(|files| cluster::tls::Tls::load(&files))
-                .transpose()
-                .context("loading the internal API's TLS certificate")?;
             let settings = cluster::Settings {
                 node_id: node_id.clone(),
                 advertise_addr: config
@@ -335,7 +394,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
             };
             (Some(cluster), Some(task))
         }
-        None => (None, None),
+        _ => (None, None),
     };
     let deny_list = Arc::new(DenyList::default());
     let deny_sync = tokio::spawn(Arc::clone(&deny_list).sync(store.clone(), Arc::clone(&clock)));
@@ -353,19 +412,32 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
             .context("starting the checkout services")?,
     );
     let metrics = metrics_handle();
-    let gateway_options = config.gateway_options();
+    let mut gateway_options = config.gateway_options();
+    gateway_options.public_url = Some(match &config.public_url {
+        Some(_) => config.public_url(),
+        None => served_url(&config.http_addr, addr),
+    });
+    gateway_options.ops_url = Some(served_url(&config.ops_addr, ops_addr));
     let tokens = holdfast_gateway::auth::TokenKeys::with_previous(
         &secret,
         config.jwt_previous_secret.as_deref().map(str::as_bytes),
         gateway_options.access_token_ttl_secs,
     );
     let serve_options = gateway_options.serve_options();
+    let shared_rate_limits = config
+        .redis_url
+        .as_deref()
+        .map(crate::rate_limits::RedisRateLimits::new)
+        .transpose()
+        .context("reading redis_url")?
+        .map(|redis| Arc::new(redis) as Arc<dyn holdfast_gateway::rate_limit::Shared>);
     let state = AppState::new(
         backend.clone(),
         checkout.clone(),
         tokens,
         gateway_options,
         Arc::new(move || metrics.render()),
+        shared_rate_limits,
     );
     let app = holdfast_gateway::router(state.clone());
     let ops_app = holdfast_gateway::ops_router(state);
@@ -428,6 +500,22 @@ pub fn vnpay_demo_secret_path(data_dir: &Path) -> PathBuf {
 /// The base URL of a `holdfast vnpay-sim` listening on `addr` (loopback when it listens on
 /// every interface).
 pub fn vnpay_sim_url(addr: SocketAddr) -> String {
+    http_url(addr)
+}
+
+/// The URL of a listener bound to `bound` as configured: the host the settings name (a host
+/// name stays one), loopback for every interface, and the port actually bound.
+fn served_url(configured: &crate::config::BindAddr, bound: SocketAddr) -> String {
+    match configured.as_str().rsplit_once(':') {
+        Some((host, _)) if !matches!(host, "0.0.0.0" | "[::]") => {
+            format!("http://{host}:{}", bound.port())
+        }
+        _ => http_url(bound),
+    }
+}
+
+/// `http://addr`, with loopback for an address that listens on every interface.
+fn http_url(addr: SocketAddr) -> String {
     let mut addr = addr;
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
@@ -649,12 +737,7 @@ async fn start_checkout(
         )
     };
     let (signer, verifier) = ticket_keys(config)?;
-    if roles.saga.tickets && signer.is_none() {
-        anyhow::bail!(
-            "the tickets service needs HOLDFAST_TICKET_SIGNING_KEY (64 hex digits; every node \
-             must share it) unless it runs on the embedded default"
-        );
-    }
+    check_ticket_signer(roles, signer.as_deref())?;
     let smtp = config
         .smtp_url
         .as_ref()
@@ -738,6 +821,16 @@ mod tests {
             err.to_string().contains("HOLDFAST_X entry \"oops\""),
             "{err}"
         );
+    }
+
+    #[test]
+    fn served_urls_keep_the_configured_host_and_the_bound_port() {
+        let bound: std::net::SocketAddr = "127.0.0.1:28081".parse().expect("address");
+        let url =
+            |configured: &str| super::served_url(&configured.parse().expect("bind address"), bound);
+        assert_eq!(url("localhost:0"), "http://localhost:28081");
+        assert_eq!(url("127.0.0.1:28081"), "http://127.0.0.1:28081");
+        assert_eq!(url("0.0.0.0:28081"), "http://127.0.0.1:28081");
     }
 
     #[test]

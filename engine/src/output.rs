@@ -42,6 +42,23 @@ pub fn is_closed(error: &anyhow::Error) -> bool {
         .any(|cause| matches!(cause.downcast_ref::<Error>(), Some(Error::Closed)))
 }
 
+/// `error` and its causes joined by `: `, each cause once: a cause whose text the message
+/// already ends with (sqlx and our own errors print their source too) is not repeated.
+pub fn chain(error: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if message.ends_with(&text) {
+            continue;
+        }
+        if !message.is_empty() {
+            message.push_str(": ");
+        }
+        message.push_str(&text);
+    }
+    message
+}
+
 /// `println!` that returns `Err(output::Error)` instead of panicking; use with `?`.
 #[macro_export]
 macro_rules! outln {
@@ -74,5 +91,22 @@ mod tests {
         // A broken pipe elsewhere (a socket to a node) is a real error.
         let socket = anyhow::Error::from(io::Error::from(io::ErrorKind::BrokenPipe));
         assert!(!is_closed(&socket));
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("error returned from database: {0}")]
+    struct Echo(#[source] io::Error);
+
+    #[test]
+    fn a_chain_names_each_cause_once() {
+        let echo = Echo(io::Error::other("database \"x\" does not exist"));
+        let error = anyhow::Error::from(echo).context("connecting to postgres://db/x");
+        assert_eq!(
+            chain(&error),
+            "connecting to postgres://db/x: error returned from database: database \"x\" does \
+             not exist"
+        );
+        let plain = anyhow::anyhow!("disk full").context("writing");
+        assert_eq!(chain(&plain), "writing: disk full");
     }
 }

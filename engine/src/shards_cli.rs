@@ -123,6 +123,35 @@ pub fn plan_drain(shards: &[ShardRow], nodes: &[NodeRow], node: &str) -> anyhow:
     Ok(moves)
 }
 
+/// Shard `shard` to `node`, a live member, from its current owner.
+pub fn plan_move(
+    shards: &[ShardRow],
+    nodes: &[NodeRow],
+    shard: u32,
+    node: &str,
+) -> anyhow::Result<Move> {
+    let to = nodes
+        .iter()
+        .find(|n| n.node == node)
+        .with_context(|| format!("node {node} is not a member of the cluster"))?;
+    anyhow::ensure!(to.live, "node {node} is not live");
+    let row = shards.iter().find(|s| s.shard == shard).with_context(|| {
+        format!(
+            "there is no shard {shard} (shards 0 to {})",
+            shards.len().saturating_sub(1)
+        )
+    })?;
+    anyhow::ensure!(
+        row.owner.as_deref() != Some(node),
+        "shard {shard} is already on {node}"
+    );
+    Ok(Move {
+        shard,
+        from: row.owner.clone(),
+        to: node.to_owned(),
+    })
+}
+
 fn least_loaded<'a>(owned: &BTreeMap<&'a str, Vec<&ShardRow>>, except: Option<&str>) -> &'a str {
     owned
         .iter()
@@ -167,6 +196,12 @@ impl Admin {
                 .and_then(Value::as_str)
                 .unwrap_or("no detail");
             let slug = body.get("type").and_then(Value::as_str).unwrap_or("");
+            anyhow::ensure!(
+                !slug.ends_with("not-clustered"),
+                "{} is a single node, not a cluster member (it has no HOLDFAST_NODE_ID): shards \
+                 move between the nodes of a cluster",
+                self.url
+            );
             anyhow::bail!("{status} {slug}: {detail}");
         }
         Ok(body)
@@ -195,12 +230,12 @@ impl Admin {
 
 pub async fn list(admin: &Admin, json: bool) -> anyhow::Result<()> {
     let shards = admin.shards().await?;
+    let nodes = admin.nodes().await?;
     if json {
-        let rows: Vec<Value> = shards.iter().map(|s| serde_json::json!({"shard": s.shard, "owner": s.owner, "epoch": s.epoch, "events": s.events})).collect();
-        crate::outln!("{}", serde_json::to_string_pretty(&rows)?)?;
+        let tables = serde_json::json!({"shards": shards, "nodes": nodes});
+        crate::outln!("{}", serde_json::to_string_pretty(&tables)?)?;
         return Ok(());
     }
-    let nodes = admin.nodes().await?;
     crate::outln!(
         "{:<7} {:<20} {:>7} {:>8}",
         "SHARD",
@@ -366,5 +401,22 @@ mod tests {
         assert_eq!((c["b"], c["c"]), (3, 3));
         assert!(plan_drain(&shards, &nodes, "zz").is_err());
         assert!(plan_drain(&shards, &[node("a", true)], "a").is_err());
+    }
+
+    #[test]
+    fn a_move_names_its_owner_and_refuses_mistakes() {
+        let shards = [shard(0, Some("a"), 0), shard(1, Some("b"), 0)];
+        let nodes = [node("a", true), node("b", true), node("down", false)];
+        let m = plan_move(&shards, &nodes, 0, "b").expect("plan");
+        assert_eq!((m.from.as_deref(), m.to.as_str()), (Some("a"), "b"));
+        for (shard, to, message) in [
+            (0, "zz", "not a member"),
+            (0, "down", "not live"),
+            (7, "b", "no shard 7"),
+            (1, "b", "already on b"),
+        ] {
+            let err = plan_move(&shards, &nodes, shard, to).expect_err(message);
+            assert!(err.to_string().contains(message), "{err}");
+        }
     }
 }

@@ -71,6 +71,17 @@ pub enum WeakPassword {
     ContainsEmailName,
 }
 
+impl From<WeakPassword> for Problem {
+    fn from(e: WeakPassword) -> Self {
+        Problem::new(
+            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+            "weak-password",
+            "Weak password",
+            e.to_string(),
+        )
+    }
+}
+
 pub const PASSWORD_LEN_MIN: usize = 8;
 pub const PASSWORD_LEN_MAX: usize = 128;
 

@@ -143,8 +143,8 @@ async fn run_and_keep(
 ) -> Response {
     let response = next.run(request).await;
     let status = response.status();
-    if status.is_server_error() {
-        // Nothing was promised: let a retry run the request again.
+    if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+        // Nothing was promised (or a rate limit refused it): let a retry run it again.
         if let Err(e) = state.backend().idempotency_abandon(&scope, &key).await {
             tracing::warn!(error = %e, "could not abandon idempotency key");
         }

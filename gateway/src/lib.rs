@@ -10,6 +10,7 @@ pub mod extract;
 pub mod idempotency;
 pub mod passwords;
 pub mod problem;
+pub mod rate_limit;
 pub mod routes;
 pub mod serve;
 
@@ -60,6 +61,12 @@ pub struct Options {
     pub connections_max: usize,
     /// Idempotency keys one caller may have stored per hour.
     pub idempotency_keys_per_user_max: u32,
+    /// Base URLs `/openapi.json` gives as its `servers`: the public API's and the ops
+    /// listener's. Unset: the document's own (the default settings').
+    pub public_url: Option<String>,
+    pub ops_url: Option<String>,
+    /// Limits per client IP, per user and per event.
+    pub rate_limits: rate_limit::Options,
 }
 
 impl Options {
@@ -88,6 +95,9 @@ impl Default for Options {
             idle_timeout_secs: serve.idle_timeout_secs,
             connections_max: serve.connections_max,
             idempotency_keys_per_user_max: 1_000,
+            public_url: None,
+            ops_url: None,
+            rate_limits: rate_limit::Options::default(),
         }
     }
 }
@@ -107,6 +117,7 @@ struct Inner {
     tokens: TokenKeys,
     passwords: passwords::Hasher,
     idempotency_quota: idempotency::Quota,
+    rate_limits: rate_limit::RateLimits,
     options: Options,
     render_metrics: RenderMetrics,
 }
@@ -120,12 +131,15 @@ impl std::fmt::Debug for AppState {
 }
 
 impl AppState {
+    /// `shared_rate_limits`: the store every node counts its limits in (Redis); `None`: this
+    /// node counts alone.
     pub fn new(
         backend: Arc<dyn Backend>,
         checkout: Arc<dyn Checkout>,
         tokens: TokenKeys,
         options: Options,
         render_metrics: RenderMetrics,
+        shared_rate_limits: Option<Arc<dyn rate_limit::Shared>>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -134,6 +148,10 @@ impl AppState {
                 tokens,
                 passwords: passwords::Hasher::new(&options.passwords),
                 idempotency_quota: idempotency::Quota::new(options.idempotency_keys_per_user_max),
+                rate_limits: rate_limit::RateLimits::new(
+                    options.rate_limits.clone(),
+                    shared_rate_limits,
+                ),
                 options,
                 render_metrics,
             }),
@@ -158,6 +176,10 @@ impl AppState {
 
     pub fn idempotency_quota(&self) -> &idempotency::Quota {
         &self.inner.idempotency_quota
+    }
+
+    pub fn rate_limits(&self) -> &rate_limit::RateLimits {
+        &self.inner.rate_limits
     }
 
     pub fn options(&self) -> &Options {
@@ -286,6 +308,8 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
                 HeaderName::from_static(REQUEST_ID),
                 header::LOCATION,
                 header::RETRY_AFTER,
+                HeaderName::from_static("ratelimit-policy"),
+                HeaderName::from_static("ratelimit"),
             ])
     })
 }

@@ -9,7 +9,7 @@
 
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sqlx::any::{Any, AnyPoolOptions};
 use sqlx::migrate::Migrator;
@@ -40,6 +40,9 @@ pub use idempotency::{Idempotency, StoredResponse};
 pub use journal::SqlJournal;
 pub use tokens::Rotation;
 
+/// How long [`Store::connect`] waits for the database's first answer.
+const CONNECT_TIMEOUT_SECS: u64 = 10;
+
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -61,6 +64,9 @@ pub enum Error {
         "the cluster was created with {stored} shards, this node is configured with {configured}"
     )]
     ShardCountMismatch { stored: String, configured: u32 },
+    /// The first connection got no answer in time (a refused one fails at once).
+    #[error("the database did not answer within {secs} s")]
+    ConnectTimeout { secs: u64 },
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     #[error("migration failed: {0}")]
@@ -148,7 +154,20 @@ impl Store {
                     .connect(&sqlite_create_url(url))
                     .await?
             }
-            Backend::Postgres => options.connect(url).await?,
+            Backend::Postgres => {
+                // The pool retries a refused connection until its acquire timeout, then reports
+                // only "pool timed out"; one direct connection first fails at once with the cause.
+                let first = tokio::time::timeout(
+                    Duration::from_secs(CONNECT_TIMEOUT_SECS),
+                    <sqlx::AnyConnection as sqlx::Connection>::connect(url),
+                )
+                .await
+                .map_err(|_| Error::ConnectTimeout {
+                    secs: CONNECT_TIMEOUT_SECS,
+                })??;
+                let _ = sqlx::Connection::close(first).await;
+                options.connect(url).await?
+            }
         };
         let write_gate =
             (backend == Backend::Sqlite).then(|| Arc::new(tokio::sync::Mutex::new(())));

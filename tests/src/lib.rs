@@ -284,6 +284,8 @@ impl Sandbox {
             vnpay_tmn_code: Some(VNPAY_TMN_CODE.to_owned()),
             vnpay_hash_secret: Some(VNPAY_HASH_SECRET.to_owned()),
             ticket_signing_key: Some(TICKET_SIGNING_KEY.to_owned()),
+            // Tests register and hold quickly from one address; tests/ratelimits.rs turns them on.
+            rate_limits: holdfast_engine::config::Switch::Off,
             ..Config::default()
         }
     }
@@ -303,6 +305,7 @@ impl Sandbox {
             ("HOLDFAST_VNPAY_HASH_SECRET", VNPAY_HASH_SECRET.to_owned()),
             ("HOLDFAST_TICKET_SIGNING_KEY", TICKET_SIGNING_KEY.to_owned()),
             ("HOLDFAST_LOG", "info".to_owned()),
+            ("HOLDFAST_RATE_LIMITS", "off".to_owned()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))

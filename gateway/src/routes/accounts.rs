@@ -1,4 +1,5 @@
-//! `POST /v1/auth/register`, `POST /v1/auth/login`.
+//! `POST /v1/auth/register`, `POST /v1/auth/login`, `POST /v1/auth/refresh`,
+//! `POST /v1/auth/logout`; the first three are rate-limited per client IP.
 
 use axum::Json;
 use axum::extract::State;
@@ -12,6 +13,7 @@ use crate::auth::{self, AuthUser, Role};
 use crate::backend::{Account, RefreshOutcome};
 use crate::extract::ApiJson;
 use crate::problem::Problem;
+use crate::rate_limit::{ClientIp, Limit};
 use sha2::Digest as _;
 
 #[derive(Debug, Deserialize)]
@@ -89,19 +91,17 @@ pub fn account_json(account: &Account) -> Value {
 
 pub async fn register(
     State(state): State<AppState>,
+    client: ClientIp,
     ApiJson(req): ApiJson<RegisterRequest>,
 ) -> Result<(StatusCode, Json<Value>), Problem> {
+    state
+        .rate_limits()
+        .check(Limit::Register, &client.key())
+        .await?;
     let email = parse_email(&req.email)?;
     let name = parse_name(&req.name)?;
     let phone = req.phone.as_deref().map(parse_phone).transpose()?;
-    auth::check_password(&req.password, &email).map_err(|e| {
-        Problem::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "weak-password",
-            "Weak password",
-            e.to_string(),
-        )
-    })?;
+    auth::check_password(&req.password, &email)?;
     let password_hash = state.passwords().hash(req.password).await?;
     let account = Account {
         id: UserId::generate(),
@@ -120,8 +120,14 @@ pub async fn register(
 
 pub async fn login(
     State(state): State<AppState>,
+    client: ClientIp,
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> Result<Json<Value>, Problem> {
+    // Before Argon2: a refused guess costs next to nothing.
+    state
+        .rate_limits()
+        .check(Limit::Login, &client.key())
+        .await?;
     let invalid = || {
         Problem::new(
             StatusCode::UNAUTHORIZED,
@@ -138,7 +144,14 @@ pub async fn login(
     let matches = state.passwords().verify(req.password, stored).await?;
     let account = match credentials {
         Some(c) if matches => c.account,
-        _ => return Err(invalid()),
+        _ => {
+            // A wrong guess counts double: half as many guesses as logins per IP.
+            state
+                .rate_limits()
+                .penalize(Limit::Login, &client.key())
+                .await;
+            return Err(invalid());
+        }
     };
     let family = uuid::Uuid::new_v4().simple().to_string();
     let (refresh, refresh_hash) = new_refresh_token();
@@ -201,8 +214,13 @@ fn token_pair(
 /// refresh token presented twice revokes every token of its login.
 pub async fn refresh(
     State(state): State<AppState>,
+    client: ClientIp,
     ApiJson(req): ApiJson<RefreshRequest>,
 ) -> Result<Json<Value>, Problem> {
+    state
+        .rate_limits()
+        .check(Limit::Refresh, &client.key())
+        .await?;
     let (refresh, new_hash) = new_refresh_token();
     let outcome = state
         .backend()

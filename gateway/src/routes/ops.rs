@@ -33,6 +33,59 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
-pub async fn openapi() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
+pub async fn openapi(State(state): State<AppState>) -> impl IntoResponse {
+    let options = state.options();
+    let body = document(options.public_url.as_deref(), options.ops_url.as_deref());
+    ([(header::CONTENT_TYPE, "application/json")], body)
+}
+
+/// [`OPENAPI`] with the node's own addresses as `servers`: the public API's at the top, the
+/// ops listener's on the paths served there.
+pub fn document(public_url: Option<&str>, ops_url: Option<&str>) -> String {
+    let Ok(mut doc) = serde_json::from_str::<serde_json::Value>(OPENAPI) else {
+        return OPENAPI.to_owned();
+    };
+    let set_url = |servers: Option<&mut serde_json::Value>, url: &str| {
+        if let Some(server) = servers
+            .and_then(serde_json::Value::as_array_mut)
+            .and_then(|s| s.first_mut())
+        {
+            server["url"] = json!(url.trim_end_matches('/'));
+        }
+    };
+    if let Some(url) = public_url {
+        set_url(doc.get_mut("servers"), url);
+    }
+    if let (Some(url), Some(paths)) = (
+        ops_url,
+        doc.get_mut("paths")
+            .and_then(serde_json::Value::as_object_mut),
+    ) {
+        for item in paths.values_mut() {
+            set_url(item.get_mut("servers"), url);
+        }
+    }
+    doc.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    #[test]
+    fn servers_are_the_nodes_own() {
+        let doc: Value = serde_json::from_str(&super::document(
+            Some("https://tickets.example.com/"),
+            Some("http://10.0.0.5:19091"),
+        ))
+        .expect("JSON");
+        assert_eq!(doc["servers"][0]["url"], "https://tickets.example.com");
+        assert_eq!(
+            doc["paths"]["/metrics"]["servers"][0]["url"],
+            "http://10.0.0.5:19091"
+        );
+        assert!(doc["paths"]["/v1/events"].get("servers").is_none());
+        let unchanged: Value = serde_json::from_str(&super::document(None, None)).expect("JSON");
+        assert_eq!(unchanged["servers"][0]["url"], "http://127.0.0.1:8080");
+    }
 }

@@ -15,6 +15,7 @@ use crate::auth::{AuthUser, Role};
 use crate::checkout::{OrderView, RefundBy};
 use crate::extract::ApiJson;
 use crate::problem::Problem;
+use crate::rate_limit::Limit;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -101,6 +102,10 @@ pub async fn create(
     request_headers: HeaderMap,
     ApiJson(req): ApiJson<OrderRequest>,
 ) -> Result<(StatusCode, HeaderMap, Json<Value>), Problem> {
+    state
+        .rate_limits()
+        .check(Limit::Orders, &user.id.to_string())
+        .await?;
     let hold: HoldRef = req
         .hold_id
         .parse()
