@@ -208,7 +208,7 @@ impl Default for Config {
             password_hash_concurrency: gateway.passwords.concurrency,
             password_hash_wait_ms: gateway.passwords.wait_ms,
             password_hash_waiting_max: gateway.passwords.waiting_max,
-            ops_addr: SocketAddr::from(([127, 0, 0, 1], 9091)).into(),
+            ops_addr: SocketAddr::from(([127, 0, 0, 1], 8180)).into(),
             cors_origins: None,
             header_read_timeout_secs: gateway.header_read_timeout_secs,
             idle_timeout_secs: gateway.idle_timeout_secs,

@@ -55,7 +55,7 @@ enum Command {
             long,
             global = true,
             env = "HOLDFAST_URL",
-            default_value = "http://127.0.0.1:9091"
+            default_value = "http://127.0.0.1:8180"
         )]
         url: String,
         /// An admin's access token.
