@@ -485,7 +485,9 @@ impl Backend for NodeBackend {
             .access_revoke(jti, expires_at_ms, now)
             .await
             .map_err(unavailable)?;
-        self.deny_list.insert(jti.to_owned(), expires_at_ms);
+        self.deny_list
+            .revoke(jti.to_owned(), expires_at_ms, now)
+            .await;
         if let Some(family) = family {
             self.store
                 .refresh_revoke_family(family, now)
@@ -497,11 +499,12 @@ impl Backend for NodeBackend {
 
     async fn revoke_login(&self, family: &str, until_ms: i64) -> Result<(), BackendError> {
         let key = crate::deny_list::family_key(family);
+        let now = self.now_ms();
         self.store
-            .access_revoke(&key, until_ms, self.now_ms())
+            .access_revoke(&key, until_ms, now)
             .await
             .map_err(unavailable)?;
-        self.deny_list.insert(key, until_ms);
+        self.deny_list.revoke(key, until_ms, now).await;
         Ok(())
     }
 

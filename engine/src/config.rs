@@ -149,7 +149,9 @@ pub struct Config {
     /// Peers whose `X-Forwarded-For` names the client (the right-most address that is not one
     /// of them): IPs or CIDRs, comma-separated. Unset: none, the TCP peer is the client.
     pub trusted_proxies: Option<String>,
-    /// `redis://host:port`: every node counts its rate limits there. Unset: each node alone.
+    /// `redis://host:port`: every node counts its rate limits there and hears every revocation
+    /// (logout) from there at once. Unset: each node counts alone and learns revocations from
+    /// the database within a second.
     pub redis_url: Option<String>,
     /// Longest a rate-limit check waits for Redis before counting on this node alone.
     pub rate_limit_redis_timeout_ms: u64,

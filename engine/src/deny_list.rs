@@ -3,6 +3,11 @@
 //! node of a cluster is honoured by every node within about a second (at once on the node that
 //! took it). A revoked login (logout, or a refresh token presented twice) is one entry keyed
 //! [`family_key`], which refuses every access token that login issued.
+//!
+//! With `redis_url` set, each revocation is also published through Redis ([`broadcast`]), so
+//! every node refuses the token within milliseconds; the database stays the record.
+
+mod broadcast;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -10,6 +15,9 @@ use std::time::Duration;
 
 use holdfast_actors::actor::Clock;
 use holdfast_persistence::Store;
+use tokio::sync::watch;
+
+pub use broadcast::Broadcast;
 
 /// How often the list is pulled from the database.
 const SYNC_EVERY: Duration = Duration::from_secs(1);
@@ -20,6 +28,8 @@ const SYNC_OVERLAP_MS: i64 = 5_000;
 pub struct DenyList {
     /// jti → expiry (ms); an entry is dropped once its token would have expired anyway.
     revoked: RwLock<HashMap<String, i64>>,
+    /// Tells the other nodes at once; `None`: they learn it from the database pull.
+    broadcast: Option<Broadcast>,
 }
 
 /// The deny-list key of a whole login (refresh-token family); no jti has this form.
@@ -28,6 +38,31 @@ pub fn family_key(family: &str) -> String {
 }
 
 impl DenyList {
+    /// A list whose revocations are also published through, and heard from, `broadcast`.
+    pub fn with_broadcast(broadcast: Broadcast) -> Self {
+        Self {
+            revoked: RwLock::default(),
+            broadcast: Some(broadcast),
+        }
+    }
+
+    /// Refuses `key` (a jti or a [`family_key`]) until `expires_at_ms` here, and tells the other
+    /// nodes through Redis when configured. Call it once the revocation is in the database.
+    pub async fn revoke(&self, key: String, expires_at_ms: i64, now_ms: i64) {
+        self.insert(key.clone(), expires_at_ms);
+        if let Some(broadcast) = &self.broadcast {
+            broadcast.publish(&key, expires_at_ms, now_ms).await;
+        }
+    }
+
+    /// Hears the other nodes' revocations until `shutdown` (a task of the node); returns at
+    /// once without a broadcast.
+    pub async fn listen(self: Arc<Self>, shutdown: watch::Receiver<bool>) {
+        if let Some(broadcast) = &self.broadcast {
+            broadcast.listen(&self, shutdown).await;
+        }
+    }
+
     /// Whether the token `jti` or its login `family` is revoked.
     pub fn is_revoked(&self, jti: &str, family: Option<&str>, now_ms: i64) -> bool {
         self.contains(jti, now_ms) || family.is_some_and(|f| self.contains(&family_key(f), now_ms))

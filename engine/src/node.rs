@@ -396,8 +396,14 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
         }
         _ => (None, None),
     };
-    let deny_list = Arc::new(DenyList::default());
+    let deny_list = Arc::new(match config.redis_url.as_deref() {
+        Some(url) => DenyList::with_broadcast(
+            crate::deny_list::Broadcast::new(url).context("reading redis_url")?,
+        ),
+        None => DenyList::default(),
+    });
     let deny_sync = tokio::spawn(Arc::clone(&deny_list).sync(store.clone(), Arc::clone(&clock)));
+    let deny_listen = tokio::spawn(Arc::clone(&deny_list).listen(shutdown.subscribe()));
     let backend = Arc::new(NodeBackend::new(
         store.clone(),
         Arc::clone(&inventories),
@@ -467,6 +473,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
         checkout.stop().await;
         purge.abort();
         deny_sync.abort();
+        let _ = deny_listen.await;
         match &cluster {
             Some(cluster) => cluster.leave().await,
             None => inventories.stop_all().await,
