@@ -753,6 +753,7 @@ on_both_backends!(
     checkin_is_tied_to_the_event_and_its_organizer,
     refunds_keep_admitted_seats_and_follow_who_asks,
     free_tickets_skip_payment,
+    poison_messages_park_and_the_consumer_moves_on,
 );
 
 async fn purchase_end_to_end(backend: Backend) {
@@ -1047,6 +1048,19 @@ async fn payment_after_expiry_rereserves_or_refunds(backend: Backend) {
         })
         .await
         .expect("the hold expires");
+    }
+    // The hold and the payment window (it never outlasts the hold) are over: the orders read
+    // `expired` at once, one by one and in the buyer's list, though no payment result came.
+    for (token, order) in [(&lucky, &lucky_order), (&late, &late_order)] {
+        let id = order["id"].as_str().unwrap();
+        let read = shop
+            .client()
+            .get(&format!("/v1/orders/{id}"), Some(token))
+            .await;
+        assert_eq!(read.body["status"], "expired", "{read}");
+        assert!(note(&read.body).contains("payment window"), "{read}");
+        let list = shop.client().get("/v1/orders", Some(token)).await;
+        assert_eq!(list.body["orders"][0]["status"], "expired", "{list}");
     }
     // Meanwhile someone else takes two of the three seats.
     let (_, _) = shop.buyer_with_hold(2).await;
@@ -1444,4 +1458,148 @@ async fn refunds_keep_admitted_seats_and_follow_who_asks(backend: Backend) {
         .assert_status(202);
     shop.wait_stock(1, 9).await;
     shop.node.shutdown().await;
+}
+
+/// A permanent error parks the event instead of retrying it forever: the consumer goes on with
+/// the next event, and an admin lists, retries (after fixing the cause) and discards parked
+/// messages on the ops listener.
+async fn poison_messages_park_and_the_consumer_moves_on(backend: Backend) {
+    let shop = Shop::open(backend, 10, |_| {}).await;
+    let admin = shop
+        .node
+        .user_token(holdfast_gateway::auth::Role::Admin)
+        .await;
+    let ops = shop.node.ops_client();
+    let (first, first_hold) = shop.buyer_with_hold(1).await;
+    let first_order = shop.order(&first, &first_hold, "k").await;
+    let first_id = first_order["id"].as_str().unwrap().to_owned();
+    let (second, second_hold) = shop.buyer_with_hold(1).await;
+    let second_order = shop.order(&second, &second_hold, "k").await;
+    let second_id = second_order["id"].as_str().unwrap().to_owned();
+    // The first order's row breaks an invariant: its hold reference is not one.
+    shop.execute(&format!(
+        "UPDATE orders SET hold_id = 'not-a-hold' WHERE id = '{first_id}'"
+    ))
+    .await;
+    assert_eq!(
+        shop.ipn(&vnpay_result(&first_id, PRICE, "00", "00")).await["RspCode"],
+        "00"
+    );
+    let parked = poll_until(WAIT, Duration::from_millis(100), || {
+        parked_of(ops, &admin, &first_id)
+    })
+    .await
+    .expect("the poison event is parked");
+    assert_eq!(parked["topic"], "payments.events", "{parked}");
+    assert_eq!(parked["attempts"], 1, "parked at once: {parked}");
+    assert!(
+        parked["error"].as_str().unwrap().contains("hold id"),
+        "{parked}"
+    );
+    assert!(parked["parked_at"].as_str().is_some(), "{parked}");
+    // The orders consumer moved on: the next payment confirms its order.
+    assert_eq!(
+        shop.ipn(&vnpay_result(&second_id, PRICE, "00", "00")).await["RspCode"],
+        "00"
+    );
+    shop.wait_status(&second, &second_id, "confirmed").await;
+    let id = parked["id"].as_str().unwrap().to_owned();
+    // Retried while the cause is still there: it stays, with one more attempt.
+    let again = ops
+        .post(
+            &format!("/v1/admin/saga/parked/{id}/retry"),
+            Some(&admin),
+            &json!({}),
+        )
+        .await;
+    again.assert_status(200);
+    assert_eq!(again.body["resolved"], false, "{again}");
+    assert_eq!(again.body["parked"]["attempts"], 2, "{again}");
+    // Fixed, then retried: handled, and gone from the list.
+    shop.execute(&format!(
+        "UPDATE orders SET hold_id = '{first_hold}' WHERE id = '{first_id}'"
+    ))
+    .await;
+    let retried = ops
+        .post(
+            &format!("/v1/admin/saga/parked/{id}/retry"),
+            Some(&admin),
+            &json!({}),
+        )
+        .await;
+    retried.assert_status(200);
+    assert_eq!(retried.body["resolved"], true, "{retried}");
+    shop.wait_status(&first, &first_id, "confirmed").await;
+    assert!(parked_of(ops, &admin, &first_id).await.is_none());
+    assert_eq!(shop.tickets(&first, &first_id, 1).await.len(), 1);
+    // A record that is not a saga event parks too (for each group that reads its topic);
+    // discarding drops it, once.
+    let junk = match backend {
+        Backend::Sqlite => "X'6e6f7065'",
+        Backend::Postgres => "'\\x6e6f7065'::bytea",
+    };
+    shop.execute(&format!(
+        "INSERT INTO bus_records (topic, key, payload, published_at) \
+         VALUES ('tickets.events', 'junk', {junk}, 0)"
+    ))
+    .await;
+    let junk_parked = poll_until(WAIT, Duration::from_millis(100), || async {
+        let list = ops.get("/v1/admin/saga/parked", Some(&admin)).await;
+        let junk: Vec<Value> = list.body["parked"]
+            .as_array()
+            .expect("a list")
+            .iter()
+            .filter(|p| p["topic"] == "tickets.events")
+            .cloned()
+            .collect();
+        (junk.len() == 2).then_some(junk)
+    })
+    .await
+    .expect("the junk record is parked by orders and notifications");
+    for parked in &junk_parked {
+        assert!(parked["order_id"].is_null(), "{parked}");
+        assert!(
+            parked["error"]
+                .as_str()
+                .unwrap()
+                .contains("not a saga event"),
+            "{parked}"
+        );
+        let path = format!(
+            "/v1/admin/saga/parked/{}/discard",
+            parked["id"].as_str().unwrap()
+        );
+        ops.post(&path, Some(&admin), &json!({}))
+            .await
+            .assert_status(204);
+        let twice = ops.post(&path, Some(&admin), &json!({})).await;
+        twice.assert_status(404);
+        assert_eq!(twice.slug(), Some("parked-not-found"));
+    }
+    let list = ops.get("/v1/admin/saga/parked", Some(&admin)).await;
+    assert_eq!(list.body["parked"], json!([]), "{list}");
+    // Unknown ids and other roles.
+    ops.post(
+        &format!("/v1/admin/saga/parked/{}/retry", uuid::Uuid::new_v4()),
+        Some(&admin),
+        &json!({}),
+    )
+    .await
+    .assert_status(404);
+    ops.get("/v1/admin/saga/parked", Some(&first))
+        .await
+        .assert_status(403);
+    shop.node.shutdown().await;
+}
+
+/// The orders consumer's parked message for `order`, if there is one.
+async fn parked_of(ops: &Client, admin: &str, order: &str) -> Option<Value> {
+    let list = ops.get("/v1/admin/saga/parked", Some(admin)).await;
+    list.assert_status(200);
+    list.body["parked"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .find(|p| p["service"] == "orders" && p["order_id"] == order)
+        .cloned()
 }

@@ -21,7 +21,8 @@ pub struct OrderView {
     pub id: OrderId,
     pub user: UserId,
     pub hold: HoldRef,
-    /// `pending_payment`, `confirmed`, `cancelled` or `refunded`.
+    /// `pending_payment`, `confirmed`, `cancelled`, `refunded` or `expired` (the hold and the
+    /// payment window passed without a payment; `note` says so).
     pub status: String,
     pub amount: i64,
     pub currency: String,
@@ -84,6 +85,21 @@ pub struct ReturnPage {
     pub order_status: Option<String>,
 }
 
+/// A saga message a consumer could not handle, kept for an admin.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParkedView {
+    pub id: uuid::Uuid,
+    /// The consumer (service) that parked it: `orders`, `payments`, `tickets`, `notifications`.
+    pub service: String,
+    pub topic: String,
+    /// The saga event's id (`offset:…` for a record that was not a saga event).
+    pub event_id: String,
+    pub order_id: Option<String>,
+    pub error: String,
+    pub attempts: i64,
+    pub parked_at_ms: i64,
+}
+
 /// Why a checkout call was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckoutError {
@@ -116,6 +132,8 @@ pub enum CheckoutError {
     /// This node does not run the service that answers this call.
     #[error("the {0} service does not run on this node")]
     NotServedHere(&'static str),
+    #[error("no parked saga message with this id")]
+    ParkedNotFound,
     #[error(transparent)]
     Backend(#[from] BackendError),
 }
@@ -151,6 +169,20 @@ pub trait Checkout: Send + Sync + 'static {
 
     async fn vnpay_ipn(&self, query: Vec<(String, String)>) -> IpnAnswer;
     async fn vnpay_return(&self, query: Vec<(String, String)>) -> ReturnPage;
+
+    /// Saga messages parked by this node's consumers' database, oldest first.
+    async fn parked(&self) -> Result<Vec<ParkedView>, CheckoutError> {
+        Err(CheckoutError::NotServedHere("saga"))
+    }
+    /// Runs the handler of a parked message again: `None` when it succeeded (the message is
+    /// gone), else the message with the new error.
+    async fn retry_parked(&self, _id: uuid::Uuid) -> Result<Option<ParkedView>, CheckoutError> {
+        Err(CheckoutError::NotServedHere("saga"))
+    }
+    /// Drops a parked message.
+    async fn discard_parked(&self, _id: uuid::Uuid) -> Result<(), CheckoutError> {
+        Err(CheckoutError::NotServedHere("saga"))
+    }
 }
 
 /// For a node (or a benchmark baseline) that runs none of the saga's services: every call says

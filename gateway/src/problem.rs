@@ -339,6 +339,12 @@ impl From<crate::checkout::CheckoutError> for Problem {
                 detail,
             )
             .retry_after(5),
+            E::ParkedNotFound => Self::new(
+                StatusCode::NOT_FOUND,
+                "parked-not-found",
+                "Parked message not found",
+                detail,
+            ),
             E::Backend(e) => e.into(),
         }
     }

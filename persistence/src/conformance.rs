@@ -59,6 +59,7 @@ store_test_suite!(
     checkout_outbox_publishes_in_order_once,
     checkout_order_per_hold_and_ticket_per_seat_are_unique,
     checkout_notifications_are_retried_when_due,
+    saga_parked_records_are_kept_once_until_removed,
 );
 
 fn records(seqs: impl IntoIterator<Item = u64>) -> Vec<Record> {
@@ -1172,4 +1173,41 @@ async fn checkout_notifications_are_retried_when_due(store: &Store) {
             .unwrap()
             .is_empty()
     );
+}
+
+async fn saga_parked_records_are_kept_once_until_removed(store: &Store) {
+    let row = crate::ParkedRow {
+        id: Uuid::new_v4(),
+        group: "orders".to_owned(),
+        topic: "payments.events".to_owned(),
+        key: "k".to_owned(),
+        event_id: Uuid::new_v4().to_string(),
+        order_id: Some("o".to_owned()),
+        payload: vec![0, 1, 2, 255],
+        error: "first".to_owned(),
+        attempts: 1,
+        parked_at: 10,
+    };
+    store.park(&row).await.unwrap();
+    // The same record parked again (a redelivery): one row, the attempts added.
+    let again = crate::ParkedRow {
+        id: Uuid::new_v4(),
+        error: "second".to_owned(),
+        attempts: 3,
+        parked_at: 20,
+        ..row.clone()
+    };
+    store.park(&again).await.unwrap();
+    let listed = store.parked(100).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, row.id);
+    assert_eq!(listed[0].error, "second");
+    assert_eq!(listed[0].attempts, 4);
+    assert_eq!(listed[0].payload, row.payload);
+    assert!(store.parked_failed_again(row.id, "third").await.unwrap());
+    let one = store.parked_one(row.id).await.unwrap().unwrap();
+    assert_eq!((one.error.as_str(), one.attempts), ("third", 5));
+    assert!(store.parked_remove(row.id).await.unwrap());
+    assert!(!store.parked_remove(row.id).await.unwrap());
+    assert!(store.parked_one(row.id).await.unwrap().is_none());
 }

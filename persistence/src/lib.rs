@@ -22,6 +22,7 @@ mod checkout;
 mod cluster;
 mod idempotency;
 mod journal;
+mod parked;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
 mod tokens;
@@ -38,6 +39,7 @@ pub use checkout::{
 pub use cluster::{NodeRow, ShardRow};
 pub use idempotency::{Idempotency, StoredResponse};
 pub use journal::SqlJournal;
+pub use parked::{PARKED_PAGE_MAX, ParkedRow};
 pub use tokens::Rotation;
 
 /// How long [`Store::connect`] waits for the database's first answer.
@@ -71,6 +73,56 @@ pub enum Error {
     Database(#[from] sqlx::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl Error {
+    /// Whether trying again later may succeed: the database was unreachable, busy or chose
+    /// this transaction as a victim. Bad data, constraints and configuration are not.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::ConnectTimeout { .. } => true,
+            Error::Database(e) => sqlx_is_transient(e),
+            Error::UnsupportedUrl
+            | Error::Conflict
+            | Error::OutOfRange(_)
+            | Error::Corrupt(_)
+            | Error::ShardCountMismatch { .. }
+            | Error::Migrate(_) => false,
+        }
+    }
+}
+
+/// Connection, pool and I/O failures, PostgreSQL's serialization failures, deadlocks and
+/// connection classes, and SQLite's busy or locked database are transient.
+fn sqlx_is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| database_code_is_transient(&code)),
+        _ => false,
+    }
+}
+
+/// A PostgreSQL SQLSTATE has five characters; SQLite's (extended) result codes are numbers
+/// below 10 000.
+fn database_code_is_transient(code: &str) -> bool {
+    if code.len() == 5 {
+        // Serialization failure, deadlock, too many connections, shutting down, and the
+        // connection exception class.
+        return matches!(
+            code,
+            "40001" | "40P01" | "53300" | "57P01" | "57P02" | "57P03"
+        ) || code.starts_with("08");
+    }
+    // SQLITE_BUSY 5 and SQLITE_LOCKED 6, with their extended codes.
+    code.parse::<i64>()
+        .is_ok_and(|sqlite| matches!(sqlite & 0xff, 5 | 6))
 }
 
 /// The database behind a [`Store`].
@@ -294,6 +346,28 @@ fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transient_errors_are_the_ones_worth_a_retry() {
+        assert!(Error::Database(sqlx::Error::PoolTimedOut).is_transient());
+        assert!(Error::ConnectTimeout { secs: 1 }.is_transient());
+        assert!(!Error::Corrupt("x".to_owned()).is_transient());
+        assert!(!Error::Conflict.is_transient());
+        assert!(!Error::Database(sqlx::Error::RowNotFound).is_transient());
+        for (code, transient) in [
+            ("5", true),
+            ("517", true),
+            ("6", true),
+            ("19", false),
+            ("2067", false),
+            ("40001", true),
+            ("40P01", true),
+            ("08006", true),
+            ("23505", false),
+        ] {
+            assert_eq!(database_code_is_transient(code), transient, "{code}");
+        }
+    }
 
     #[test]
     fn backend_follows_the_url_scheme() {

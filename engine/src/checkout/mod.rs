@@ -6,6 +6,7 @@
 //! the event it handled in the same transaction as its side effect, so a redelivered event
 //! changes nothing; it commits its bus offset only after that transaction.
 
+pub mod error;
 pub mod events;
 pub mod notifications;
 pub mod orders;

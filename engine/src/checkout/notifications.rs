@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 use uuid::Uuid;
 
+use super::error::Error;
 use super::events::{Envelope, SagaEvent};
 use super::runner::Consumer;
 use super::service::Ctx;
@@ -369,7 +370,7 @@ impl Consumer for Notifications {
         &[ORDERS, PAYMENTS, TICKETS]
     }
 
-    async fn handle(&self, env: &Envelope) -> anyhow::Result<()> {
-        self.queue(env).await
+    async fn handle(&self, env: &Envelope) -> Result<(), Error> {
+        self.queue(env).await.map_err(Error::from)
     }
 }

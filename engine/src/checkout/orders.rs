@@ -15,6 +15,7 @@ use holdfast_persistence::OrderRow;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
+use super::error::Error;
 use super::events::{Envelope, Item, SagaEvent, SeatCount};
 use super::runner::Consumer;
 use super::service::{Ctx, store_error};
@@ -24,6 +25,11 @@ pub const PENDING: &str = "pending_payment";
 pub const CONFIRMED: &str = "confirmed";
 pub const CANCELLED: &str = "cancelled";
 pub const REFUNDED: &str = "refunded";
+/// Read-only: a pending order whose hold and payment window have both passed. It is never
+/// stored; a late payment still settles the stored `pending_payment` order (re-reserve or
+/// refund), after which it reads as what it became.
+pub const EXPIRED: &str = "expired";
+const EXPIRED_NOTE: &str = "the hold and the payment window ended before the payment arrived";
 
 const CONSUMER: &str = "orders";
 /// Orders listed per `GET /v1/orders`.
@@ -35,12 +41,39 @@ pub(crate) struct Orders {
     /// `POST /v1/orders` requests waiting for their payment URL, by order.
     waiting: std::sync::Mutex<std::collections::HashMap<Uuid, Arc<Notify>>>,
     payment_url_wait: Duration,
+    /// The payments service's longest payment window (it never outlasts the hold).
+    payment_window: Duration,
 }
 
 /// What a payment turned into.
 enum Outcome {
     Confirmed { rereserved: bool },
     Refunded,
+}
+
+/// What an order reads as at `now_ms`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ReadStatus {
+    /// As stored.
+    Stored,
+    /// Pending, but the hold and the payment window have both ended: nothing can be paid now.
+    Expired,
+}
+
+/// The status to show for an order stored as `stored`, whose hold ends at `hold_expires_at_ms`
+/// and payment window at `window_ends_at_ms`, read at `now_ms`. Both ends are exclusive, as
+/// the inventory's: at `expires_at` a hold is over.
+fn read_status(
+    stored: &str,
+    hold_expires_at_ms: i64,
+    window_ends_at_ms: i64,
+    now_ms: i64,
+) -> ReadStatus {
+    if stored == PENDING && now_ms >= hold_expires_at_ms && now_ms >= window_ends_at_ms {
+        ReadStatus::Expired
+    } else {
+        ReadStatus::Stored
+    }
 }
 
 pub(crate) fn view(row: &OrderRow) -> Result<OrderView, CheckoutError> {
@@ -77,10 +110,11 @@ fn lines(items: &[Item]) -> anyhow::Result<Vec<Line>> {
         .iter()
         .map(|i| {
             Ok(Line {
-                ticket_type: TicketCode::parse(&i.ticket_type)
-                    .map_err(|e| anyhow::anyhow!("ticket type {:?}: {e}", i.ticket_type))?,
+                ticket_type: TicketCode::parse(&i.ticket_type).map_err(|e| {
+                    Error::permanent(format!("ticket type {:?}: {e}", i.ticket_type))
+                })?,
                 quantity: Quantity::new(i.quantity)
-                    .map_err(|e| anyhow::anyhow!("quantity {}: {e}", i.quantity))?,
+                    .map_err(|e| Error::permanent(format!("quantity {}: {e}", i.quantity)))?,
             })
         })
         .collect()
@@ -130,13 +164,40 @@ fn rereserve_hold_id(order: Uuid) -> HoldId {
 }
 
 impl Orders {
-    pub(crate) fn new(ctx: Ctx, node: Arc<NodeBackend>, payment_url_wait: Duration) -> Self {
+    pub(crate) fn new(
+        ctx: Ctx,
+        node: Arc<NodeBackend>,
+        payment_url_wait: Duration,
+        payment_window: Duration,
+    ) -> Self {
         Self {
             ctx,
             node,
             waiting: std::sync::Mutex::default(),
             payment_url_wait,
+            payment_window,
         }
+    }
+
+    /// The order as it reads now (see [`read_status`]).
+    fn view_now(&self, row: &OrderRow) -> Result<OrderView, CheckoutError> {
+        let mut view = view(row)?;
+        let window_ms = i64::try_from(self.payment_window.as_millis()).unwrap_or(i64::MAX);
+        // The payments service opens the window when it hears of the order, never past the hold.
+        let window_ends_at = row
+            .hold_expires_at
+            .min(row.created_at.saturating_add(window_ms));
+        if read_status(
+            &row.status,
+            row.hold_expires_at,
+            window_ends_at,
+            self.ctx.now_ms(),
+        ) == ReadStatus::Expired
+        {
+            view.status = EXPIRED.to_owned();
+            view.note = Some(EXPIRED_NOTE.to_owned());
+        }
+        Ok(view)
     }
 
     /// `POST /v1/orders`: one order per hold; the order and `OrderCreated` commit together.
@@ -153,7 +214,7 @@ impl Orders {
             .map_err(store_error)?
         {
             return if existing.user_id == user.0 {
-                Ok((view(&existing)?, false))
+                Ok((self.view_now(&existing)?, false))
             } else {
                 Err(CheckoutError::HoldNotFound)
             };
@@ -293,7 +354,7 @@ impl Orders {
                 .map_err(store_error)?
             {
                 Some(existing) if existing.user_id == row.user_id => {
-                    Ok(Some((view(&existing)?, false)))
+                    Ok(Some((self.view_now(&existing)?, false)))
                 }
                 _ => Err(CheckoutError::HoldNotFound),
             };
@@ -405,7 +466,7 @@ impl Orders {
 
     pub(crate) async fn get(&self, id: OrderId) -> Result<Option<OrderView>, CheckoutError> {
         match self.ctx.store.order(id.0).await.map_err(store_error)? {
-            Some(row) => Ok(Some(view(&row)?)),
+            Some(row) => Ok(Some(self.view_now(&row)?)),
             None => Ok(None),
         }
     }
@@ -417,7 +478,7 @@ impl Orders {
             .orders_of_user(user.0, LIST_MAX)
             .await
             .map_err(store_error)?;
-        rows.iter().map(view).collect()
+        rows.iter().map(|row| self.view_now(row)).collect()
     }
 
     /// The first half of `POST /v1/orders/{id}/refund`: whether `by` may refund the order now.
@@ -578,7 +639,10 @@ impl Orders {
         if row.status != PENDING {
             return Ok(());
         }
-        let hold: HoldRef = row.hold_id.parse().context("order hold id")?;
+        let hold: HoldRef = row
+            .hold_id
+            .parse()
+            .map_err(|e| Error::permanent(format!("order hold id {:?}: {e}", row.hold_id)))?;
         let outcome = match self.node.confirm(hold, OrderId(row.id)).await {
             Ok(()) => Outcome::Confirmed { rereserved: false },
             Err(BackendError::Inventory(
@@ -652,7 +716,10 @@ impl Orders {
         if row.status != PENDING {
             return Ok(());
         }
-        let hold: HoldRef = row.hold_id.parse().context("order hold id")?;
+        let hold: HoldRef = row
+            .hold_id
+            .parse()
+            .map_err(|e| Error::permanent(format!("order hold id {:?}: {e}", row.hold_id)))?;
         match self.node.release(hold).await {
             Ok(())
             | Err(BackendError::Inventory(
@@ -699,8 +766,8 @@ impl Consumer for Orders {
         &[PAYMENTS, TICKETS]
     }
 
-    async fn handle(&self, env: &Envelope) -> anyhow::Result<()> {
-        match &env.event {
+    async fn handle(&self, env: &Envelope) -> Result<(), Error> {
+        let handled: anyhow::Result<()> = match &env.event {
             SagaEvent::PaymentRequested { payment_url, .. } => {
                 self.payment_requested(env, payment_url).await
             }
@@ -708,13 +775,39 @@ impl Consumer for Orders {
             SagaEvent::PaymentFailed { reason, .. } => self.payment_failed(env, reason).await,
             SagaEvent::TicketsVoided { admitted } => self.tickets_voided(env, admitted).await,
             _ => Ok(()),
-        }
+        };
+        handled.map_err(Error::from)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pending_order_reads_expired_once_hold_and_window_have_passed() {
+        use ReadStatus::{Expired, Stored};
+        // (stored status, hold expires, window ends, now, reads)
+        let cases: &[(&str, i64, i64, i64, ReadStatus)] = &[
+            (PENDING, 1_000, 1_000, 999, Stored),
+            (PENDING, 1_000, 1_000, 1_000, Expired),
+            (PENDING, 1_000, 600, 800, Stored),
+            (PENDING, 1_000, 600, 1_000, Expired),
+            // A window that outlasts the hold (never set so, but the rule holds both ends).
+            (PENDING, 1_000, 2_000, 1_500, Stored),
+            (PENDING, 1_000, 2_000, 2_000, Expired),
+            (CONFIRMED, 1_000, 1_000, 5_000, Stored),
+            (CANCELLED, 1_000, 1_000, 5_000, Stored),
+            (REFUNDED, 1_000, 1_000, 5_000, Stored),
+        ];
+        for &(status, hold, window, now, reads) in cases {
+            assert_eq!(
+                read_status(status, hold, window, now),
+                reads,
+                "{status} hold {hold} window {window} now {now}"
+            );
+        }
+    }
 
     /// Status, who asks, now, the event's start, and the decision (or the refusal's slug).
     type Case = (

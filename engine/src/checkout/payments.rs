@@ -15,6 +15,7 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use super::error::Error;
 use super::events::{Envelope, SagaEvent};
 use super::runner::Consumer;
 use super::service::Ctx;
@@ -407,8 +408,8 @@ impl Consumer for Payments {
         &[ORDERS]
     }
 
-    async fn handle(&self, env: &Envelope) -> anyhow::Result<()> {
-        match &env.event {
+    async fn handle(&self, env: &Envelope) -> Result<(), Error> {
+        let handled: anyhow::Result<()> = match &env.event {
             SagaEvent::OrderCreated {
                 email,
                 phone,
@@ -429,6 +430,7 @@ impl Consumer for Payments {
             }
             SagaEvent::OrderRefunded { .. } => self.order_refunded(env).await,
             _ => Ok(()),
-        }
+        };
+        handled.map_err(Error::from)
     }
 }

@@ -1,15 +1,21 @@
 //! Runs a consumer: reads its topics in its group, hands each event to the service, and
-//! commits the offsets only after the service's transactions are durable. A failing event is
-//! retried with backoff; it holds back the later events of its order and the next batch, so
-//! the events of one order stay in order.
+//! commits the offsets only after the service's transactions are durable. An event that fails
+//! transiently is retried with bounded backoff; it holds back the later events of its order and
+//! the next batch, so the events of one order stay in order. An event that fails permanently,
+//! or still fails after [`ATTEMPTS_MAX`] attempts, is parked (`saga_parked`) for an admin to
+//! retry or discard, and the consumer moves on.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use holdfast_actors::actor::Clock;
 use holdfast_bus::{Bus, Delivery, Subscription};
+use holdfast_persistence::{ParkedRow, Store};
 use tokio::sync::watch;
+use uuid::Uuid;
 
+use super::error::{Error, Kind};
 use super::events::Envelope;
 
 /// A service that consumes saga events.
@@ -18,14 +24,54 @@ pub trait Consumer: Send + Sync + 'static {
     /// The consumer group (also the consumer's name in `processed_events`).
     fn group(&self) -> &'static str;
     fn topics(&self) -> &'static [&'static str];
-    /// Handles one event; must be idempotent by `envelope.id`. An error is retried.
-    async fn handle(&self, envelope: &Envelope) -> anyhow::Result<()>;
+    /// Handles one event; must be idempotent by `envelope.id`. A transient error is retried,
+    /// a permanent one parks the event.
+    async fn handle(&self, envelope: &Envelope) -> Result<(), Error>;
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// Deliveries handled together (then committed together) at most.
 const BATCH_MAX: usize = 64;
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// Attempts at an event that keeps failing transiently before it is parked (about 33 s).
+pub(crate) const ATTEMPTS_MAX: u32 = 10;
+
+/// The pause after `failures` failed attempts, or `None` when the attempts are spent.
+pub(crate) fn backoff(failures: u32) -> Option<Duration> {
+    if failures == 0 || failures >= ATTEMPTS_MAX {
+        return None;
+    }
+    let doublings = (failures - 1).min(20);
+    Some(BACKOFF_MIN.saturating_mul(1 << doublings).min(BACKOFF_MAX))
+}
+
+/// Where a consumer parks what it cannot handle.
+#[derive(Clone)]
+pub struct Parking {
+    pub store: Store,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for Parking {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Parking").finish_non_exhaustive()
+    }
+}
+
+/// One delivery at hand, decoded.
+struct Message {
+    envelope: Envelope,
+    topic: String,
+    key: String,
+    payload: Vec<u8>,
+}
+
+/// What became of one event.
+enum Handled {
+    Done,
+    Parked,
+    Stopped,
+}
 
 /// Consumes until `stop` turns true. `group_prefix` keeps deployments sharing a broker apart.
 /// Orders of one batch handled at once at most: `concurrency` (1 handles them one by one).
@@ -34,6 +80,7 @@ pub async fn run(
     consumer: Arc<dyn Consumer>,
     group_prefix: String,
     concurrency: usize,
+    parking: Parking,
     mut stop: watch::Receiver<bool>,
 ) {
     let permits = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
@@ -45,7 +92,15 @@ pub async fn run(
         };
         match subscription {
             Ok(mut subscription) => {
-                if consume(subscription.as_mut(), &consumer, &permits, &mut stop).await {
+                if consume(
+                    subscription.as_mut(),
+                    &consumer,
+                    &permits,
+                    &parking,
+                    &mut stop,
+                )
+                .await
+                {
                     return;
                 }
             }
@@ -68,6 +123,7 @@ async fn consume(
     subscription: &mut dyn Subscription,
     consumer: &Arc<dyn Consumer>,
     permits: &Arc<tokio::sync::Semaphore>,
+    parking: &Parking,
     stop: &mut watch::Receiver<bool>,
 ) -> bool {
     loop {
@@ -89,34 +145,64 @@ async fn consume(
             }
         }
         // Events by key, in delivery order within each key.
-        let mut by_key: Vec<(String, Vec<Envelope>)> = Vec::new();
+        let mut by_key: Vec<(String, Vec<Message>)> = Vec::new();
         for delivery in &batch {
             match Envelope::decode(&delivery.payload) {
-                Err(e) => tracing::error!(
-                    group = consumer.group(),
-                    topic = %delivery.topic,
-                    offset = delivery.offset,
-                    error = %e,
-                    "skipping a record that is not a saga event"
-                ),
-                Ok(envelope) => match by_key.iter_mut().find(|(k, _)| *k == delivery.key) {
-                    Some((_, events)) => events.push(envelope),
-                    None => by_key.push((delivery.key.clone(), vec![envelope])),
-                },
+                Err(e) => {
+                    tracing::error!(
+                        group = consumer.group(),
+                        topic = %delivery.topic,
+                        offset = delivery.offset,
+                        error = %e,
+                        "parking a record that is not a saga event"
+                    );
+                    let row = ParkedRow {
+                        id: Uuid::new_v4(),
+                        group: consumer.group().to_owned(),
+                        topic: delivery.topic.clone(),
+                        key: delivery.key.clone(),
+                        event_id: format!(
+                            "offset:{}:{}:{}",
+                            delivery.topic, delivery.partition, delivery.offset
+                        ),
+                        order_id: None,
+                        payload: delivery.payload.clone(),
+                        error: format!("not a saga event: {e}"),
+                        attempts: 1,
+                        parked_at: parking.clock.now().as_millis(),
+                    };
+                    if !park(parking, consumer.group(), row, stop.clone()).await {
+                        return true;
+                    }
+                }
+                Ok(envelope) => {
+                    let message = Message {
+                        envelope,
+                        topic: delivery.topic.clone(),
+                        key: delivery.key.clone(),
+                        payload: delivery.payload.clone(),
+                    };
+                    match by_key.iter_mut().find(|(k, _)| *k == delivery.key) {
+                        Some((_, events)) => events.push(message),
+                        None => by_key.push((delivery.key.clone(), vec![message])),
+                    }
+                }
             }
         }
         let mut tasks = tokio::task::JoinSet::new();
-        for (_, events) in by_key {
+        for (_, messages) in by_key {
             let consumer = Arc::clone(consumer);
             let stop = stop.clone();
             let permits = Arc::clone(permits);
+            let parking = parking.clone();
             tasks.spawn(async move {
                 let Ok(_permit) = permits.acquire_owned().await else {
                     return false;
                 };
-                for envelope in events {
-                    if !handle(consumer.as_ref(), &envelope, stop.clone()).await {
-                        return false;
+                for message in messages {
+                    match handle(consumer.as_ref(), &message, &parking, stop.clone()).await {
+                        Handled::Done | Handled::Parked => {}
+                        Handled::Stopped => return false,
                     }
                 }
                 true
@@ -149,35 +235,101 @@ async fn consume(
     }
 }
 
-/// Handles one event, retrying with backoff until it succeeds; false when stopped first.
+/// Handles one event: retries a transient error with backoff, parks the event after a
+/// permanent error or when the attempts are spent.
 async fn handle(
     consumer: &dyn Consumer,
-    envelope: &Envelope,
+    message: &Message,
+    parking: &Parking,
     mut stop: watch::Receiver<bool>,
-) -> bool {
-    let mut backoff = BACKOFF_MIN;
+) -> Handled {
+    let envelope = &message.envelope;
     let mut attempts = 0u32;
     loop {
-        match consumer.handle(envelope).await {
+        let error = match consumer.handle(envelope).await {
             Ok(()) => {
                 metrics::counter!("holdfast_saga_events_total", "consumer" => consumer.group(), "event" => envelope.event.name()).increment(1);
+                return Handled::Done;
+            }
+            Err(e) => e,
+        };
+        attempts += 1;
+        let pause = match error.kind() {
+            Kind::Transient => backoff(attempts),
+            Kind::Permanent => None,
+        };
+        let Some(pause) = pause else {
+            tracing::error!(group = consumer.group(), event = envelope.event.name(), order = %envelope.order_id, attempts, kind = ?error.kind(), error = %error, "parking an event that cannot be handled");
+            let row = ParkedRow {
+                id: Uuid::new_v4(),
+                group: consumer.group().to_owned(),
+                topic: message.topic.clone(),
+                key: message.key.clone(),
+                event_id: envelope.id.to_string(),
+                order_id: Some(envelope.order_id.to_string()),
+                payload: message.payload.clone(),
+                error: error.to_string(),
+                attempts: i64::from(attempts),
+                parked_at: parking.clock.now().as_millis(),
+            };
+            return if park(parking, consumer.group(), row, stop).await {
+                Handled::Parked
+            } else {
+                Handled::Stopped
+            };
+        };
+        tracing::warn!(group = consumer.group(), event = envelope.event.name(), order = %envelope.order_id, attempts, error = %error, "handling an event failed; retrying");
+        metrics::counter!("holdfast_saga_retries_total", "consumer" => consumer.group())
+            .increment(1);
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            _ = stop.wait_for(|s| *s) => return Handled::Stopped,
+        }
+    }
+}
+
+/// Stores a parked record, retrying while the database is away (the offset is not committed
+/// before it is stored, so nothing is lost); false when stopped first.
+async fn park(
+    parking: &Parking,
+    group: &'static str,
+    row: ParkedRow,
+    mut stop: watch::Receiver<bool>,
+) -> bool {
+    let mut pause = BACKOFF_MIN;
+    loop {
+        match parking.store.park(&row).await {
+            Ok(()) => {
+                metrics::counter!("holdfast_saga_parked_total", "service" => group).increment(1);
                 return true;
             }
             Err(e) => {
-                attempts += 1;
-                if attempts >= 5 {
-                    tracing::error!(group = consumer.group(), event = envelope.event.name(), order = %envelope.order_id, attempts, error = %e, "handling an event keeps failing; retrying");
-                } else {
-                    tracing::warn!(group = consumer.group(), event = envelope.event.name(), order = %envelope.order_id, error = %e, "handling an event failed; retrying");
-                }
-                metrics::counter!("holdfast_saga_retries_total", "consumer" => consumer.group())
-                    .increment(1);
-                tokio::select! {
-                    () = tokio::time::sleep(backoff) => {}
-                    _ = stop.wait_for(|s| *s) => return false,
-                }
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+                tracing::warn!(group, order = ?row.order_id, error = %e, "parking an event failed; retrying");
             }
         }
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            _ = stop.wait_for(|s| *s) => return false,
+        }
+        pause = (pause * 2).min(BACKOFF_MAX);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap_and_ends() {
+        let pauses: Vec<Option<Duration>> = (0..=ATTEMPTS_MAX).map(backoff).collect();
+        assert_eq!(pauses[0], None);
+        assert_eq!(pauses[1], Some(Duration::from_millis(100)));
+        assert_eq!(pauses[2], Some(Duration::from_millis(200)));
+        assert_eq!(pauses[8], Some(BACKOFF_MAX));
+        assert_eq!(pauses[ATTEMPTS_MAX as usize - 1], Some(BACKOFF_MAX));
+        assert_eq!(pauses[ATTEMPTS_MAX as usize], None);
+        assert_eq!(backoff(u32::MAX), None);
+        let total: Duration = pauses.iter().flatten().sum();
+        assert!(total <= Duration::from_secs(60), "{total:?}");
     }
 }

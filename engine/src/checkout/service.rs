@@ -8,7 +8,8 @@ use holdfast_actors::actor::Clock;
 use holdfast_actors::{EventId, HoldRef, OrderId, UserId};
 use holdfast_bus::Bus;
 use holdfast_gateway::checkout::{
-    Admission, Checkout, CheckoutError, IpnAnswer, OrderView, RefundBy, ReturnPage, TicketView,
+    Admission, Checkout, CheckoutError, IpnAnswer, OrderView, ParkedView, RefundBy, ReturnPage,
+    TicketView,
 };
 use holdfast_persistence::Store;
 use tokio::sync::{Notify, watch};
@@ -83,6 +84,9 @@ pub struct CheckoutNode {
     orders: Option<Arc<Orders>>,
     payments: Option<Arc<Payments>>,
     tickets: Option<Arc<Tickets>>,
+    /// This node's consumers, for retrying what they parked.
+    consumers: Vec<Arc<dyn Consumer>>,
+    store: Store,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
     stop: watch::Sender<bool>,
 }
@@ -119,7 +123,12 @@ impl CheckoutNode {
             let node = node.ok_or_else(|| {
                 anyhow::anyhow!("the orders role needs the inventory on the same node")
             })?;
-            let orders = Arc::new(Orders::new(ctx.clone(), node, settings.payment_url_wait));
+            let orders = Arc::new(Orders::new(
+                ctx.clone(),
+                node,
+                settings.payment_url_wait,
+                settings.payments.window,
+            ));
             consumers.push(orders.clone());
             Some(orders)
         } else {
@@ -151,12 +160,17 @@ impl CheckoutNode {
             consumers.push(notifications.clone());
             tasks.push(tokio::spawn(notifications.send_loop(stopped.clone())));
         }
-        for consumer in consumers {
+        let parking = runner::Parking {
+            store: store.clone(),
+            clock: Arc::clone(&ctx.clock),
+        };
+        for consumer in &consumers {
             tasks.push(tokio::spawn(runner::run(
                 Arc::clone(&bus),
-                consumer,
+                Arc::clone(consumer),
                 settings.group_prefix.clone(),
                 settings.consumer_concurrency,
+                parking.clone(),
                 stopped.clone(),
             )));
         }
@@ -168,7 +182,7 @@ impl CheckoutNode {
                 stopped.clone(),
             )));
             tasks.push(tokio::spawn(relay::run(
-                store,
+                store.clone(),
                 bus,
                 Arc::clone(&ctx.relay),
                 stopped,
@@ -178,6 +192,8 @@ impl CheckoutNode {
             orders,
             payments,
             tickets,
+            consumers,
+            store,
             tasks: std::sync::Mutex::new(tasks),
             stop,
         })
@@ -273,6 +289,68 @@ impl Checkout for CheckoutNode {
         }
     }
 
+    async fn parked(&self) -> Result<Vec<ParkedView>, CheckoutError> {
+        let rows = self
+            .store
+            .parked(holdfast_persistence::PARKED_PAGE_MAX)
+            .await
+            .map_err(store_error)?;
+        Ok(rows.iter().map(parked_view).collect())
+    }
+
+    /// Runs the parked message through its consumer's handler once, as the runner would.
+    async fn retry_parked(&self, id: uuid::Uuid) -> Result<Option<ParkedView>, CheckoutError> {
+        let row = self
+            .store
+            .parked_one(id)
+            .await
+            .map_err(store_error)?
+            .ok_or(CheckoutError::ParkedNotFound)?;
+        let consumer = self
+            .consumers
+            .iter()
+            .find(|c| c.group() == row.group)
+            .ok_or(CheckoutError::NotServedHere("parked message's"))?;
+        let handled = match super::Envelope::decode(&row.payload) {
+            Ok(envelope) => consumer.handle(&envelope).await.map_err(|e| e.to_string()),
+            Err(e) => Err(format!("not a saga event: {e}")),
+        };
+        match handled {
+            Ok(()) => {
+                self.store.parked_remove(id).await.map_err(store_error)?;
+                tracing::info!(parked = %id, group = %row.group, order = ?row.order_id, "parked saga message handled on retry");
+                metrics::counter!("holdfast_saga_parked_resolved_total", "service" => consumer.group()).increment(1);
+                Ok(None)
+            }
+            Err(error) => {
+                tracing::warn!(parked = %id, group = %row.group, order = ?row.order_id, %error, "parked saga message failed again");
+                if !self
+                    .store
+                    .parked_failed_again(id, &error)
+                    .await
+                    .map_err(store_error)?
+                {
+                    return Err(CheckoutError::ParkedNotFound);
+                }
+                let row = self
+                    .store
+                    .parked_one(id)
+                    .await
+                    .map_err(store_error)?
+                    .ok_or(CheckoutError::ParkedNotFound)?;
+                Ok(Some(parked_view(&row)))
+            }
+        }
+    }
+
+    async fn discard_parked(&self, id: uuid::Uuid) -> Result<(), CheckoutError> {
+        if self.store.parked_remove(id).await.map_err(store_error)? {
+            Ok(())
+        } else {
+            Err(CheckoutError::ParkedNotFound)
+        }
+    }
+
     async fn vnpay_return(&self, query: Vec<(String, String)>) -> ReturnPage {
         match &self.payments {
             Some(payments) => payments.return_page(&query).await,
@@ -283,6 +361,19 @@ impl Checkout for CheckoutNode {
                 order_status: None,
             },
         }
+    }
+}
+
+fn parked_view(row: &holdfast_persistence::ParkedRow) -> ParkedView {
+    ParkedView {
+        id: row.id,
+        service: row.group.clone(),
+        topic: row.topic.clone(),
+        event_id: row.event_id.clone(),
+        order_id: row.order_id.clone(),
+        error: row.error.clone(),
+        attempts: row.attempts,
+        parked_at_ms: row.parked_at,
     }
 }
 

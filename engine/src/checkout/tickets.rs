@@ -12,6 +12,7 @@ use holdfast_persistence::TicketRow;
 use holdfast_tickets::{Signer, Verifier};
 use uuid::Uuid;
 
+use super::error::Error;
 use super::events::{Envelope, IssuedTicket, Item, SagaEvent, SeatCount};
 use super::runner::Consumer;
 use super::service::{Ctx, store_error};
@@ -67,7 +68,7 @@ impl Tickets {
         items: &[Item],
     ) -> anyhow::Result<()> {
         let signer = self.signer.as_ref().ok_or_else(|| {
-            anyhow::anyhow!("no ticket signing key on this node (set HOLDFAST_TICKET_SIGNING_KEY)")
+            Error::permanent("no ticket signing key on this node (set HOLDFAST_TICKET_SIGNING_KEY)")
         })?;
         let now = self.ctx.now_ms();
         let mut tx = self.ctx.store.checkout_tx().await?;
@@ -260,8 +261,8 @@ impl Consumer for Tickets {
         &[ORDERS]
     }
 
-    async fn handle(&self, env: &Envelope) -> anyhow::Result<()> {
-        match &env.event {
+    async fn handle(&self, env: &Envelope) -> Result<(), Error> {
+        let handled: anyhow::Result<()> = match &env.event {
             SagaEvent::OrderConfirmed {
                 user_id,
                 email,
@@ -275,6 +276,7 @@ impl Consumer for Tickets {
             }
             SagaEvent::OrderRefunded { .. } => self.void(env).await,
             _ => Ok(()),
-        }
+        };
+        handled.map_err(Error::from)
     }
 }

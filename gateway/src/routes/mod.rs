@@ -7,6 +7,7 @@ pub mod holds;
 pub mod ops;
 pub mod orders;
 pub mod payments;
+pub mod saga;
 pub mod staff;
 pub mod tickets;
 
