@@ -163,29 +163,48 @@ async fn the_readme_cluster_recipe_runs_as_written() {
     let recipe = section
         .split("Three nodes on one machine:")
         .nth(1)
-        .and_then(|rest| shell_blocks(&format!("{heading}\n{rest}"), heading).into_iter().next())
+        .and_then(|rest| {
+            shell_blocks(&format!("{heading}\n{rest}"), heading)
+                .into_iter()
+                .next()
+        })
         .expect("the three-node recipe");
     let database = format!("holdfast_readme_{}", std::process::id());
     let admin = std::env::var("HOLDFAST_TEST_DATABASE_URL")
         .unwrap_or_else(|_| holdfast_tests::DEFAULT_ADMIN_URL.to_owned());
-    let server = admin.rsplit_once('/').map_or(admin.as_str(), |(s, _)| s).to_owned();
+    let server = admin
+        .rsplit_once('/')
+        .map_or(admin.as_str(), |(s, _)| s)
+        .to_owned();
     let script = recipe
-        .replace("createdb -h 127.0.0.1 -U postgres holdfast", &format!("createdb -h 127.0.0.1 -U postgres {database}"))
-        .replace("postgres://postgres@127.0.0.1/holdfast ", &format!("{server}/{database} "))
+        .replace(
+            "createdb -h 127.0.0.1 -U postgres holdfast",
+            &format!("createdb -h 127.0.0.1 -U postgres {database}"),
+        )
+        .replace(
+            "postgres://postgres@127.0.0.1/holdfast ",
+            &format!("{server}/{database} "),
+        )
         .replace("127.0.0.1:808$i", "127.0.0.1:2808$i")
         .replace("127.0.0.1:707$i", "127.0.0.1:2707$i")
         .replace("127.0.0.1:818$i", "127.0.0.1:2818$i")
         .replace("127.0.0.1:808$i/readyz", "127.0.0.1:2808$i/readyz")
         .replace("http://127.0.0.1:8081/", "http://127.0.0.1:28081/")
         .replace("http://127.0.0.1:8181", "http://127.0.0.1:28181");
-    assert!(!script.contains(":808") && !script.contains(":818"), "every port moved:\n{script}");
-    let dir = tempfile::tempdir().expect("a working directory");
-    let script = format!(
-        "set -euo pipefail\ntrap 'kill $(jobs -p) 2>/dev/null; wait' EXIT\n{script}"
+    assert!(
+        !script.contains(":808") && !script.contains(":818"),
+        "every port moved:\n{script}"
     );
+    let dir = tempfile::tempdir().expect("a working directory");
+    let script =
+        format!("set -euo pipefail\ntrap 'kill $(jobs -p) 2>/dev/null; wait' EXIT\n{script}");
     std::fs::write(dir.path().join("recipe.sh"), &script).expect("write the script");
     let bin_dir = holdfast_bin().parent().expect("bin dir").to_owned();
-    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     let mut cmd = Command::new("timeout");
     cmd.args(["120", "bash", "recipe.sh"])
         .current_dir(dir.path())
@@ -198,7 +217,12 @@ async fn the_readme_cluster_recipe_runs_as_written() {
     }
     let out = cmd.output().await.expect("run bash");
     let _ = Command::new("psql")
-        .args([admin.as_str(), "-q", "-c", &format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)")])
+        .args([
+            admin.as_str(),
+            "-q",
+            "-c",
+            &format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"),
+        ])
         .output()
         .await;
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -208,6 +232,9 @@ async fn the_readme_cluster_recipe_runs_as_written() {
         "the recipe failed:\n{stdout}\n{stderr}\n---\n{script}"
     );
     for expected in ["dry run: nothing moved", "\"nodes\"", "n3"] {
-        assert!(stdout.contains(expected), "the recipe never printed {expected}:\n{stdout}\n{stderr}");
+        assert!(
+            stdout.contains(expected),
+            "the recipe never printed {expected}:\n{stdout}\n{stderr}"
+        );
     }
 }

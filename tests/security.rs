@@ -314,6 +314,29 @@ async fn cors_is_off_unless_configured_and_pages_carry_security_headers() {
     );
     let csp = page.header("content-security-policy").unwrap_or_default();
     assert!(csp.contains("frame-ancestors 'none'"), "{page}");
+    // The API page: Redoc, served by the node itself, pointing at the node's own document.
+    let docs = api.send(Method::GET, "/docs", None, None, &[]).await;
+    docs.assert_status(200);
+    let html = String::from_utf8_lossy(&docs.bytes).into_owned();
+    assert!(html.contains("spec-url=\"/openapi.json\""), "{html}");
+    assert!(
+        docs.header("content-security-policy")
+            .is_some_and(|c| c.contains("frame-ancestors 'none'") && c.contains("worker-src")),
+        "{docs}"
+    );
+    let js = api
+        .send(Method::GET, "/docs/redoc.standalone.js", None, None, &[])
+        .await;
+    js.assert_status(200);
+    assert!(
+        js.header("content-type")
+            .is_some_and(|c| c.starts_with("application/javascript")),
+        "{js}"
+    );
+    assert!(
+        js.bytes.len() > 100_000,
+        "the vendored Redoc bundle is served whole"
+    );
     node.shutdown().await;
 
     let node = InProcessNode::start_with(Backend::Sqlite, |c| {

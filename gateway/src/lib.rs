@@ -236,6 +236,8 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(routes::ops::healthz))
         .route("/readyz", get(routes::ops::readyz))
         .route("/openapi.json", get(routes::ops::openapi))
+        .route("/docs", get(routes::ops::docs_page))
+        .route("/docs/redoc.standalone.js", get(routes::ops::redoc_js))
         // Only for matched routes: a POST to a route that does not exist stores nothing.
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
@@ -254,6 +256,15 @@ pub fn ops_router(state: AppState) -> Router {
             post(routes::admin::move_shard),
         )
         .route("/v1/admin/nodes", get(routes::admin::nodes))
+        .route("/v1/admin/saga/parked", get(routes::saga::parked))
+        .route(
+            "/v1/admin/saga/parked/{id}/retry",
+            post(routes::saga::retry),
+        )
+        .route(
+            "/v1/admin/saga/parked/{id}/discard",
+            post(routes::saga::discard),
+        )
         .route("/healthz", get(routes::ops::healthz))
         .route("/readyz", get(routes::ops::readyz))
         .route("/metrics", get(routes::ops::metrics));
@@ -329,13 +340,13 @@ async fn security_headers(hsts: bool, req: Request, next: Next) -> Response {
         HeaderValue::from_static("nosniff"),
     );
     if html {
-        headers.insert(
-            header::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_static(
+        // A page that sets its own policy (the API page) keeps it.
+        headers
+            .entry(header::CONTENT_SECURITY_POLICY)
+            .or_insert(HeaderValue::from_static(
                 "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; \
                  frame-ancestors 'none'; base-uri 'none'; form-action 'self' https:",
-            ),
-        );
+            ));
         headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
         headers.insert(
             header::REFERRER_POLICY,
