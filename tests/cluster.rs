@@ -696,34 +696,20 @@ async fn a_revoked_login_is_refused_by_every_node() {
         .await
         .assert_status(201);
     for how in ["logout", "refresh reuse"] {
-        let login = api0.login(&email, holdfast_tests::PASSWORD).await;
-        login.assert_status(200);
-        let refreshed = api0
-            .post(
-                "/v1/auth/refresh",
-                None,
-                &json!({"refresh_token": login.body["refresh_token"]}),
-            )
-            .await;
-        refreshed.assert_status(200);
-        let other = refreshed.body["access_token"]
-            .as_str()
-            .expect("token")
-            .to_owned();
+        let (first, other, used_refresh) = api0.two_tokens_of_one_login(&email).await;
         api1.get("/v1/orders", Some(&other))
             .await
             .assert_status(200);
         let revoked_at = Instant::now();
         if how == "logout" {
-            let first = login.body["access_token"].as_str().expect("token");
-            api0.post("/v1/auth/logout", Some(first), &json!({}))
+            api0.post("/v1/auth/logout", Some(&first), &json!({}))
                 .await
                 .assert_status(204);
         } else {
             api0.post(
                 "/v1/auth/refresh",
                 None,
-                &json!({"refresh_token": login.body["refresh_token"]}),
+                &json!({"refresh_token": used_refresh}),
             )
             .await
             .assert_problem(401, "refresh-token-reused");

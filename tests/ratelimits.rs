@@ -345,37 +345,10 @@ async fn a_busy_event_refuses_holds_past_its_limit_and_keeps_no_refusal() {
         .assert_status(201);
 }
 
-/// A `redis-server` of this test alone, on `port`, killed when dropped.
-fn own_redis(port: u16) -> tokio::process::Child {
-    tokio::process::Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .stdout(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("redis-server (./tests/run installs it)")
-}
-
-async fn until_listening(port: u16) {
-    let up = holdfast_tests::poll_until(
-        std::time::Duration::from_secs(10),
-        std::time::Duration::from_millis(50),
-        || async move {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .ok()
-                .map(|_| ())
-        },
-    )
-    .await;
-    assert!(up.is_some(), "redis-server did not listen on {port}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_stopped_mid_test_leaves_local_limits_then_sharing_resumes() {
     let port = free_port();
-    let mut redis = own_redis(port);
-    until_listening(port).await;
+    let mut redis = holdfast_tests::own_redis(port).await;
     let shared = |config: &mut Config| {
         limited(config);
         config.redis_url = Some(format!("redis://127.0.0.1:{port}"));
@@ -402,8 +375,7 @@ async fn redis_stopped_mid_test_leaves_local_limits_then_sharing_resumes() {
         );
     }
 
-    let _redis = own_redis(port);
-    until_listening(port).await;
+    let _redis = holdfast_tests::own_redis(port).await;
     // Past the reconnect pause both nodes count together again.
     tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
     let crowd = random_client();

@@ -30,27 +30,6 @@ async fn two_nodes(redis_url: &str) -> (InProcessNode, InProcessNode) {
     (a, b)
 }
 
-/// A login's access token as logged in, and a second one of the same login (refreshed), with
-/// the refresh token that was used.
-async fn two_tokens_of_one_login(api: &Client, email: &str) -> (String, String, String) {
-    let login = api.login(email, PASSWORD).await;
-    login.assert_status(200);
-    let refreshed = api
-        .post(
-            "/v1/auth/refresh",
-            None,
-            &json!({"refresh_token": login.body["refresh_token"]}),
-        )
-        .await;
-    refreshed.assert_status(200);
-    let text = |v: &serde_json::Value| v.as_str().expect("token").to_owned();
-    (
-        text(&login.body["access_token"]),
-        text(&refreshed.body["access_token"]),
-        text(&login.body["refresh_token"]),
-    )
-}
-
 /// Polls `api` every 10 ms until it refuses `token` as revoked; how long that took.
 async fn refused_after(api: &Client, token: &str, within: Duration) -> Option<Duration> {
     let started = Instant::now();
@@ -75,7 +54,7 @@ async fn a_revoked_login_reaches_the_other_node_through_redis_within_100_ms() {
     let mut took = Vec::new();
     for round in 0..3 {
         for how in ["logout", "refresh reuse"] {
-            let (first, other, used_refresh) = two_tokens_of_one_login(a.client(), &email).await;
+            let (first, other, used_refresh) = a.client().two_tokens_of_one_login(&email).await;
             b.client()
                 .get("/v1/orders", Some(&other))
                 .await
@@ -124,7 +103,7 @@ async fn with_redis_unreachable_logout_succeeds_and_the_database_pull_tells_the_
         .register(&email, PASSWORD, "D")
         .await
         .assert_status(201);
-    let (first, other, _) = two_tokens_of_one_login(a.client(), &email).await;
+    let (first, other, _) = a.client().two_tokens_of_one_login(&email).await;
     b.client()
         .get("/v1/orders", Some(&other))
         .await
@@ -159,36 +138,10 @@ async fn with_redis_unreachable_logout_succeeds_and_the_database_pull_tells_the_
     b.shutdown().await;
 }
 
-/// A `redis-server` of this test alone, on `port`, killed when dropped.
-fn own_redis(port: u16) -> tokio::process::Child {
-    tokio::process::Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .stdout(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("redis-server (./tests/run installs it)")
-}
-
-async fn until_listening(port: u16) {
-    let up = poll_until(
-        Duration::from_secs(10),
-        Duration::from_millis(50),
-        || async move {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .ok()
-                .map(|_| ())
-        },
-    )
-    .await;
-    assert!(up.is_some(), "redis-server did not listen on {port}");
-}
-
 /// Logs in, logs out on node A and returns how long node B took to refuse the login's other
 /// token (from A's answer).
 async fn logout_reaches(a: &InProcessNode, b: &InProcessNode, email: &str) -> Duration {
-    let (first, other, _) = two_tokens_of_one_login(a.client(), email).await;
+    let (first, other, _) = a.client().two_tokens_of_one_login(email).await;
     b.client()
         .get("/v1/orders", Some(&other))
         .await
@@ -205,8 +158,7 @@ async fn logout_reaches(a: &InProcessNode, b: &InProcessNode, email: &str) -> Du
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_stopped_mid_test_falls_back_to_the_database_then_the_subscription_resumes() {
     let port = free_port();
-    let mut redis = own_redis(port);
-    until_listening(port).await;
+    let mut redis = holdfast_tests::own_redis(port).await;
     let (a, b) = two_nodes(&format!("redis://127.0.0.1:{port}")).await;
     let email = unique_email("redis-restart");
     a.client()
@@ -223,8 +175,7 @@ async fn redis_stopped_mid_test_falls_back_to_the_database_then_the_subscription
         "redis stopped: {slow:?}"
     );
 
-    let _redis = own_redis(port);
-    until_listening(port).await;
+    let _redis = holdfast_tests::own_redis(port).await;
     // Node B subscribes again within its backoff (at most 5 s), node A publishes again past
     // its reconnect pause (1 s): revocations are fast again.
     let resumed = poll_until(

@@ -12,6 +12,7 @@ pub mod node;
 pub mod ops;
 pub mod output;
 pub mod rate_limits;
+pub mod redis_link;
 pub mod secrets;
 pub mod shards_cli;
 

@@ -3,17 +3,14 @@
 //! skewed clocks still count together. A key is `holdfast:rl:<limit>:<client>` holding the
 //! theoretical arrival time in microseconds, expiring once it is in the past.
 //!
-//! One multiplexed connection, opened on first use and again after a failure (at most once per
-//! [`RECONNECT_EVERY`]); in between, checks fail at once and the gateway counts locally.
-
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+//! One [`RedisLink`] connection; while it is down, checks fail at once and the gateway counts
+//! locally.
 
 use async_trait::async_trait;
 use holdfast_gateway::rate_limit::{self, Outcome, Quota, Shared};
-use redis::aio::MultiplexedConnection;
 
-const RECONNECT_EVERY: Duration = Duration::from_secs(1);
+use crate::redis_link::RedisLink;
+
 const KEY_PREFIX: &str = "holdfast:rl:";
 
 /// KEYS[1] the bucket; ARGV: emission interval T (µs), burst, cost, force (1/0).
@@ -42,45 +39,17 @@ return {1, remaining, nxt - now, 0}
 
 #[derive(Debug)]
 pub struct RedisRateLimits {
-    client: redis::Client,
+    redis: RedisLink,
     script: redis::Script,
-    connection: tokio::sync::Mutex<Option<MultiplexedConnection>>,
-    last_attempt: Mutex<Option<Instant>>,
 }
 
 impl RedisRateLimits {
     /// Parses `url`; connects on first use, so a node starts while Redis is down.
     pub fn new(url: &str) -> Result<Self, redis::RedisError> {
         Ok(Self {
-            client: redis::Client::open(url)?,
+            redis: RedisLink::new(url)?,
             script: redis::Script::new(GCRA_SCRIPT),
-            connection: tokio::sync::Mutex::new(None),
-            last_attempt: Mutex::new(None),
         })
-    }
-
-    async fn connection(&self) -> Result<MultiplexedConnection, rate_limit::Error> {
-        let mut connection = self.connection.lock().await;
-        if let Some(connection) = connection.as_ref() {
-            return Ok(connection.clone());
-        }
-        {
-            let mut last = self
-                .last_attempt
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if last.is_some_and(|at| at.elapsed() < RECONNECT_EVERY) {
-                return Err(rate_limit::Error("not connected to redis".to_owned()));
-            }
-            *last = Some(Instant::now());
-        }
-        let opened = self
-            .client
-            .get_multiplexed_async_connection()
-            .await
-            .map_err(failed)?;
-        *connection = Some(opened.clone());
-        Ok(opened)
     }
 }
 
@@ -97,7 +66,7 @@ impl Shared for RedisRateLimits {
         cost: u32,
         force: bool,
     ) -> Result<Outcome, rate_limit::Error> {
-        let mut connection = self.connection().await?;
+        let mut connection = self.redis.connection().await.map_err(failed)?;
         let answer: Result<(i64, i64, i64, i64), _> = self
             .script
             .key(format!("{KEY_PREFIX}{key}"))
@@ -115,8 +84,7 @@ impl Shared for RedisRateLimits {
                 retry_after_us: u64::try_from(retry_after_us).unwrap_or(0),
             }),
             Err(e) => {
-                // Whatever broke, the next check (after the reconnect pause) starts afresh.
-                *self.connection.lock().await = None;
+                self.redis.broken().await;
                 Err(failed(e))
             }
         }

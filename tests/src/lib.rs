@@ -961,6 +961,27 @@ impl Client {
     }
 
     /// Logs in and returns the access token.
+    /// Two access tokens of one login of `email` (the second from a refresh) and the refresh
+    /// token that was used, so a second use of it is a reuse.
+    pub async fn two_tokens_of_one_login(&self, email: &str) -> (String, String, String) {
+        let login = self.login(email, PASSWORD).await;
+        login.assert_status(200);
+        let refreshed = self
+            .post(
+                "/v1/auth/refresh",
+                None,
+                &json!({"refresh_token": login.body["refresh_token"]}),
+            )
+            .await;
+        refreshed.assert_status(200);
+        let text = |v: &Value| v.as_str().expect("a token").to_owned();
+        (
+            text(&login.body["access_token"]),
+            text(&refreshed.body["access_token"]),
+            text(&login.body["refresh_token"]),
+        )
+    }
+
     pub async fn login_token(&self, email: &str, password: &str) -> String {
         let reply = self.login(email, password).await;
         reply.assert_status(200);
@@ -1219,4 +1240,28 @@ pub fn zbar_decode(png: &[u8]) -> String {
         "zbarimg read more than one symbol: {text:?}"
     );
     symbol.to_owned()
+}
+
+/// A `redis-server` of a test alone, on `port`, killed when dropped; ready once it returns.
+pub async fn own_redis(port: u16) -> Child {
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("redis-server (./tests/run installs it)");
+    let up = poll_until(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()
+                .map(|_| ())
+        },
+    )
+    .await;
+    assert!(up.is_some(), "redis-server did not listen on {port}");
+    child
 }

@@ -9,23 +9,20 @@
 //! counted in `holdfast_deny_list_redis_errors_total` and logged at most once per
 //! [`WARN_EVERY`]; it never fails the caller.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use redis::aio::MultiplexedConnection;
 use tokio::sync::watch;
 
 use super::DenyList;
+use crate::redis_link::RedisLink;
 
 /// Where every node listens for revocations.
 const CHANNEL: &str = "holdfast:revocations";
 const KEY_PREFIX: &str = "holdfast:revoked:";
 /// Longest a logout waits for Redis before leaving the news to the database pull.
 const PUBLISH_TIMEOUT: Duration = Duration::from_millis(250);
-/// A broken publishing connection is opened again at most this often.
-const RECONNECT_EVERY: Duration = Duration::from_secs(1);
 /// The subscription is opened again after `BACKOFF_MIN`, doubling up to `BACKOFF_MAX`.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -37,9 +34,7 @@ const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug)]
 pub struct Broadcast {
-    client: redis::Client,
-    connection: tokio::sync::Mutex<Option<MultiplexedConnection>>,
-    last_attempt: Mutex<Option<Instant>>,
+    redis: RedisLink,
     started: Instant,
     /// When the last warning was logged, in ms since `started` (0: never).
     warned_ms: AtomicU64,
@@ -63,9 +58,7 @@ impl Broadcast {
     /// Parses `url`; connects on first use, so a node starts while Redis is down.
     pub fn new(url: &str) -> Result<Self, redis::RedisError> {
         Ok(Self {
-            client: redis::Client::open(url)?,
-            connection: tokio::sync::Mutex::new(None),
-            last_attempt: Mutex::new(None),
+            redis: RedisLink::new(url)?,
             started: Instant::now(),
             warned_ms: AtomicU64::new(0),
         })
@@ -85,12 +78,11 @@ impl Broadcast {
         {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                // Whatever broke, the next revocation (after the reconnect pause) starts afresh.
-                *self.connection.lock().await = None;
+                self.redis.broken().await;
                 self.failed("publish", &e.to_string());
             }
             Err(_) => {
-                *self.connection.lock().await = None;
+                self.redis.broken().await;
                 let why = format!("no answer within {} ms", PUBLISH_TIMEOUT.as_millis());
                 self.failed("publish", &why);
             }
@@ -103,7 +95,7 @@ impl Broadcast {
         expires_at_ms: i64,
         remaining_ms: i64,
     ) -> Result<(), redis::RedisError> {
-        let mut connection = self.connection().await?;
+        let mut connection = self.redis.connection().await?;
         redis::pipe()
             .cmd("SET")
             .arg(format!("{KEY_PREFIX}{key}"))
@@ -117,29 +109,6 @@ impl Broadcast {
             .ignore()
             .query_async::<()>(&mut connection)
             .await
-    }
-
-    async fn connection(&self) -> Result<MultiplexedConnection, redis::RedisError> {
-        let mut connection = self.connection.lock().await;
-        if let Some(connection) = connection.as_ref() {
-            return Ok(connection.clone());
-        }
-        {
-            let mut last = self
-                .last_attempt
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if last.is_some_and(|at| at.elapsed() < RECONNECT_EVERY) {
-                return Err(redis::RedisError::from((
-                    redis::ErrorKind::Io,
-                    "not connected to redis",
-                )));
-            }
-            *last = Some(Instant::now());
-        }
-        let opened = self.client.get_multiplexed_async_connection().await?;
-        *connection = Some(opened.clone());
-        Ok(opened)
     }
 
     /// Inserts every revocation published on [`CHANNEL`] into `list` until `shutdown`,
@@ -203,7 +172,7 @@ impl Broadcast {
     }
 
     async fn subscribe(&self) -> Result<redis::aio::PubSub, redis::RedisError> {
-        let mut pubsub = self.client.get_async_pubsub().await?;
+        let mut pubsub = self.redis.client().get_async_pubsub().await?;
         pubsub.subscribe(CHANNEL).await?;
         Ok(pubsub)
     }
