@@ -395,18 +395,7 @@ impl Orders {
             Err(e) => return Err(e.into()),
         }
         row.status = CONFIRMED.to_owned();
-        let confirmed = Envelope::new(
-            row.id,
-            row.created_at,
-            SagaEvent::OrderConfirmed {
-                phone: row.phone.clone(),
-                user_id: row.user_id,
-                email: row.email.clone(),
-                event_id: row.event_id,
-                items,
-                rereserved: false,
-            },
-        );
+        let confirmed = Envelope::new(row.id, row.created_at, confirmed(&row, items, false));
         if let Some(existing) = self.insert_new(&row, &confirmed).await? {
             return Ok(existing);
         }
@@ -673,14 +662,7 @@ impl Orders {
                             .to_owned(),
                     );
                 }
-                SagaEvent::OrderConfirmed {
-                    phone: row.phone.clone(),
-                    user_id: row.user_id,
-                    email: row.email.clone(),
-                    event_id: row.event_id,
-                    items,
-                    rereserved,
-                }
+                confirmed(&row, items, rereserved)
             }
             Outcome::Refunded => {
                 let reason = "the payment arrived after the hold expired and the seats were \
@@ -777,6 +759,18 @@ impl Consumer for Orders {
             _ => Ok(()),
         };
         handled.map_err(Error::from)
+    }
+}
+
+/// `OrderConfirmed` for `row`: what the tickets and notifications services need of it.
+fn confirmed(row: &OrderRow, items: Vec<Item>, rereserved: bool) -> SagaEvent {
+    SagaEvent::OrderConfirmed {
+        phone: row.phone.clone(),
+        user_id: row.user_id,
+        email: row.email.clone(),
+        event_id: row.event_id,
+        items,
+        rereserved,
     }
 }
 

@@ -332,13 +332,13 @@ impl Checkout for CheckoutNode {
                 {
                     return Err(CheckoutError::ParkedNotFound);
                 }
-                let row = self
-                    .store
-                    .parked_one(id)
-                    .await
-                    .map_err(store_error)?
-                    .ok_or(CheckoutError::ParkedNotFound)?;
-                Ok(Some(parked_view(&row)))
+                // What the update wrote; no second read.
+                let attempts = row.attempts + 1;
+                Ok(Some(parked_view(&holdfast_persistence::ParkedRow {
+                    error,
+                    attempts,
+                    ..row
+                })))
             }
         }
     }

@@ -89,6 +89,30 @@ pub fn account_json(account: &Account) -> Value {
     json
 }
 
+/// A new account from what a person typed: the email and name parsed, the password checked
+/// and hashed (the bounded hasher: a burst answers 503 `overloaded`).
+pub async fn new_account(
+    state: &AppState,
+    email: &str,
+    name: &str,
+    password: String,
+    role: Role,
+    phone: Option<String>,
+) -> Result<(Account, String), Problem> {
+    let email = parse_email(email)?;
+    let name = parse_name(name)?;
+    auth::check_password(&password, &email)?;
+    let password_hash = state.passwords().hash(password).await?;
+    let account = Account {
+        id: UserId::generate(),
+        email,
+        name,
+        role,
+        phone,
+    };
+    Ok((account, password_hash))
+}
+
 pub async fn register(
     State(state): State<AppState>,
     client: ClientIp,
@@ -98,18 +122,16 @@ pub async fn register(
         .rate_limits()
         .check(Limit::Register, &client.key())
         .await?;
-    let email = parse_email(&req.email)?;
-    let name = parse_name(&req.name)?;
     let phone = req.phone.as_deref().map(parse_phone).transpose()?;
-    auth::check_password(&req.password, &email)?;
-    let password_hash = state.passwords().hash(req.password).await?;
-    let account = Account {
-        id: UserId::generate(),
-        email,
-        name,
-        role: Role::Customer,
+    let (account, password_hash) = new_account(
+        &state,
+        &req.email,
+        &req.name,
+        req.password,
+        Role::Customer,
         phone,
-    };
+    )
+    .await?;
     state
         .backend()
         .create_account(&account, &password_hash)

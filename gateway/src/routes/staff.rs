@@ -8,10 +8,9 @@ use holdfast_actors::UserId;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::accounts::{account_json, parse_email, parse_name};
+use super::accounts::{account_json, new_account};
 use crate::AppState;
-use crate::auth::{self, AuthUser, Role};
-use crate::backend::Account;
+use crate::auth::{AuthUser, Role};
 use crate::extract::ApiJson;
 use crate::problem::Problem;
 
@@ -69,18 +68,15 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<Value>), Problem> {
     user.require(&[Role::Organizer, Role::Admin])?;
     let organizer = organizer_of(&state, &user, req.organizer_id.as_deref()).await?;
-    let email = parse_email(&req.email)?;
-    let name = parse_name(&req.name)?;
-    auth::check_password(&req.password, &email)?;
-    // The same bounded hashing as registration: a burst answers 503 `overloaded`.
-    let password_hash = state.passwords().hash(req.password).await?;
-    let account = Account {
-        id: UserId::generate(),
-        email,
-        name,
-        role: Role::Staff,
-        phone: None,
-    };
+    let (account, password_hash) = new_account(
+        &state,
+        &req.email,
+        &req.name,
+        req.password,
+        Role::Staff,
+        None,
+    )
+    .await?;
     state
         .backend()
         .create_staff(&account, &password_hash, organizer)
