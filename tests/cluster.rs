@@ -556,6 +556,77 @@ async fn a_purchase_across_the_nodes_happens_once() {
     );
 }
 
+/// Over Kafka each node's orders consumer gets its share of the partitions (or all of them),
+/// so the `PaymentRequested` of an order placed on one node is often recorded by another's. The
+/// answer to `POST /v1/orders` still carries the payment URL, on every node, well before
+/// `payment_url_wait` ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_answers_with_its_payment_url_on_every_node_over_kafka() {
+    let brokers = std::env::var("HOLDFAST_TEST_KAFKA_BROKERS")
+        .unwrap_or_else(|_| "127.0.0.1:9092".to_owned());
+    let prefix = format!("t{}-", uuid::Uuid::new_v4().simple());
+    let cluster = TestCluster::start(
+        3,
+        3,
+        &[
+            ("HOLDFAST_KAFKA_BROKERS", &brokers),
+            ("HOLDFAST_BUS_PREFIX", &prefix),
+            ("HOLDFAST_KAFKA_PRODUCER_CONFIG", "batch.num.messages=1"),
+            // Long enough that a stale answer cannot be mistaken for a slow one.
+            ("HOLDFAST_PAYMENT_URL_WAIT_MS", "20000"),
+        ],
+    )
+    .await;
+    let organizer = cluster.nodes[0].organizer_token().await;
+    let event = cluster
+        .client(0)
+        .create_event(&organizer, &[TicketType::new("GA", 100, None)])
+        .await;
+    // Every node's consumers have joined their groups before the orders count.
+    let warm_up = cluster.client(0).customer_token().await;
+    let hold = cluster.client(0).hold(&warm_up, &event, &[("GA", 1)]).await;
+    let order = cluster
+        .client(0)
+        .post(
+            "/v1/orders",
+            Some(&warm_up),
+            &json!({"hold_id": hold.body["id"]}),
+        )
+        .await;
+    order.assert_status(201);
+    let mut slowest = Duration::ZERO;
+    for i in 0..12 {
+        let node = i % 3;
+        let buyer = cluster.client(node).customer_token().await;
+        let hold = cluster
+            .client(node)
+            .hold(&buyer, &event, &[("GA", 1)])
+            .await;
+        hold.assert_status(201);
+        let started = Instant::now();
+        let order = cluster
+            .client(node)
+            .post(
+                "/v1/orders",
+                Some(&buyer),
+                &json!({"hold_id": hold.body["id"]}),
+            )
+            .await;
+        let took = started.elapsed();
+        order.assert_status(201);
+        assert!(
+            order.body["payment_url"].is_string(),
+            "order {i} on node {node} answered without its payment URL after {took:?}: {}",
+            order.body
+        );
+        slowest = slowest.max(took);
+    }
+    assert!(
+        slowest < Duration::from_secs(10),
+        "an order waited {slowest:?} for a URL that was there"
+    );
+}
+
 /// A CA and a node certificate for 127.0.0.1 signed by it, made with the openssl command line
 /// as an operator would: `(ca.pem, node.pem, node.key)`.
 fn internal_certificates(dir: &std::path::Path) -> (String, String, String) {

@@ -186,6 +186,34 @@ impl FromStr for HoldRef {
     }
 }
 
+/// An id derived from who asks and their key: the same two always give the same id, so a retry
+/// that runs again (after a 5xx, or a redelivered saga event) finds what the first run made. The
+/// gateway derives hold ids from Idempotency-Keys with it; the saga, re-reservation holds and
+/// notification ids.
+pub fn derived_id(caller: &str, key: &str) -> uuid::Uuid {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(caller.as_bytes())
+        .chain_update([0])
+        .chain_update(key.as_bytes())
+        .finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Uuid::new_v8(bytes)
+}
+
+/// `millis` since the Unix epoch in RFC 3339, UTC, as every time in the API is written (empty
+/// when out of range).
+pub fn rfc3339_millis(millis: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(millis) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -589,7 +589,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
 pub struct Roles {
     pub gateway: bool,
     pub inventory: bool,
-    pub saga: crate::checkout::Roles,
+    pub saga: holdfast_checkout::Roles,
 }
 
 pub const ROLE_NAMES: &[&str] = &[
@@ -606,7 +606,7 @@ pub fn parse_roles(text: &str) -> Result<Roles, String> {
     let mut roles = Roles {
         gateway: false,
         inventory: false,
-        saga: crate::checkout::Roles {
+        saga: holdfast_checkout::Roles {
             orders: false,
             payments: false,
             tickets: false,
@@ -619,7 +619,7 @@ pub fn parse_roles(text: &str) -> Result<Roles, String> {
                 return Ok(Roles {
                     gateway: true,
                     inventory: true,
-                    saga: crate::checkout::Roles::ALL,
+                    saga: holdfast_checkout::Roles::ALL,
                 });
             }
             "gateway" => roles.gateway = true,
@@ -779,7 +779,7 @@ mod tests {
     fn roles_parse_and_explain_mistakes() {
         assert_eq!(
             parse_roles("all").unwrap().saga,
-            crate::checkout::Roles::ALL
+            holdfast_checkout::Roles::ALL
         );
         let tickets = parse_roles("tickets, notifications").unwrap();
         assert!(tickets.saga.tickets && tickets.saga.notifications);

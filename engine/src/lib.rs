@@ -3,7 +3,6 @@
 
 pub mod addr;
 pub mod backend;
-pub mod checkout;
 pub mod cluster;
 pub mod config;
 pub mod deny_list;
@@ -13,6 +12,7 @@ pub mod ops;
 pub mod output;
 pub mod rate_limits;
 pub mod redis_link;
+pub mod saga;
 pub mod secrets;
 pub mod shards_cli;
 

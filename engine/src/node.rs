@@ -16,13 +16,13 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::backend::NodeBackend;
-use crate::checkout::notifications::NotifySettings;
-use crate::checkout::payments::PaymentSettings;
-use crate::checkout::{CheckoutNode, Settings};
 use crate::cluster::{self, Cluster};
 use crate::config::Config;
 use crate::deny_list::DenyList;
 use crate::inventories::Inventories;
+use holdfast_checkout::notifications::NotifySettings;
+use holdfast_checkout::payments::PaymentSettings;
+use holdfast_checkout::{CheckoutNode, Settings};
 
 /// Event batches written in one group commit at most.
 const GROUP_COMMIT_EVENTS_MAX: usize = 256;
@@ -412,11 +412,11 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
         Arc::clone(&clock),
         config.hold_ttl,
     ));
-    let checkout = Arc::new(
+    let checkout = Arc::new(crate::saga::SagaCheckout(
         start_checkout(&config, &store, Arc::clone(&backend), Arc::clone(&clock))
             .await
             .context("starting the checkout services")?,
-    );
+    ));
     let metrics = metrics_handle();
     let mut gateway_options = config.gateway_options();
     gateway_options.public_url = Some(match &config.public_url {
@@ -470,7 +470,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
         .await;
         let _ = ops_task.await;
         backend.set_ready(false);
-        checkout.stop().await;
+        checkout.0.stop().await;
         purge.abort();
         deny_sync.abort();
         let _ = deny_listen.await;
@@ -788,7 +788,14 @@ async fn start_checkout(
         },
     };
     let (bus, sql_bus) = saga_bus(config, store).await?;
-    CheckoutNode::start(settings, store.clone(), bus, sql_bus, Some(backend), clock)
+    CheckoutNode::start(
+        settings,
+        store.clone(),
+        bus,
+        sql_bus,
+        Some(backend as Arc<dyn holdfast_checkout::Inventory>),
+        clock,
+    )
 }
 
 async fn purge_idempotency_keys(store: Store, clock: Arc<dyn Clock>, ttl_secs: u64) {

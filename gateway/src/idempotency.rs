@@ -27,19 +27,6 @@ const RESPONSE_KEPT_MAX: usize = 1 << 20;
 /// Routes whose answer is a credential: the key is accepted but nothing is stored.
 const EXEMPT: &[&str] = &["/v1/auth/login", "/v1/auth/refresh"];
 
-/// The hold id of a hold request that carries an Idempotency-Key: derived from the caller and
-/// the key, so even a retry that runs again (after a 5xx) places the same hold, not a second one.
-pub fn derived_id(caller: &str, key: &str) -> uuid::Uuid {
-    let digest = Sha256::new()
-        .chain_update(caller.as_bytes())
-        .chain_update([0])
-        .chain_update(key.as_bytes())
-        .finalize();
-    let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&digest[..16]);
-    uuid::Uuid::new_v8(bytes)
-}
-
 pub async fn layer(State(state): State<AppState>, request: Request, next: Next) -> Response {
     if request.method() != Method::POST || EXEMPT.contains(&request.uri().path()) {
         return next.run(request).await;

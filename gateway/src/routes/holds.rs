@@ -86,7 +86,10 @@ pub async fn create(
         .get(crate::idempotency::HEADER)
         .and_then(|v| v.to_str().ok());
     let hold_id = match key {
-        Some(key) => HoldId(crate::idempotency::derived_id(&user.id.to_string(), key)),
+        Some(key) => HoldId(holdfast_actors::domain::derived_id(
+            &user.id.to_string(),
+            key,
+        )),
         None => HoldId::generate(),
     };
     let hold_ref = HoldRef { event_id, hold_id };

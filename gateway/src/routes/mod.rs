@@ -21,8 +21,4 @@ pub fn rfc3339(t: OffsetDateTime) -> String {
         .unwrap_or_default()
 }
 
-pub fn rfc3339_millis(millis: i64) -> String {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(millis) * 1_000_000)
-        .map(rfc3339)
-        .unwrap_or_default()
-}
+pub use holdfast_actors::domain::rfc3339_millis;

@@ -114,7 +114,7 @@ pub async fn create(
         .get(crate::idempotency::HEADER)
         .and_then(|v| v.to_str().ok());
     let order_id = match key {
-        Some(key) => OrderId(crate::idempotency::derived_id(
+        Some(key) => OrderId(holdfast_actors::domain::derived_id(
             &format!("order:{}", user.id),
             key,
         )),

@@ -7,25 +7,22 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use holdfast_bus::ORDERS;
-use holdfast_gateway::checkout::{IpnAnswer, ReturnPage};
 use holdfast_persistence::PaymentRow;
-use holdfast_vnpay::ipn::{self, IpnOutcome, OrderView as IpnOrder, RspCode};
+use holdfast_vnpay::ipn::{self, IpnOutcome, RspCode};
 use holdfast_vnpay::{PaymentRequest, VerifiedReturn};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use super::error::Error;
-use super::events::{Envelope, SagaEvent};
-use super::runner::Consumer;
-use super::service::Ctx;
+use crate::api::{IpnAnswer, ReturnPage};
+use crate::decide;
+use crate::error::Error;
+use crate::events::{Envelope, SagaEvent};
+use crate::model::{Currency, Money, PaymentStatus};
+use crate::runner::Consumer;
+use crate::service::Ctx;
 
 const CONSUMER: &str = "payments";
-
-pub const PENDING: &str = "pending";
-pub const PAID: &str = "paid";
-pub const FAILED: &str = "failed";
-pub const REFUNDED: &str = "refunded";
 
 /// Settings of the payments service.
 #[derive(Clone, Debug)]
@@ -58,6 +55,18 @@ struct Settlement {
     bank_code: Option<String>,
 }
 
+/// A stored payment's status; one it cannot read is a broken invariant.
+fn payment_status(p: &PaymentRow) -> Result<PaymentStatus, Error> {
+    PaymentStatus::parse(&p.status)
+        .map_err(|e| Error::permanent(format!("payment of order {}: {e}", p.order_id)))
+}
+
+fn payment_total(p: &PaymentRow) -> Result<Money, Error> {
+    Currency::parse(&p.currency)
+        .map(|c| Money::new(p.amount, c))
+        .map_err(|e| Error::permanent(format!("payment of order {}: {e}", p.order_id)))
+}
+
 fn datetime(ms: i64) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .unwrap_or(OffsetDateTime::UNIX_EPOCH)
@@ -88,10 +97,15 @@ impl Payments {
     ) -> anyhow::Result<()> {
         let now = self.ctx.now_ms();
         let window_ms = i64::try_from(self.settings.window.as_millis()).unwrap_or(i64::MAX);
-        let expires_at = hold_expires_at.min(now.saturating_add(window_ms));
+        let expires_at = decide::window_ends_at(now, hold_expires_at, window_ms);
+        let total = Money::new(
+            amount,
+            Currency::parse(currency)
+                .map_err(|e| Error::permanent(format!("order {}: {e}", env.order_id)))?,
+        );
         let request = PaymentRequest {
             txn_ref: env.order_id.to_string(),
-            amount_minor: u64::try_from(amount).unwrap_or(0),
+            amount_minor: total.minor_units(),
             order_info: format!("Holdfast order {}", env.order_id),
             ip_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
             create_date: datetime(now),
@@ -99,14 +113,7 @@ impl Payments {
             bank_code: None,
             locale: None,
         };
-        // VNPAY's dates have a resolution of seconds: the window must end a second later.
-        let refused = if currency != "VND" {
-            Some(format!("VNPAY takes VND only, not {currency}"))
-        } else if expires_at < now + 1000 {
-            Some("the hold expired before the payment could start".to_owned())
-        } else {
-            None
-        };
+        let refused = decide::payment_refused(total, now, expires_at);
         let url = match refused {
             Some(_) => Err(()),
             None => holdfast_vnpay::payment_url(&self.settings.vnpay, &request).map_err(|_| ()),
@@ -117,7 +124,7 @@ impl Payments {
         }
         let (status, url, event) = match url {
             Ok(url) => (
-                PENDING,
+                PaymentStatus::Pending,
                 url.clone(),
                 SagaEvent::PaymentRequested {
                     email: email.to_owned(),
@@ -129,7 +136,7 @@ impl Payments {
                 },
             ),
             Err(()) => (
-                FAILED,
+                PaymentStatus::Failed,
                 String::new(),
                 SagaEvent::PaymentFailed {
                     reason: refused
@@ -142,7 +149,7 @@ impl Payments {
             order_id: env.order_id,
             amount,
             currency: currency.to_owned(),
-            status: status.to_owned(),
+            status: status.as_str().to_owned(),
             payment_url: url,
             expires_at,
             transaction_no: None,
@@ -167,9 +174,9 @@ impl Payments {
         }
         // The money goes back through VNPAY's refund run; the payment says so.
         if let Some(mut payment) = tx.payment(env.order_id).await?
-            && payment.status == PAID
+            && let Some(next) = decide::payment_on_refund(payment_status(&payment)?)
         {
-            payment.status = REFUNDED.to_owned();
+            payment.status = next.as_str().to_owned();
             payment.updated_at = self.ctx.now_ms();
             tx.update_payment(&payment).await?;
         }
@@ -184,14 +191,16 @@ impl Payments {
         let Some(mut payment) = tx.payment(order_id).await? else {
             return Ok(RspCode::OrderNotFound);
         };
-        let amount = u64::try_from(payment.amount).unwrap_or(0);
-        if amount != result.amount {
-            return Ok(RspCode::InvalidAmount);
-        }
-        if payment.status != PENDING {
-            return Ok(RspCode::AlreadyConfirmed);
-        }
-        payment.status = if result.paid { PAID } else { FAILED }.to_owned();
+        let next = match decide::settle(
+            payment_status(&payment)?,
+            payment_total(&payment)?,
+            result.amount,
+            result.paid,
+        ) {
+            Ok(next) => next,
+            Err(answer) => return Ok(answer),
+        };
+        payment.status = next.as_str().to_owned();
         payment.transaction_no = result.transaction_no.clone();
         payment.bank_code = result.bank_code;
         payment.response_code = result.response_code.clone();
@@ -244,13 +253,8 @@ impl Payments {
             return Ok(RspCode::OrderNotFound);
         };
         let view = match self.ctx.store.payment(order_id).await? {
-            None => IpnOrder::NotFound,
-            Some(p) if p.status == PENDING => IpnOrder::Pending {
-                amount_minor: u64::try_from(p.amount).unwrap_or(0),
-            },
-            Some(p) => IpnOrder::Settled {
-                amount_minor: u64::try_from(p.amount).unwrap_or(0),
-            },
+            None => decide::ipn_order(None),
+            Some(p) => decide::ipn_order(Some((payment_status(&p)?, payment_total(&p)?))),
         };
         let decision = ipn::decide(verified, view);
         if decision.outcome == IpnOutcome::Ignore {
@@ -289,11 +293,11 @@ impl Payments {
             Ok(verified) => {
                 let status = match verified.txn_ref.parse::<Uuid>() {
                     Ok(id) => self.ctx.store.payment(id).await.ok().flatten().map(|p| {
-                        match p.status.as_str() {
-                            PAID => "paid; your tickets are being issued",
-                            PENDING => "waiting for VNPAY's confirmation",
-                            REFUNDED => "refunded",
-                            _ => "not paid",
+                        match PaymentStatus::parse(&p.status) {
+                            Ok(PaymentStatus::Paid) => "paid; your tickets are being issued",
+                            Ok(PaymentStatus::Pending) => "waiting for VNPAY's confirmation",
+                            Ok(PaymentStatus::Refunded) => "refunded",
+                            Ok(PaymentStatus::Failed) | Err(_) => "not paid",
                         }
                         .to_owned()
                     }),

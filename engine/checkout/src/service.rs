@@ -3,25 +3,23 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
+use crate::api::{
+    Admission, CheckoutError, IpnAnswer, OrderView, ParkedView, RefundBy, ReturnPage, TicketView,
+};
+use crate::inventory::Inventory;
 use holdfast_actors::actor::Clock;
 use holdfast_actors::{EventId, HoldRef, OrderId, UserId};
 use holdfast_bus::Bus;
-use holdfast_gateway::checkout::{
-    Admission, Checkout, CheckoutError, IpnAnswer, OrderView, ParkedView, RefundBy, ReturnPage,
-    TicketView,
-};
 use holdfast_persistence::Store;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
-use super::notifications::{Notifications, NotifySettings};
-use super::orders::Orders;
-use super::payments::{PaymentSettings, Payments};
-use super::relay;
-use super::runner::{self, Consumer};
-use super::tickets::Tickets;
-use crate::backend::NodeBackend;
+use crate::notifications::{Notifications, NotifySettings};
+use crate::orders::Orders;
+use crate::payments::{PaymentSettings, Payments};
+use crate::relay;
+use crate::runner::{self, Consumer};
+use crate::tickets::Tickets;
 
 /// Which of the saga's services this process runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,7 +106,7 @@ impl CheckoutNode {
         store: Store,
         bus: Arc<dyn Bus>,
         sql_bus: Option<holdfast_bus::SqlBus>,
-        node: Option<Arc<NodeBackend>>,
+        inventory: Option<Arc<dyn Inventory>>,
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<Self> {
         let (stop, stopped) = watch::channel(false);
@@ -120,12 +118,12 @@ impl CheckoutNode {
         let mut consumers: Vec<Arc<dyn Consumer>> = Vec::new();
         let mut tasks = Vec::new();
         let orders = if settings.roles.orders {
-            let node = node.ok_or_else(|| {
+            let inventory = inventory.ok_or_else(|| {
                 anyhow::anyhow!("the orders role needs the inventory on the same node")
             })?;
             let orders = Arc::new(Orders::new(
                 ctx.clone(),
-                node,
+                inventory,
                 settings.payment_url_wait,
                 settings.payments.window,
             ));
@@ -208,36 +206,36 @@ impl CheckoutNode {
         }
     }
 
-    fn orders(&self) -> Result<&Orders, CheckoutError> {
+    fn orders_service(&self) -> Result<&Orders, CheckoutError> {
         self.orders
             .as_deref()
             .ok_or(CheckoutError::NotServedHere("orders"))
     }
 
-    fn tickets(&self) -> Result<&Tickets, CheckoutError> {
+    fn tickets_service(&self) -> Result<&Tickets, CheckoutError> {
         self.tickets
             .as_deref()
             .ok_or(CheckoutError::NotServedHere("tickets"))
     }
 }
 
-#[async_trait]
-impl Checkout for CheckoutNode {
-    async fn create_order(
+/// What the gateway asks of the saga (the engine adapts it to the gateway's `Checkout`).
+impl CheckoutNode {
+    pub async fn create_order(
         &self,
         user: UserId,
         hold: HoldRef,
         order: OrderId,
     ) -> Result<(OrderView, bool), CheckoutError> {
-        self.orders()?.create(user, hold, order).await
+        self.orders_service()?.create(user, hold, order).await
     }
 
-    async fn order(&self, id: OrderId) -> Result<Option<OrderView>, CheckoutError> {
-        self.orders()?.get(id).await
+    pub async fn order(&self, id: OrderId) -> Result<Option<OrderView>, CheckoutError> {
+        self.orders_service()?.get(id).await
     }
 
-    async fn orders(&self, user: UserId) -> Result<Vec<OrderView>, CheckoutError> {
-        self.orders()?.of_user(user).await
+    pub async fn orders(&self, user: UserId) -> Result<Vec<OrderView>, CheckoutError> {
+        self.orders_service()?.of_user(user).await
     }
 
     /// The order's rules first; then, in one transaction, (with the tickets service on this
@@ -245,13 +243,13 @@ impl Checkout for CheckoutNode {
     /// admitted ticket, and the order is refunded. Run apart, the tickets service voids on
     /// `OrderRefunded` and admitted seats still stay sold, but the buyer's refund is not
     /// refused.
-    async fn refund(
+    pub async fn refund(
         &self,
         id: OrderId,
         reason: String,
         by: RefundBy,
     ) -> Result<OrderView, CheckoutError> {
-        let orders = self.orders()?;
+        let orders = self.orders_service()?;
         if let Some(done) = orders.refund_check(id, by).await? {
             return Ok(done);
         }
@@ -259,27 +257,23 @@ impl Checkout for CheckoutNode {
         orders.refund(id, reason, void_tickets).await
     }
 
-    async fn tickets(&self, order: OrderId) -> Result<Vec<TicketView>, CheckoutError> {
-        self.tickets()?.of_order(order).await
+    pub async fn tickets(&self, order: OrderId) -> Result<Vec<TicketView>, CheckoutError> {
+        self.tickets_service()?.of_order(order).await
     }
 
-    async fn ticket(&self, id: uuid::Uuid) -> Result<Option<TicketView>, CheckoutError> {
-        self.tickets()?.get(id).await
+    pub async fn ticket(&self, id: uuid::Uuid) -> Result<Option<TicketView>, CheckoutError> {
+        self.tickets_service()?.get(id).await
     }
 
-    fn qr_png(&self, code: &str) -> Result<Vec<u8>, CheckoutError> {
-        holdfast_tickets::qr_png(code).map_err(|e| {
-            CheckoutError::Backend(holdfast_gateway::backend::BackendError::Internal(
-                e.to_string(),
-            ))
-        })
+    pub fn qr_png(&self, code: &str) -> Result<Vec<u8>, CheckoutError> {
+        holdfast_tickets::qr_png(code).map_err(|e| CheckoutError::Corrupt(e.to_string()))
     }
 
-    async fn checkin(&self, code: &str, event: EventId) -> Result<Admission, CheckoutError> {
-        self.tickets()?.checkin(code, event).await
+    pub async fn checkin(&self, code: &str, event: EventId) -> Result<Admission, CheckoutError> {
+        self.tickets_service()?.checkin(code, event).await
     }
 
-    async fn vnpay_ipn(&self, query: Vec<(String, String)>) -> IpnAnswer {
+    pub async fn vnpay_ipn(&self, query: Vec<(String, String)>) -> IpnAnswer {
         match &self.payments {
             Some(payments) => payments.ipn(&query).await,
             None => IpnAnswer {
@@ -289,47 +283,40 @@ impl Checkout for CheckoutNode {
         }
     }
 
-    async fn parked(&self) -> Result<Vec<ParkedView>, CheckoutError> {
+    pub async fn parked(&self) -> Result<Vec<ParkedView>, CheckoutError> {
         let rows = self
             .store
             .parked(holdfast_persistence::PARKED_PAGE_MAX)
-            .await
-            .map_err(store_error)?;
+            .await?;
         Ok(rows.iter().map(parked_view).collect())
     }
 
     /// Runs the parked message through its consumer's handler once, as the runner would.
-    async fn retry_parked(&self, id: uuid::Uuid) -> Result<Option<ParkedView>, CheckoutError> {
+    pub async fn retry_parked(&self, id: uuid::Uuid) -> Result<Option<ParkedView>, CheckoutError> {
         let row = self
             .store
             .parked_one(id)
-            .await
-            .map_err(store_error)?
+            .await?
             .ok_or(CheckoutError::ParkedNotFound)?;
         let consumer = self
             .consumers
             .iter()
             .find(|c| c.group() == row.group)
             .ok_or(CheckoutError::NotServedHere("parked message's"))?;
-        let handled = match super::Envelope::decode(&row.payload) {
+        let handled = match crate::Envelope::decode(&row.payload) {
             Ok(envelope) => consumer.handle(&envelope).await.map_err(|e| e.to_string()),
             Err(e) => Err(format!("not a saga event: {e}")),
         };
         match handled {
             Ok(()) => {
-                self.store.parked_remove(id).await.map_err(store_error)?;
+                self.store.parked_remove(id).await?;
                 tracing::info!(parked = %id, group = %row.group, order = ?row.order_id, "parked saga message handled on retry");
                 metrics::counter!("holdfast_saga_parked_resolved_total", "service" => consumer.group()).increment(1);
                 Ok(None)
             }
             Err(error) => {
                 tracing::warn!(parked = %id, group = %row.group, order = ?row.order_id, %error, "parked saga message failed again");
-                if !self
-                    .store
-                    .parked_failed_again(id, &error)
-                    .await
-                    .map_err(store_error)?
-                {
+                if !self.store.parked_failed_again(id, &error).await? {
                     return Err(CheckoutError::ParkedNotFound);
                 }
                 // What the update wrote; no second read.
@@ -343,15 +330,15 @@ impl Checkout for CheckoutNode {
         }
     }
 
-    async fn discard_parked(&self, id: uuid::Uuid) -> Result<(), CheckoutError> {
-        if self.store.parked_remove(id).await.map_err(store_error)? {
+    pub async fn discard_parked(&self, id: uuid::Uuid) -> Result<(), CheckoutError> {
+        if self.store.parked_remove(id).await? {
             Ok(())
         } else {
             Err(CheckoutError::ParkedNotFound)
         }
     }
 
-    async fn vnpay_return(&self, query: Vec<(String, String)>) -> ReturnPage {
+    pub async fn vnpay_return(&self, query: Vec<(String, String)>) -> ReturnPage {
         match &self.payments {
             Some(payments) => payments.return_page(&query).await,
             None => ReturnPage {
@@ -405,16 +392,5 @@ async fn retention(
                 Err(e) => tracing::warn!(error = %e, "trimming the bus failed"),
             }
         }
-    }
-}
-
-/// A store error as the gateway reports it: retryable when the database is unreachable.
-pub(crate) fn store_error(e: holdfast_persistence::Error) -> CheckoutError {
-    use holdfast_gateway::backend::BackendError;
-    match e {
-        holdfast_persistence::Error::Database(_) => {
-            CheckoutError::Backend(BackendError::Unavailable(e.to_string()))
-        }
-        e => CheckoutError::Backend(BackendError::Internal(e.to_string())),
     }
 }

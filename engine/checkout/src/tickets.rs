@@ -3,25 +3,21 @@
 
 use std::sync::Arc;
 
+use crate::api::{Admission, CheckoutError, TicketView};
+use crate::model::TicketStatus;
 use async_trait::async_trait;
 use holdfast_actors::{EventId, OrderId, UserId};
 use holdfast_bus::ORDERS;
-use holdfast_gateway::backend::BackendError;
-use holdfast_gateway::checkout::{Admission, CheckoutError, TicketView};
 use holdfast_persistence::TicketRow;
 use holdfast_tickets::{Signer, Verifier};
 use uuid::Uuid;
 
-use super::error::Error;
-use super::events::{Envelope, IssuedTicket, Item, SagaEvent, SeatCount};
-use super::runner::Consumer;
-use super::service::{Ctx, store_error};
+use crate::error::Error;
+use crate::events::{Envelope, IssuedTicket, Item, SagaEvent, SeatCount};
+use crate::runner::Consumer;
+use crate::service::Ctx;
 
 const CONSUMER: &str = "tickets";
-
-pub const VALID: &str = "valid";
-pub const ADMITTED: &str = "admitted";
-pub const VOID: &str = "void";
 
 pub(crate) struct Tickets {
     ctx: Ctx,
@@ -29,21 +25,23 @@ pub(crate) struct Tickets {
     verifier: Arc<Verifier>,
 }
 
-fn view(row: &TicketRow) -> TicketView {
-    TicketView {
+fn view(row: &TicketRow) -> Result<TicketView, CheckoutError> {
+    let status = TicketStatus::parse(&row.status)
+        .map_err(|e| CheckoutError::Corrupt(format!("ticket {}: {e}", row.id)))?;
+    Ok(TicketView {
         id: row.id,
         order_id: OrderId(row.order_id),
         event_id: EventId(row.event_id),
         user: UserId(row.user_id),
         ticket_type: row.ticket_type.clone(),
         code: row.code.clone(),
-        status: row.status.clone(),
-    }
+        status,
+    })
 }
 
 /// A seat's ticket id, derived from the order: issuing again yields the same ids.
 fn ticket_id(order: Uuid, ticket_type: &str, seat: u32) -> Uuid {
-    holdfast_gateway::idempotency::derived_id(
+    holdfast_actors::domain::derived_id(
         &format!("ticket:{order}"),
         &format!("{ticket_type}:{seat}"),
     )
@@ -88,7 +86,7 @@ impl Tickets {
                     ticket_type: item.ticket_type.clone(),
                     seat: i64::from(seat),
                     code: code.clone(),
-                    status: VALID.to_owned(),
+                    status: TicketStatus::Valid.as_str().to_owned(),
                     admitted_at: None,
                     created_at: now,
                 };
@@ -148,27 +146,24 @@ impl Tickets {
         order: OrderId,
         by_buyer: bool,
     ) -> Result<(), CheckoutError> {
-        let tickets = tx.tickets_of_order(order.0).await.map_err(store_error)?;
-        if by_buyer && let Some(used) = tickets.iter().find(|t| t.status == ADMITTED) {
-            return Err(CheckoutError::TicketAdmitted { ticket_id: used.id });
-        }
-        tx.void_tickets(order.0).await.map_err(store_error)?;
+        let tickets = tx.tickets_of_order(order.0).await?;
+        let statuses = tickets
+            .iter()
+            .map(|t| Ok((t.id, view(t)?.status)))
+            .collect::<Result<Vec<_>, CheckoutError>>()?;
+        crate::decide::may_void(&statuses, by_buyer)?;
+        tx.void_tickets(order.0).await?;
         Ok(())
     }
 
     pub(crate) async fn of_order(&self, order: OrderId) -> Result<Vec<TicketView>, CheckoutError> {
-        let rows = self
-            .ctx
-            .store
-            .tickets_of_order(order.0)
-            .await
-            .map_err(store_error)?;
-        Ok(rows.iter().map(view).collect())
+        let rows = self.ctx.store.tickets_of_order(order.0).await?;
+        rows.iter().map(view).collect()
     }
 
     pub(crate) async fn get(&self, id: Uuid) -> Result<Option<TicketView>, CheckoutError> {
-        let row = self.ctx.store.ticket(id).await.map_err(store_error)?;
-        Ok(row.as_ref().map(view))
+        let row = self.ctx.store.ticket(id).await?;
+        row.as_ref().map(view).transpose()
     }
 
     /// `POST /v1/checkin`: the signature first (no database for forged codes), then the
@@ -187,8 +182,8 @@ impl Tickets {
                 ticket_event: EventId(payload.event_id),
             });
         }
-        let mut tx = self.ctx.store.checkout_tx().await.map_err(store_error)?;
-        let Some(mut row) = tx.ticket(payload.ticket_id).await.map_err(store_error)? else {
+        let mut tx = self.ctx.store.checkout_tx().await?;
+        let Some(mut row) = tx.ticket(payload.ticket_id).await? else {
             return Err(CheckoutError::InvalidTicket(
                 "no such ticket was issued".to_owned(),
             ));
@@ -198,28 +193,13 @@ impl Tickets {
                 "the code does not match the issued ticket".to_owned(),
             ));
         }
-        match row.status.as_str() {
-            VALID => {}
-            ADMITTED => return Err(CheckoutError::AlreadyAdmitted { ticket_id: row.id }),
-            VOID => {
-                return Err(CheckoutError::InvalidTicket(
-                    "the ticket was refunded".to_owned(),
-                ));
-            }
-            other => {
-                return Err(CheckoutError::Backend(BackendError::Internal(format!(
-                    "ticket {} has status {other:?}",
-                    row.id
-                ))));
-            }
-        }
+        crate::decide::admit(view(&row)?.status, row.id)?;
         let now = self.ctx.now_ms();
-        tx.set_ticket_status(row.id, ADMITTED, Some(now))
-            .await
-            .map_err(store_error)?;
-        tx.commit().await.map_err(store_error)?;
+        tx.set_ticket_status(row.id, TicketStatus::Admitted.as_str(), Some(now))
+            .await?;
+        tx.commit().await?;
         metrics::counter!("holdfast_checkins_total").increment(1);
-        row.status = ADMITTED.to_owned();
+        row.status = TicketStatus::Admitted.as_str().to_owned();
         row.admitted_at = Some(now);
         // The accounts may live elsewhere when the tickets service runs apart: no name then.
         let holder_name = match self.ctx.store.user_by_id(row.user_id).await {
@@ -230,7 +210,7 @@ impl Tickets {
             }
         };
         Ok(Admission {
-            ticket: view(&row),
+            ticket: view(&row)?,
             holder_name,
         })
     }
@@ -239,7 +219,10 @@ impl Tickets {
 /// The seats of `tickets` used at the door, per ticket type.
 fn admitted_seats(tickets: &[TicketRow]) -> Vec<SeatCount> {
     let mut seats: Vec<SeatCount> = Vec::new();
-    for t in tickets.iter().filter(|t| t.status == ADMITTED) {
+    for t in tickets
+        .iter()
+        .filter(|t| t.status == TicketStatus::Admitted.as_str())
+    {
         match seats.iter_mut().find(|s| s.ticket_type == t.ticket_type) {
             Some(s) => s.quantity += 1,
             None => seats.push(SeatCount {

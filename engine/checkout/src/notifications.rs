@@ -13,10 +13,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 use uuid::Uuid;
 
-use super::error::Error;
-use super::events::{Envelope, SagaEvent};
-use super::runner::Consumer;
-use super::service::Ctx;
+use crate::error::Error;
+use crate::events::{Envelope, SagaEvent};
+use crate::runner::Consumer;
+use crate::service::Ctx;
 
 const CONSUMER: &str = "notifications";
 
@@ -113,7 +113,7 @@ impl Notifications {
                 currency,
                 expires_at,
             } => {
-                let before = holdfast_gateway::routes::rfc3339_millis(*expires_at);
+                let before = holdfast_actors::domain::rfc3339_millis(*expires_at);
                 Some(message(
                     email,
                     phone,
@@ -354,10 +354,7 @@ fn email(n: &NotificationRow) -> anyhow::Result<Email> {
 
 /// The deterministic id keeps a redelivered event from queueing a second message.
 fn notification_id(event: Uuid, channel: &str) -> Uuid {
-    holdfast_gateway::idempotency::derived_id(
-        &format!("notification:{channel}"),
-        &event.to_string(),
-    )
+    holdfast_actors::domain::derived_id(&format!("notification:{channel}"), &event.to_string())
 }
 
 #[async_trait]

@@ -15,8 +15,8 @@ use holdfast_persistence::{ParkedRow, Store};
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use super::error::{Error, Kind};
-use super::events::Envelope;
+use crate::error::{Error, Kind};
+use crate::events::Envelope;
 
 /// A service that consumes saga events.
 #[async_trait]

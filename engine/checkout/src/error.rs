@@ -9,8 +9,8 @@
 
 use std::fmt;
 
-use holdfast_gateway::backend::BackendError;
-use holdfast_gateway::checkout::CheckoutError;
+use crate::api::CheckoutError;
+use crate::inventory::InventoryError;
 
 /// Whether trying again may succeed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,13 +73,10 @@ fn kind_of(error: &anyhow::Error) -> Kind {
             Some(e.kind)
         } else if let Some(e) = cause.downcast_ref::<holdfast_persistence::Error>() {
             Some(transient_if(e.is_transient()))
-        } else if let Some(e) = cause.downcast_ref::<BackendError>() {
-            Some(backend_kind(e))
+        } else if let Some(e) = cause.downcast_ref::<InventoryError>() {
+            Some(transient_if(e.is_transient()))
         } else if let Some(e) = cause.downcast_ref::<CheckoutError>() {
-            Some(match e {
-                CheckoutError::Backend(e) => backend_kind(e),
-                _ => Kind::Permanent,
-            })
+            Some(transient_if(e.is_transient()))
         } else if cause.is::<holdfast_bus::Error>() {
             Some(Kind::Transient)
         } else if cause.is::<serde_json::Error>() {
@@ -99,20 +96,6 @@ fn transient_if(transient: bool) -> Kind {
         Kind::Transient
     } else {
         Kind::Permanent
-    }
-}
-
-/// The inventory's refusals a handler did not expect are broken invariants; an unreachable or
-/// busy actor, store or peer is transient.
-fn backend_kind(e: &BackendError) -> Kind {
-    match e {
-        BackendError::Overloaded | BackendError::Unavailable(_) | BackendError::Cluster(_) => {
-            Kind::Transient
-        }
-        BackendError::Inventory(_)
-        | BackendError::EventNotFound
-        | BackendError::EmailTaken
-        | BackendError::Internal(_) => Kind::Permanent,
     }
 }
 
@@ -140,16 +123,23 @@ mod tests {
                 Kind::Permanent,
             ),
             (
-                BackendError::Unavailable("actor restarting".to_owned()).into(),
+                InventoryError::Unavailable("actor restarting".to_owned()).into(),
                 Kind::Transient,
             ),
-            (BackendError::Overloaded.into(), Kind::Transient),
+            (InventoryError::Overloaded.into(), Kind::Transient),
             (
-                BackendError::Inventory(inventory::Error::OrderIdTaken).into(),
+                InventoryError::Refused(inventory::Error::OrderIdTaken).into(),
                 Kind::Permanent,
             ),
+            (InventoryError::EventNotFound.into(), Kind::Permanent),
             (
-                CheckoutError::Backend(BackendError::Unavailable("db".to_owned())).into(),
+                CheckoutError::Inventory(InventoryError::Unavailable("owner moving".to_owned()))
+                    .into(),
+                Kind::Transient,
+            ),
+            (
+                CheckoutError::Store(holdfast_persistence::Error::ConnectTimeout { secs: 1 })
+                    .into(),
                 Kind::Transient,
             ),
             (CheckoutError::OrderNotFound.into(), Kind::Permanent),
