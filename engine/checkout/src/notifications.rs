@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use holdfast_bus::{ORDERS, PAYMENTS, TICKETS};
 use holdfast_notify::{Attachment, Email, Mailer, MailerSettings, SmsSender, SmsSettings};
-use holdfast_persistence::NotificationRow;
+use holdfast_persistence::{CheckoutTx, NotificationRow};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 use uuid::Uuid;
@@ -196,7 +196,7 @@ impl Notifications {
         }
     }
 
-    async fn queue(&self, env: &Envelope) -> anyhow::Result<()> {
+    async fn queue(&self, tx: &mut CheckoutTx, env: &Envelope) -> anyhow::Result<()> {
         let Some(message) = self.message(env) else {
             return Ok(());
         };
@@ -246,15 +246,12 @@ impl Notifications {
                 sent_at: None,
             });
         }
-        let mut tx = self.ctx.store.checkout_tx().await?;
         if !tx.first_time(CONSUMER, env.id).await? {
             return Ok(());
         }
         for row in &rows {
             tx.insert_notification(row).await?;
         }
-        tx.commit().await?;
-        self.wake.notify_one();
         Ok(())
     }
 
@@ -300,7 +297,7 @@ impl Notifications {
                     store
                         .notification_attempted(n.id, "sent", now, None, now)
                         .await?;
-                    metrics::counter!("holdfast_notifications_sent_total", "channel" => "email")
+                    metrics::counter!("holdfast_notifications_sent_total", "channel" => n.channel.clone())
                         .increment(1);
                 }
                 Err(e) => {
@@ -367,7 +364,21 @@ impl Consumer for Notifications {
         &[ORDERS, PAYMENTS, TICKETS]
     }
 
-    async fn handle(&self, env: &Envelope) -> Result<(), Error> {
-        self.queue(env).await.map_err(Error::from)
+    fn in_tx(&self, env: &Envelope) -> bool {
+        self.message(env).is_some()
+    }
+
+    async fn handle_in(&self, tx: &mut CheckoutTx, env: &Envelope) -> Result<(), Error> {
+        self.queue(tx, env).await.map_err(Error::from)
+    }
+
+    fn committed(&self, _env: &Envelope) {
+        self.wake.notify_one();
+    }
+
+    /// Events with a message are database work ([`Consumer::handle_in`]); the rest tell the
+    /// buyer nothing.
+    async fn handle(&self, _env: &Envelope) -> Result<(), Error> {
+        Ok(())
     }
 }

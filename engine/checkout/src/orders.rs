@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use holdfast_actors::domain::derived_id;
 use holdfast_actors::{EventId, HoldId, HoldRef, Line, OrderId, Quantity, TicketCode, UserId};
 use holdfast_bus::{PAYMENTS, TICKETS};
+use holdfast_persistence::CheckoutTx;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
@@ -394,13 +395,15 @@ impl Orders {
         Ok(decide::returned(returned)?)
     }
 
-    async fn payment_requested(&self, env: &Envelope, payment_url: &str) -> anyhow::Result<()> {
-        let mut tx = self.ctx.store.checkout_tx().await?;
+    async fn payment_requested(
+        &self,
+        tx: &mut CheckoutTx,
+        env: &Envelope,
+        payment_url: &str,
+    ) -> anyhow::Result<()> {
+        // Recorded before (by this node or, over a shared bus, another): whoever waits here is
+        // woken all the same after the commit, and may read it now.
         if !tx.first_time(CONSUMER, env.id).await? {
-            // Recorded before (by this node or, over a shared bus, another): whoever waits
-            // here may read it now.
-            drop(tx);
-            self.wake(env.order_id);
             return Ok(());
         }
         if let Some(mut row) = tx.order(env.order_id).await?
@@ -410,8 +413,6 @@ impl Orders {
             row.updated_at = self.ctx.now_ms();
             tx.update_order(&row).await?;
         }
-        tx.commit().await?;
-        self.wake(env.order_id);
         Ok(())
     }
 
@@ -484,11 +485,27 @@ impl Consumer for Orders {
         &[PAYMENTS, TICKETS]
     }
 
+    fn in_tx(&self, env: &Envelope) -> bool {
+        matches!(env.event, SagaEvent::PaymentRequested { .. })
+    }
+
+    async fn handle_in(&self, tx: &mut CheckoutTx, env: &Envelope) -> Result<(), Error> {
+        match &env.event {
+            SagaEvent::PaymentRequested { payment_url, .. } => self
+                .payment_requested(tx, env, payment_url)
+                .await
+                .map_err(Error::from),
+            _ => Ok(()),
+        }
+    }
+
+    fn committed(&self, env: &Envelope) {
+        self.wake(env.order_id);
+    }
+
+    /// The events that change the inventory first, then the order.
     async fn handle(&self, env: &Envelope) -> Result<(), Error> {
         let handled: anyhow::Result<()> = match &env.event {
-            SagaEvent::PaymentRequested { payment_url, .. } => {
-                self.payment_requested(env, payment_url).await
-            }
             SagaEvent::PaymentSucceeded { .. } => self.payment_succeeded(env).await,
             SagaEvent::PaymentFailed { reason, .. } => self.payment_failed(env, reason).await,
             SagaEvent::TicketsVoided { admitted } => self.tickets_voided(env, admitted).await,

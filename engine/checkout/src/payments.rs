@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use holdfast_bus::ORDERS;
-use holdfast_persistence::PaymentRow;
+use holdfast_persistence::{CheckoutTx, PaymentRow};
 use holdfast_vnpay::ipn::{self, IpnOutcome, RspCode};
 use holdfast_vnpay::{PaymentRequest, VerifiedReturn};
 use time::OffsetDateTime;
@@ -88,6 +88,7 @@ impl Payments {
     #[allow(clippy::too_many_arguments)]
     async fn order_created(
         &self,
+        tx: &mut CheckoutTx,
         env: &Envelope,
         email: &str,
         phone: Option<&str>,
@@ -118,7 +119,6 @@ impl Payments {
             Some(_) => Err(()),
             None => holdfast_vnpay::payment_url(&self.settings.vnpay, &request).map_err(|_| ()),
         };
-        let mut tx = self.ctx.store.checkout_tx().await?;
         if !tx.first_time(CONSUMER, env.id).await? {
             return Ok(());
         }
@@ -162,13 +162,10 @@ impl Payments {
             tx.outbox(&[Envelope::new(env.order_id, now, event).record()])
                 .await?;
         }
-        tx.commit().await?;
-        self.ctx.relay.notify_one();
         Ok(())
     }
 
-    async fn order_refunded(&self, env: &Envelope) -> anyhow::Result<()> {
-        let mut tx = self.ctx.store.checkout_tx().await?;
+    async fn order_refunded(&self, tx: &mut CheckoutTx, env: &Envelope) -> anyhow::Result<()> {
         if !tx.first_time(CONSUMER, env.id).await? {
             return Ok(());
         }
@@ -180,7 +177,6 @@ impl Payments {
             payment.updated_at = self.ctx.now_ms();
             tx.update_payment(&payment).await?;
         }
-        tx.commit().await?;
         Ok(())
     }
 
@@ -412,7 +408,14 @@ impl Consumer for Payments {
         &[ORDERS]
     }
 
-    async fn handle(&self, env: &Envelope) -> Result<(), Error> {
+    fn in_tx(&self, env: &Envelope) -> bool {
+        matches!(
+            env.event,
+            SagaEvent::OrderCreated { .. } | SagaEvent::OrderRefunded { .. }
+        )
+    }
+
+    async fn handle_in(&self, tx: &mut CheckoutTx, env: &Envelope) -> Result<(), Error> {
         let handled: anyhow::Result<()> = match &env.event {
             SagaEvent::OrderCreated {
                 email,
@@ -423,6 +426,7 @@ impl Consumer for Payments {
                 ..
             } => {
                 self.order_created(
+                    tx,
                     env,
                     email,
                     phone.as_deref(),
@@ -432,9 +436,18 @@ impl Consumer for Payments {
                 )
                 .await
             }
-            SagaEvent::OrderRefunded { .. } => self.order_refunded(env).await,
+            SagaEvent::OrderRefunded { .. } => self.order_refunded(tx, env).await,
             _ => Ok(()),
         };
         handled.map_err(Error::from)
+    }
+
+    fn committed(&self, _env: &Envelope) {
+        self.ctx.relay.notify_one();
+    }
+
+    /// Every event this service handles is database work ([`Consumer::handle_in`]).
+    async fn handle(&self, _env: &Envelope) -> Result<(), Error> {
+        Ok(())
     }
 }

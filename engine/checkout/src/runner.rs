@@ -11,7 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use holdfast_actors::actor::Clock;
 use holdfast_bus::{Bus, Delivery, Subscription};
-use holdfast_persistence::{ParkedRow, Store};
+use holdfast_persistence::{CheckoutTx, ParkedRow, Store};
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -24,9 +24,41 @@ pub trait Consumer: Send + Sync + 'static {
     /// The consumer group (also the consumer's name in `processed_events`).
     fn group(&self) -> &'static str;
     fn topics(&self) -> &'static [&'static str];
-    /// Handles one event; must be idempotent by `envelope.id`. A transient error is retried,
-    /// a permanent one parks the event.
+    /// Whether handling `envelope` is database work only, which [`Consumer::handle_in`] does
+    /// inside a transaction shared with the other deliveries at hand (group commit).
+    fn in_tx(&self, _envelope: &Envelope) -> bool {
+        false
+    }
+    /// Handles `envelope` inside `tx`, recording its id there; the caller commits. Only for
+    /// events [`Consumer::in_tx`] names.
+    async fn handle_in(&self, _tx: &mut CheckoutTx, envelope: &Envelope) -> Result<(), Error> {
+        Err(Error::permanent(format!(
+            "{} is not handled inside a shared transaction",
+            envelope.event.name()
+        )))
+    }
+    /// After the transaction that handled `envelope` with [`Consumer::handle_in`] committed.
+    fn committed(&self, _envelope: &Envelope) {}
+    /// Handles one event alone; must be idempotent by `envelope.id`. A transient error is
+    /// retried, a permanent one parks the event.
     async fn handle(&self, envelope: &Envelope) -> Result<(), Error>;
+}
+
+/// Handles one event once, alone: those [`Consumer::in_tx`] names in a transaction of their
+/// own.
+pub(crate) async fn handle_once(
+    consumer: &dyn Consumer,
+    store: &Store,
+    envelope: &Envelope,
+) -> Result<(), Error> {
+    if !consumer.in_tx(envelope) {
+        return consumer.handle(envelope).await;
+    }
+    let mut tx = store.checkout_tx().await?;
+    consumer.handle_in(&mut tx, envelope).await?;
+    tx.commit().await?;
+    consumer.committed(envelope);
+    Ok(())
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -189,31 +221,27 @@ async fn consume(
                 }
             }
         }
-        let mut tasks = tokio::task::JoinSet::new();
-        for (_, messages) in by_key {
-            let consumer = Arc::clone(consumer);
-            let stop = stop.clone();
-            let permits = Arc::clone(permits);
-            let parking = parking.clone();
-            tasks.spawn(async move {
-                let Ok(_permit) = permits.acquire_owned().await else {
-                    return false;
-                };
-                for message in messages {
-                    match handle(consumer.as_ref(), &message, &parking, stop.clone()).await {
-                        Handled::Done | Handled::Parked => {}
-                        Handled::Stopped => return false,
-                    }
-                }
-                true
-            });
-        }
-        let mut stopped = false;
-        while let Some(done) = tasks.join_next().await {
-            stopped |= !done.unwrap_or(false);
-        }
-        if stopped {
-            return true;
+        // In rounds, the first event of every order at hand in each: those that are database
+        // work only share one transaction (one commit for the round), the rest run one by one,
+        // different orders concurrently. An order's next event waits for the next round.
+        let mut queues: Vec<std::collections::VecDeque<Message>> =
+            by_key.into_iter().map(|(_, m)| m.into()).collect();
+        loop {
+            let heads: Vec<Message> = queues.iter_mut().filter_map(|q| q.pop_front()).collect();
+            if heads.is_empty() {
+                break;
+            }
+            let (together, apart): (Vec<Message>, Vec<Message>) =
+                heads.into_iter().partition(|m| consumer.in_tx(&m.envelope));
+            let mut apart = apart;
+            if !together.is_empty() && !handle_together(consumer.as_ref(), &together, parking).await
+            {
+                // Something in the round failed: each again alone, with retries and parking.
+                apart.extend(together);
+            }
+            if !handle_apart(consumer, apart, permits, parking, stop).await {
+                return true;
+            }
         }
         let mut last: Vec<&Delivery> = Vec::new();
         for delivery in &batch {
@@ -235,6 +263,66 @@ async fn consume(
     }
 }
 
+/// Handles `messages` (each the next event of its order) in one transaction and commits it
+/// once; false (and nothing of it kept) when any of them, or the commit, failed.
+async fn handle_together(consumer: &dyn Consumer, messages: &[Message], parking: &Parking) -> bool {
+    let mut tx = match parking.store.checkout_tx().await {
+        Ok(tx) => tx,
+        Err(e) => {
+            tracing::debug!(group = consumer.group(), error = %e, "no shared transaction");
+            return false;
+        }
+    };
+    for message in messages {
+        if let Err(e) = consumer.handle_in(&mut tx, &message.envelope).await {
+            tracing::debug!(group = consumer.group(), order = %message.envelope.order_id, error = %e, "a shared transaction failed; handling its events alone");
+            return false;
+        }
+    }
+    if let Err(e) = tx.commit().await {
+        tracing::debug!(group = consumer.group(), error = %e, "a shared commit failed; handling its events alone");
+        return false;
+    }
+    metrics::histogram!("holdfast_saga_group_commit_events", "consumer" => consumer.group())
+        .record(messages.len() as f64);
+    for message in messages {
+        consumer.committed(&message.envelope);
+        metrics::counter!("holdfast_saga_events_total", "consumer" => consumer.group(), "event" => message.envelope.event.name()).increment(1);
+    }
+    true
+}
+
+/// Handles `messages` one by one, different orders concurrently; false when stopped.
+async fn handle_apart(
+    consumer: &Arc<dyn Consumer>,
+    messages: Vec<Message>,
+    permits: &Arc<tokio::sync::Semaphore>,
+    parking: &Parking,
+    stop: &watch::Receiver<bool>,
+) -> bool {
+    let mut tasks = tokio::task::JoinSet::new();
+    for message in messages {
+        let consumer = Arc::clone(consumer);
+        let stop = stop.clone();
+        let permits = Arc::clone(permits);
+        let parking = parking.clone();
+        tasks.spawn(async move {
+            let Ok(_permit) = permits.acquire_owned().await else {
+                return false;
+            };
+            !matches!(
+                handle(consumer.as_ref(), &message, &parking, stop).await,
+                Handled::Stopped
+            )
+        });
+    }
+    let mut going = true;
+    while let Some(done) = tasks.join_next().await {
+        going &= done.unwrap_or(false);
+    }
+    going
+}
+
 /// Handles one event: retries a transient error with backoff, parks the event after a
 /// permanent error or when the attempts are spent.
 async fn handle(
@@ -246,7 +334,7 @@ async fn handle(
     let envelope = &message.envelope;
     let mut attempts = 0u32;
     loop {
-        let error = match consumer.handle(envelope).await {
+        let error = match handle_once(consumer, &parking.store, envelope).await {
             Ok(()) => {
                 metrics::counter!("holdfast_saga_events_total", "consumer" => consumer.group(), "event" => envelope.event.name()).increment(1);
                 return Handled::Done;

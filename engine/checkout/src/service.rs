@@ -304,7 +304,9 @@ impl CheckoutNode {
             .find(|c| c.group() == row.group)
             .ok_or(CheckoutError::NotServedHere("parked message's"))?;
         let handled = match crate::Envelope::decode(&row.payload) {
-            Ok(envelope) => consumer.handle(&envelope).await.map_err(|e| e.to_string()),
+            Ok(envelope) => runner::handle_once(consumer.as_ref(), &self.store, &envelope)
+                .await
+                .map_err(|e| e.to_string()),
             Err(e) => Err(format!("not a saga event: {e}")),
         };
         match handled {

@@ -8,7 +8,7 @@ use crate::model::TicketStatus;
 use async_trait::async_trait;
 use holdfast_actors::{EventId, OrderId, UserId};
 use holdfast_bus::ORDERS;
-use holdfast_persistence::TicketRow;
+use holdfast_persistence::{CheckoutTx, TicketRow};
 use holdfast_tickets::{Signer, Verifier};
 use uuid::Uuid;
 
@@ -56,8 +56,10 @@ impl Tickets {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn issue(
         &self,
+        tx: &mut CheckoutTx,
         env: &Envelope,
         user: Uuid,
         email: &str,
@@ -69,7 +71,6 @@ impl Tickets {
             Error::permanent("no ticket signing key on this node (set HOLDFAST_TICKET_SIGNING_KEY)")
         })?;
         let now = self.ctx.now_ms();
-        let mut tx = self.ctx.store.checkout_tx().await?;
         if !tx.first_time(CONSUMER, env.id).await? {
             return Ok(());
         }
@@ -110,17 +111,14 @@ impl Tickets {
             tx.outbox(&[Envelope::new(env.order_id, now, event).record()])
                 .await?;
         }
-        tx.commit().await?;
-        self.ctx.relay.notify_one();
         Ok(())
     }
 
     /// `OrderRefunded`: voids the unused tickets and tells the orders service which seats were
     /// used at the door. Under the tickets' row locks, so a scan at the same moment either
     /// admitted first (and the seat stays sold) or finds the ticket void.
-    async fn void(&self, env: &Envelope) -> anyhow::Result<()> {
+    async fn void(&self, tx: &mut CheckoutTx, env: &Envelope) -> anyhow::Result<()> {
         let now = self.ctx.now_ms();
-        let mut tx = self.ctx.store.checkout_tx().await?;
         if !tx.first_time(CONSUMER, env.id).await? {
             return Ok(());
         }
@@ -130,8 +128,6 @@ impl Tickets {
         let event = SagaEvent::TicketsVoided { admitted };
         tx.outbox(&[Envelope::new(env.order_id, now, event).record()])
             .await?;
-        tx.commit().await?;
-        self.ctx.relay.notify_one();
         if voided > 0 {
             tracing::info!(order = %env.order_id, voided, "tickets voided by a refund");
         }
@@ -244,7 +240,14 @@ impl Consumer for Tickets {
         &[ORDERS]
     }
 
-    async fn handle(&self, env: &Envelope) -> Result<(), Error> {
+    fn in_tx(&self, env: &Envelope) -> bool {
+        matches!(
+            env.event,
+            SagaEvent::OrderConfirmed { .. } | SagaEvent::OrderRefunded { .. }
+        )
+    }
+
+    async fn handle_in(&self, tx: &mut CheckoutTx, env: &Envelope) -> Result<(), Error> {
         let handled: anyhow::Result<()> = match &env.event {
             SagaEvent::OrderConfirmed {
                 user_id,
@@ -254,12 +257,21 @@ impl Consumer for Tickets {
                 items,
                 ..
             } => {
-                self.issue(env, *user_id, email, phone.as_deref(), *event_id, items)
+                self.issue(tx, env, *user_id, email, phone.as_deref(), *event_id, items)
                     .await
             }
-            SagaEvent::OrderRefunded { .. } => self.void(env).await,
+            SagaEvent::OrderRefunded { .. } => self.void(tx, env).await,
             _ => Ok(()),
         };
         handled.map_err(Error::from)
+    }
+
+    fn committed(&self, _env: &Envelope) {
+        self.ctx.relay.notify_one();
+    }
+
+    /// Every event this service handles is database work ([`Consumer::handle_in`]).
+    async fn handle(&self, _env: &Envelope) -> Result<(), Error> {
+        Ok(())
     }
 }
