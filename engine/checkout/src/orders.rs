@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use holdfast_actors::domain::derived_id;
 use holdfast_actors::{EventId, HoldId, HoldRef, Line, OrderId, Quantity, TicketCode, UserId};
 use holdfast_bus::{PAYMENTS, TICKETS};
-use holdfast_persistence::CheckoutTx;
-use tokio::sync::Notify;
+use holdfast_persistence::{CheckoutTx, OrderRow, OutboxRecord};
+use tokio::sync::{Notify, mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::api::{CheckoutError, OrderView, RefundBy};
@@ -33,6 +33,7 @@ const POLL_MAX: Duration = Duration::from_millis(200);
 pub(crate) struct Orders {
     ctx: Ctx,
     inventory: Arc<dyn Inventory>,
+    writer: OrderWriter,
     /// `POST /v1/orders` requests waiting for their payment URL, by order.
     waiting: std::sync::Mutex<std::collections::HashMap<Uuid, Arc<Notify>>>,
     payment_url_wait: Duration,
@@ -59,6 +60,89 @@ fn lines(items: &[Item]) -> Result<Vec<Line>, Error> {
 /// redelivered payment finds the same hold.
 fn rereserve_hold_id(order: Uuid) -> HoldId {
     HoldId(derived_id("rereserve", &order.to_string()))
+}
+
+/// New orders placed at the same time share one transaction (group commit), as holds share
+/// one journal commit: a task takes what is waiting, inserts every order with its first event,
+/// commits once and answers each. A batch that fails is written again order by order, so one
+/// order's failure is its own.
+struct OrderWriter {
+    orders: mpsc::Sender<NewOrder>,
+}
+
+struct NewOrder {
+    row: OrderRow,
+    first: OutboxRecord,
+    /// Whether the order was stored (false: the hold has an order already).
+    done: oneshot::Sender<Result<bool, holdfast_persistence::Error>>,
+}
+
+/// Orders one transaction takes at most.
+const WRITE_BATCH_MAX: usize = 256;
+
+impl OrderWriter {
+    fn start(ctx: Ctx) -> Self {
+        let (orders, waiting) = mpsc::channel(WRITE_BATCH_MAX * 4);
+        tokio::spawn(write_orders(ctx, waiting));
+        Self { orders }
+    }
+
+    async fn insert(&self, row: OrderRow, first: OutboxRecord) -> Result<bool, CheckoutError> {
+        let (done, answer) = oneshot::channel();
+        let gone = || CheckoutError::NotServedHere("orders");
+        self.orders
+            .send(NewOrder { row, first, done })
+            .await
+            .map_err(|_| gone())?;
+        Ok(answer.await.map_err(|_| gone())??)
+    }
+}
+
+/// Runs until every [`OrderWriter`] sender is gone.
+async fn write_orders(ctx: Ctx, mut waiting: mpsc::Receiver<NewOrder>) {
+    let mut batch = Vec::with_capacity(WRITE_BATCH_MAX);
+    while waiting.recv_many(&mut batch, WRITE_BATCH_MAX).await > 0 {
+        metrics::histogram!("holdfast_orders_group_commit_orders").record(batch.len() as f64);
+        match write(&ctx, &batch).await {
+            Ok(stored) => {
+                for (order, stored) in batch.drain(..).zip(stored) {
+                    let _ = order.done.send(Ok(stored));
+                }
+            }
+            Err(e) if batch.len() == 1 => {
+                if let Some(order) = batch.pop() {
+                    let _ = order.done.send(Err(e));
+                }
+            }
+            Err(e) => {
+                tracing::debug!(orders = batch.len(), error = %e, "a batch of new orders failed; writing them one by one");
+                for order in batch.drain(..) {
+                    let stored = write(&ctx, std::slice::from_ref(&order))
+                        .await
+                        .map(|s| s.first().copied().unwrap_or(false));
+                    let _ = order.done.send(stored);
+                }
+            }
+        }
+        ctx.relay.notify_one();
+    }
+}
+
+/// Inserts `orders` with their first events in one transaction; which were stored.
+async fn write(ctx: &Ctx, orders: &[NewOrder]) -> Result<Vec<bool>, holdfast_persistence::Error> {
+    let mut tx = ctx.store.checkout_tx().await?;
+    let mut stored = Vec::with_capacity(orders.len());
+    let mut firsts = Vec::with_capacity(orders.len());
+    for order in orders {
+        let inserted = tx.insert_order(&order.row).await?;
+        if inserted {
+            firsts.push(order.first.clone());
+        }
+        stored.push(inserted);
+    }
+    tx.outbox(&firsts).await?;
+    tx.commit().await?;
+    Ok(stored)
 }
 
 /// Where a paid order's seats are: its hold confirmed, or (the hold had ended) a new hold
@@ -92,6 +176,7 @@ impl Orders {
         payment_window: Duration,
     ) -> Self {
         Self {
+            writer: OrderWriter::start(ctx.clone()),
             ctx,
             inventory,
             waiting: std::sync::Mutex::default(),
@@ -203,9 +288,7 @@ impl Orders {
         first: &Envelope,
     ) -> Result<Option<(OrderView, bool)>, CheckoutError> {
         let store = &self.ctx.store;
-        let mut tx = store.checkout_tx().await?;
-        if !tx.insert_order(&order.to_row()).await? {
-            drop(tx);
+        if !self.writer.insert(order.to_row(), first.record()).await? {
             return match store.order_by_hold(&order.hold.to_string()).await? {
                 Some(existing) if existing.user_id == order.user.0 => {
                     Ok(Some((self.row_view(&existing)?, false)))
@@ -213,9 +296,6 @@ impl Orders {
                 _ => Err(CheckoutError::HoldNotFound),
             };
         }
-        tx.outbox(&[first.record()]).await?;
-        tx.commit().await?;
-        self.ctx.relay.notify_one();
         metrics::counter!("holdfast_orders_created_total").increment(1);
         Ok(None)
     }
