@@ -44,7 +44,12 @@ def build(out):
     out.mkdir(parents=True, exist_ok=True)
     for name, path in kustomizations():
         # Kustomize itself: every listed file must exist and every patch apply.
-        docs = [d for d in yaml.safe_load_all(asyncio.run(pykustomize.build(str(path))).yaml) if d]
+        try:
+            built = asyncio.run(pykustomize.build(str(path))).yaml
+        except pykustomize.KustomizeError as e:
+            fail(f"kustomize build {path.relative_to(ROOT)}: {e}")
+            continue
+        docs = [d for d in yaml.safe_load_all(built) if d]
         api = [d for d in docs if not is_custom(d)]
         crs = [d for d in docs if is_custom(d)]
         (out / f"{name}.yaml").write_text(yaml.safe_dump_all(api, sort_keys=False))
@@ -266,7 +271,7 @@ def check_metrics(rules_out):
 def main():
     command, arg = sys.argv[1], Path(sys.argv[2])
     {"build": build, "manifests": check_manifests, "metrics": check_metrics}[command](arg)
-    for f in failures:
+    for f in dict.fromkeys(failures):
         print(f"deploy/check.py: {f}", file=sys.stderr)
     sys.exit(1 if failures else 0)
 
