@@ -3,6 +3,7 @@
     python deploy/check.py build OUT_DIR          kustomize build of the base and every overlay
     python deploy/check.py manifests OUT_DIR      the project's rules on what was built
     python deploy/check.py metrics RULES_FILE     metric names; the dashboard's queries as rules
+    python deploy/check.py image OUT_DIR          Dockerfile layers and user, .dockerignore
 
 `build` writes OUT_DIR/<name>.yaml (the API objects kubernetes-validate checks) and
 OUT_DIR/<name>.crs.yaml (custom resources, whose CRDs no registry package ships) for the base
@@ -268,9 +269,31 @@ def check_metrics(rules_out):
     print(f"metrics: {len(code)} emitted, all documented; {len(rules)} dashboard queries to parse")
 
 
+def check_image(out):
+    """The Dockerfile's layers and user, and what the build context leaves out."""
+    lines = [l.strip() for l in (ROOT / "deploy" / "Dockerfile").read_text().splitlines()]
+    build = lines[next(i for i, l in enumerate(lines) if l.startswith("FROM chef AS build")):]
+    cook = next((i for i, l in enumerate(build) if "cargo chef cook" in l), None)
+    sources = next((i for i, l in enumerate(build) if l == "COPY . ."), None)
+    if cook is None or sources is None or cook > sources:
+        fail("Dockerfile: the dependencies (cargo chef cook) must build before the sources are copied")
+    users = [l.split()[1] for l in lines if l.startswith("USER ")]
+    if users != ["10001:10001"]:
+        fail(f"Dockerfile: the image runs as 10001:10001, the pods' runAsUser (USER {users})")
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    for entry in ("target/", ".git/", "data/"):
+        if entry not in ignored:
+            fail(f".dockerignore: {entry} belongs out of the build context")
+    for name, _ in kustomizations():
+        for d in yaml.safe_load_all((out / f"{name}.yaml").read_text()):
+            spec = ((d.get("spec") or {}).get("template") or {}).get("spec") or {}
+            if spec and spec["securityContext"].get("runAsUser") != 10001:
+                fail(f"{name}: {d['metadata']['name']} runs as another user than the image's 10001")
+
+
 def main():
     command, arg = sys.argv[1], Path(sys.argv[2])
-    {"build": build, "manifests": check_manifests, "metrics": check_metrics}[command](arg)
+    {"build": build, "manifests": check_manifests, "metrics": check_metrics, "image": check_image}[command](arg)
     for f in dict.fromkeys(failures):
         print(f"deploy/check.py: {f}", file=sys.stderr)
     sys.exit(1 if failures else 0)
