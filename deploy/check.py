@@ -242,6 +242,7 @@ def check_metrics(rules_out):
     code = emitted()
     files = [
         ROOT / "deploy" / "prometheus" / "alerts.yaml",
+        ROOT / "deploy" / "prometheus" / "alerts.test.yaml",
         ROOT / "deploy" / "grafana" / "holdfast.json",
         ROOT / "docs" / "metrics.md",
     ]
