@@ -4,6 +4,7 @@
     python deploy/check.py manifests OUT_DIR      the project's rules on what was built
     python deploy/check.py metrics RULES_FILE     metric names; the dashboard's queries as rules
     python deploy/check.py image OUT_DIR          Dockerfile layers and user, .dockerignore
+    python deploy/check.py links -                the documents' links stay in the repository
 
 `build` writes OUT_DIR/<name>.yaml (the API objects kubernetes-validate checks) and
 OUT_DIR/<name>.crs.yaml (custom resources, whose CRDs no registry package ships) for the base
@@ -292,9 +293,26 @@ def check_image(out):
                 fail(f"{name}: {d['metadata']['name']} runs as another user than the image's 10001")
 
 
+def check_links(_):
+    """Links of the documents naming deploy/: inside the repository, to files that exist."""
+    for doc in [ROOT / "README.md", ROOT / "ARCHITECTURE.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)\s]+)\)", doc.read_text()):
+            path, _, anchor = target.partition("#")
+            if re.match(r"^[a-z]+:", path):
+                fail(f"{doc.relative_to(ROOT)}: {target} leaves the repository")
+            elif path and not (doc.parent / path).exists():
+                fail(f"{doc.relative_to(ROOT)}: {target} names no file")
+            elif anchor and path.endswith(".md") or (anchor and not path):
+                text = (doc.parent / path).read_text() if path else doc.read_text()
+                slugs = {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+                         for h in re.findall(r"^#+ (.*)$", text, re.M)}
+                if anchor not in slugs:
+                    fail(f"{doc.relative_to(ROOT)}: {target}: no heading #{anchor}")
+
+
 def main():
     command, arg = sys.argv[1], Path(sys.argv[2])
-    {"build": build, "manifests": check_manifests, "metrics": check_metrics, "image": check_image}[command](arg)
+    {"build": build, "manifests": check_manifests, "metrics": check_metrics, "image": check_image, "links": check_links}[command](arg)
     for f in dict.fromkeys(failures):
         print(f"deploy/check.py: {f}", file=sys.stderr)
     sys.exit(1 if failures else 0)
