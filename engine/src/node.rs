@@ -38,8 +38,8 @@ pub fn metrics_handle() -> PrometheusHandle {
             let batch = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0];
             let builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), &seconds)
-                .and_then(|b| b.set_buckets_for_metric(Matcher::Full("holdfast_journal_batch_events".to_owned()), &batch))
-                .and_then(|b| b.set_buckets_for_metric(Matcher::Full("holdfast_group_commit_events".to_owned()), &batch));
+                // Every `…_events` histogram is a group commit's size.
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_events".to_owned()), &batch));
             match builder {
                 Ok(b) => b.install_recorder().unwrap_or_else(|e| {
                     tracing::warn!(error = %e, "metrics recorder already installed; /metrics shows nothing from this one");

@@ -102,7 +102,7 @@ impl OrderWriter {
 async fn write_orders(ctx: Ctx, mut waiting: mpsc::Receiver<NewOrder>) {
     let mut batch = Vec::with_capacity(WRITE_BATCH_MAX);
     while waiting.recv_many(&mut batch, WRITE_BATCH_MAX).await > 0 {
-        metrics::histogram!("holdfast_orders_group_commit_orders").record(batch.len() as f64);
+        metrics::histogram!("holdfast_orders_group_commit_events").record(batch.len() as f64);
         match write(&ctx, &batch).await {
             Ok(stored) => {
                 for (order, stored) in batch.drain(..).zip(stored) {
