@@ -1,12 +1,9 @@
-//! The saga's services of one node, started by role, and the [`Checkout`] the gateway calls.
+//! The saga's services of one node, started by role, and what callers (the engine's adapter to
+//! the gateway) ask of them.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::api::{
-    Admission, CheckoutError, IpnAnswer, OrderView, ParkedView, RefundBy, ReturnPage, TicketView,
-};
-use crate::inventory::Inventory;
 use holdfast_actors::actor::Clock;
 use holdfast_actors::{EventId, HoldRef, OrderId, UserId};
 use holdfast_bus::Bus;
@@ -14,6 +11,10 @@ use holdfast_persistence::Store;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
+use crate::api::{
+    Admission, CheckoutError, IpnAnswer, OrderView, ParkedView, RefundBy, ReturnPage, TicketView,
+};
+use crate::inventory::Inventory;
 use crate::notifications::{Notifications, NotifySettings};
 use crate::orders::Orders;
 use crate::payments::{PaymentSettings, Payments};

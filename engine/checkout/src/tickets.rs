@@ -3,8 +3,6 @@
 
 use std::sync::Arc;
 
-use crate::api::{Admission, CheckoutError, TicketView};
-use crate::model::TicketStatus;
 use async_trait::async_trait;
 use holdfast_actors::{EventId, OrderId, UserId};
 use holdfast_bus::ORDERS;
@@ -12,8 +10,10 @@ use holdfast_persistence::{CheckoutTx, TicketRow};
 use holdfast_tickets::{Signer, Verifier};
 use uuid::Uuid;
 
+use crate::api::{Admission, CheckoutError, TicketView};
 use crate::error::Error;
 use crate::events::{Envelope, IssuedTicket, Item, SagaEvent, SeatCount};
+use crate::model::TicketStatus;
 use crate::runner::Consumer;
 use crate::service::Ctx;
 
