@@ -285,6 +285,8 @@ pub(crate) async fn start(
             .env("HOLDFAST_JWT_SECRET", secret)
             .env("HOLDFAST_VNPAY_TMN_CODE", BENCH_VNPAY_TMN_CODE)
             .env("HOLDFAST_VNPAY_HASH_SECRET", vnpay_secret(secret))
+            // Only the embedded default generates its own ticket key; PostgreSQL needs one.
+            .env("HOLDFAST_TICKET_SIGNING_KEY", random_secret())
             // One load generator on one IP is not the crowd the limits are for.
             .env("HOLDFAST_RATE_LIMITS", "off")
             .env(

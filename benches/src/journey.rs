@@ -450,7 +450,7 @@ pub(crate) async fn next_due(
 }
 
 async fn worker(index: usize, shared: Arc<Shared>, mut conn: Conn) -> WorkerOutput {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(0x10a7_2e7 ^ index as u64);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x0010_a72e ^ index as u64);
     let mut out = WorkerOutput::default();
     while let Some(due) = next_due(
         shared.opts.model,
@@ -768,10 +768,7 @@ async fn read_orders(
         let mut conn = Conn::new(target.clone());
         tasks.push(tokio::spawn(async move {
             let mut out = Vec::new();
-            loop {
-                let Some(&index) = orders.get(next.fetch_add(1, Ordering::Relaxed)) else {
-                    break;
-                };
+            while let Some(&index) = orders.get(next.fetch_add(1, Ordering::Relaxed)) {
                 let record = &records[index];
                 let order = record.order.as_deref().unwrap_or_default();
                 let auth = &buyers[record.buyer as usize].auth;
