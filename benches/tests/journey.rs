@@ -63,8 +63,12 @@ fn assert_purchased(results: &[journey::JourneyResult]) {
         assert!(r.audit.ok, "{table}");
         assert!(r.purchases > 0, "{table}");
         assert_eq!(r.audit.orders_confirmed, r.audit.orders_paid, "{table}");
-        assert_eq!(r.audit.tickets, r.audit.seats_paid, "{table}");
         assert!(r.audit.orders_paid >= r.purchases, "{table}");
+        // The baseline issues no tickets; a Holdfast node is asked for its parked messages.
+        if r.audit.parked.is_some() {
+            assert_eq!(r.audit.tickets, r.audit.seats_paid, "{table}");
+            assert_eq!(r.audit.parked, Some(0), "{table}");
+        }
         assert!(
             r.cpu.us_per_op.is_some_and(|us| us > 0.0),
             "no server CPU measured: {table}"
