@@ -267,12 +267,17 @@ pub(crate) async fn start(
 ) -> anyhow::Result<Started> {
     let port = free_port()?;
     let addr = format!("127.0.0.1:{port}");
-    let log = dir.join(format!("{}.log", kind.name()));
+    // Every start of a target gets a data directory (and log) of its own: a second run of the
+    // same target (the open model after the closed) starts empty too.
+    let run = (1..)
+        .find(|n| !dir.join(format!("{}-{n}.log", kind.name())).exists())
+        .unwrap_or(0);
+    let log = dir.join(format!("{}-{run}.log", kind.name()));
     let mut database = None;
     let mut ops = None;
     let mut cmd = if kind.is_holdfast() {
         let bin = holdfast_binary(options.holdfast_bin.as_deref())?;
-        let data = dir.join(format!("{}-data", kind.name()));
+        let data = dir.join(format!("{}-{run}-data", kind.name()));
         std::fs::create_dir_all(&data)?;
         let mut cmd = command(&bin, &log)?;
         // The ops listener on a port of its own, so a node already on 8180 does not clash.
