@@ -13,9 +13,10 @@ use serde::{Deserialize, Serialize};
 use tokio::process::{Child, Command};
 
 use crate::client::{Conn, Target};
+use crate::cpu;
 use crate::load::Model;
 use crate::report::RunResult;
-use crate::scenario::{self, Scenario};
+use crate::scenario::{self, CpuProbe, Scenario};
 
 /// What can be compared.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -49,6 +50,41 @@ impl TargetKind {
             Self::HoldfastSync | Self::HoldfastAsync | Self::HoldfastPg
         )
     }
+
+    /// Whose CPU a run of this target counts: the started server, and the PostgreSQL or Redis
+    /// server it works on.
+    pub fn cpu_probe(self, pid: Option<u32>) -> CpuProbe {
+        CpuProbe {
+            probe: cpu::Probe {
+                pids: pid.into_iter().collect(),
+                include_self: false,
+                postgres: matches!(self, Self::HoldfastPg | Self::BaselinePg),
+                redis: self == Self::BaselineRedis,
+            },
+            processes: if self.is_holdfast() {
+                "holdfast serve".to_owned()
+            } else {
+                format!("{} server", self.name())
+            },
+        }
+    }
+}
+
+/// What starting a server needs.
+#[derive(Clone, Debug)]
+pub struct Launch {
+    pub holdfast_bin: Option<PathBuf>,
+    pub database_url: String,
+    pub redis_url: String,
+}
+
+/// The VNPAY terminal code of the merchant a benchmarked Holdfast is configured with.
+pub const BENCH_VNPAY_TMN_CODE: &str = "HFBENCH";
+
+/// The VNPAY hash secret of a benchmarked Holdfast, derived from the run's random secret (the
+/// harness signs the IPN calls of its buyers with it).
+pub fn vnpay_secret(secret: &str) -> String {
+    format!("{secret}-vnpay")
 }
 
 /// Settings of a comparison.
@@ -64,17 +100,33 @@ pub struct Options {
     pub progress: bool,
 }
 
+impl Options {
+    pub fn launch(&self) -> Launch {
+        Launch {
+            holdfast_bin: self.holdfast_bin.clone(),
+            database_url: self.database_url.clone(),
+            redis_url: self.redis_url.clone(),
+        }
+    }
+}
+
 /// A child server, stopped on [`Server::stop`] or killed when dropped.
 #[derive(Debug)]
-struct Server {
+pub(crate) struct Server {
     name: String,
     child: Child,
     log: PathBuf,
-    target: Target,
+    pub(crate) target: Target,
+    /// The ops listener (admin API, metrics) of a Holdfast node.
+    pub(crate) ops: Option<Target>,
 }
 
 impl Server {
-    async fn stop(mut self) {
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    pub(crate) async fn stop(mut self) {
         if let Some(pid) = self.child.id() {
             // SIGTERM first: Holdfast snapshots its events and exits cleanly.
             let _ = Command::new("kill")
@@ -92,7 +144,7 @@ impl Server {
         let _ = self.child.kill().await;
     }
 
-    fn log_tail(&self) -> String {
+    pub(crate) fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(20)..].join("\n")
@@ -186,33 +238,60 @@ pub(crate) fn command(program: &Path, log: &Path) -> anyhow::Result<Command> {
     Ok(cmd)
 }
 
-struct Started {
-    server: Server,
+pub(crate) struct Started {
+    pub(crate) server: Server,
     /// A database created for this run, dropped afterwards.
-    database: Option<String>,
+    pub(crate) database: Option<String>,
 }
 
-async fn start(
+impl Started {
+    /// Stops the server and drops its database.
+    pub(crate) async fn stop(self, launch: &Launch) {
+        self.server.stop().await;
+        if let Some(name) = &self.database
+            && let Err(e) = drop_database(&launch.database_url, name).await
+        {
+            eprintln!("dropping database {name}: {e:#}");
+        }
+    }
+}
+
+/// Starts `kind` on a free port with a fresh data directory (and database) under `dir`, and
+/// waits until it is ready. Holdfast gets its ops listener on a free port too and a VNPAY
+/// merchant whose secret is [`vnpay_secret`] of `secret`.
+pub(crate) async fn start(
     kind: TargetKind,
-    options: &Options,
+    options: &Launch,
     secret: &str,
     dir: &Path,
 ) -> anyhow::Result<Started> {
     let port = free_port()?;
     let addr = format!("127.0.0.1:{port}");
-    let log = dir.join(format!("{}.log", kind.name()));
+    // Every start of a target gets a data directory (and log) of its own: a second run of the
+    // same target (the open model after the closed) starts empty too.
+    let run = (1..)
+        .find(|n| !dir.join(format!("{}-{n}.log", kind.name())).exists())
+        .unwrap_or(0);
+    let log = dir.join(format!("{}-{run}.log", kind.name()));
     let mut database = None;
+    let mut ops = None;
     let mut cmd = if kind.is_holdfast() {
         let bin = holdfast_binary(options.holdfast_bin.as_deref())?;
-        let data = dir.join(format!("{}-data", kind.name()));
+        let data = dir.join(format!("{}-{run}-data", kind.name()));
         std::fs::create_dir_all(&data)?;
         let mut cmd = command(&bin, &log)?;
+        // The ops listener on a port of its own, so a node already on 8180 does not clash.
+        let ops_addr = format!("127.0.0.1:{}", free_port()?);
+        ops = Some(Target::resolve(&format!("http://{ops_addr}"), false).await?);
         cmd.arg("serve")
             .env("HOLDFAST_HTTP_ADDR", &addr)
             .env("HOLDFAST_DATA_DIR", &data)
-            // The ops listener on a port of its own, so a node already on 8081 does not clash.
-            .env("HOLDFAST_OPS_ADDR", "127.0.0.1:0")
+            .env("HOLDFAST_OPS_ADDR", &ops_addr)
             .env("HOLDFAST_JWT_SECRET", secret)
+            .env("HOLDFAST_VNPAY_TMN_CODE", BENCH_VNPAY_TMN_CODE)
+            .env("HOLDFAST_VNPAY_HASH_SECRET", vnpay_secret(secret))
+            // Only the embedded default generates its own ticket key; PostgreSQL needs one.
+            .env("HOLDFAST_TICKET_SIGNING_KEY", random_secret())
             // One load generator on one IP is not the crowd the limits are for.
             .env("HOLDFAST_RATE_LIMITS", "off")
             .env(
@@ -256,6 +335,7 @@ async fn start(
         child,
         log,
         target,
+        ops,
     };
     if let Err(e) = wait_ready(&mut server, Duration::from_secs(60)).await {
         server.stop().await;
@@ -302,7 +382,8 @@ async fn run_target(
     secret: &str,
     dir: &Path,
 ) -> anyhow::Result<RunResult> {
-    let started = start(kind, options, secret, dir).await?;
+    let launch = options.launch();
+    let started = start(kind, &launch, secret, dir).await?;
     if options.progress {
         eprintln!("{label}: {} at {}", kind.name(), started.server.target.addr);
     }
@@ -312,14 +393,10 @@ async fn run_target(
         secret.as_bytes(),
         label,
         options.progress,
+        &kind.cpu_probe(started.server.pid()),
     )
     .await;
-    started.server.stop().await;
-    if let Some(name) = &started.database
-        && let Err(e) = drop_database(&options.database_url, name).await
-    {
-        eprintln!("dropping database {name}: {e:#}");
-    }
+    started.stop(&launch).await;
     result
 }
 

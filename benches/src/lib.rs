@@ -10,6 +10,8 @@ pub mod audit;
 pub mod baseline;
 pub mod client;
 pub mod compare;
+pub mod cpu;
+pub mod journey;
 pub mod load;
 pub mod report;
 pub mod scenario;

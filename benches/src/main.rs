@@ -37,6 +37,114 @@ enum Command {
     /// Many wrong-password logins at once against a fresh `holdfast serve`: its memory,
     /// `/healthz` latency and correct logins, with the default bound and with a wide one.
     LoginStorm(StormArgs),
+    /// The whole purchase: hold, order, pay (a signed VNPAY IPN), tickets, against freshly
+    /// started servers, audited; and the PostgreSQL order path of a monolith beside it.
+    Journey(JourneyArgs),
+}
+
+#[derive(Debug, Args)]
+struct JourneyArgs {
+    /// What to run, in order: holdfast-sync, holdfast-async, holdfast-pg, baseline-pg.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "holdfast-sync,holdfast-pg,baseline-pg"
+    )]
+    targets: Vec<TargetKind>,
+    /// Open model: journeys started per second, latency from each one's intended start.
+    /// Without it, the closed model: every connection buys flat out.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Connections (the closed model's buyers at once; the open model's most in flight).
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Seats per purchase: 1, or a range drawn uniformly: 1-4.
+    #[arg(long, default_value = "1")]
+    quantity: QuantityRange,
+    #[arg(long, default_value_t = 1000)]
+    users: usize,
+    /// Seats of the one event on sale.
+    #[arg(long, default_value_t = 1_000_000)]
+    capacity: u32,
+    /// Pause before each read of an order's tickets (and between IPN retries).
+    #[arg(long, default_value = "20ms", value_parser = parse_duration)]
+    poll_interval: Duration,
+    /// A request without an answer after this long fails its journey.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    timeout: Duration,
+    /// A journey without its tickets after this long fails.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    journey_timeout: Duration,
+    /// How long the audit waits for paid orders to be confirmed with their tickets.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    settle: Duration,
+    /// Also run every target in the open model at this share of its closed-model peak.
+    #[arg(long, value_parser = parse_ratio)]
+    open_at: Option<f64>,
+    /// Connections of those open-model runs (journeys in flight at most); default:
+    /// --connections. A journey holds its connection from hold to tickets, so an open model
+    /// needs more of them than the closed model's peak used.
+    #[arg(long)]
+    open_connections: Option<usize>,
+    /// PostgreSQL connections of the baseline's pool.
+    #[arg(long, default_value_t = 32)]
+    pool_size: u32,
+    #[arg(long)]
+    holdfast_bin: Option<PathBuf>,
+    /// PostgreSQL for holdfast-pg (a database is created and dropped) and the baseline (its
+    /// own schema).
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    database_url: String,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[arg(long)]
+    quiet: bool,
+}
+
+impl JourneyArgs {
+    fn options(&self) -> anyhow::Result<holdfast_bench::journey::Options> {
+        let model = match self.rate {
+            Some(rate) => {
+                anyhow::ensure!(rate > 0.0 && rate.is_finite(), "--rate must be positive");
+                Model::Open { rate }
+            }
+            None => Model::Closed,
+        };
+        anyhow::ensure!(
+            (1..=10_000).contains(&self.connections),
+            "--connections must be 1 to 10000"
+        );
+        anyhow::ensure!(
+            (1..=1_000_000).contains(&self.users),
+            "--users must be 1 to 1000000"
+        );
+        Ok(holdfast_bench::journey::Options {
+            targets: self.targets.clone(),
+            model,
+            connections: self.connections,
+            duration: self.duration,
+            quantity: self.quantity,
+            users: self.users,
+            capacity: self.capacity,
+            poll_interval: self.poll_interval,
+            timeout: self.timeout,
+            journey_timeout: self.journey_timeout,
+            settle: self.settle,
+            open_at: self.open_at,
+            open_connections: self.open_connections,
+            pool_size: self.pool_size,
+            launch: holdfast_bench::compare::Launch {
+                holdfast_bin: self.holdfast_bin.clone(),
+                database_url: self.database_url.clone(),
+                redis_url: String::new(),
+            },
+            progress: !self.quiet,
+        })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -174,6 +282,16 @@ struct RunArgs {
     quiet: bool,
     #[arg(long)]
     allow_remote: bool,
+    /// The server's process id (repeatable, or comma-separated): its CPU time over the load,
+    /// per answered operation, goes into the report.
+    #[arg(long, value_delimiter = ',')]
+    server_pid: Vec<u32>,
+    /// Count the CPU of every `postgres` process too (the server's journal is there).
+    #[arg(long)]
+    cpu_postgres: bool,
+    /// Count the CPU of `redis-server` too.
+    #[arg(long)]
+    cpu_redis: bool,
 }
 
 #[derive(Debug, Args)]
@@ -271,12 +389,22 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
     let scenario = args.load.scenario()?;
     let target = Target::resolve(&args.url, args.allow_remote).await?;
     let progress = !args.quiet && std::io::stderr().is_terminal();
+    let cpu = scenario::CpuProbe {
+        probe: holdfast_bench::cpu::Probe {
+            pids: args.server_pid.clone(),
+            include_self: false,
+            postgres: args.cpu_postgres,
+            redis: args.cpu_redis,
+        },
+        processes: "server".to_owned(),
+    };
     let result = scenario::measure(
         &scenario,
         &target,
         args.jwt_secret.as_bytes(),
         &args.label,
         progress,
+        &cpu,
     )
     .await?;
     let runs = [result];
@@ -307,6 +435,9 @@ fn print_details(r: &RunResult) {
             "  unsent (generator fell behind the schedule): {}",
             r.unsent
         );
+    }
+    if let Some(cpu) = &r.cpu {
+        println!("  CPU: {}", cpu.text());
     }
     for v in &r.audit.violations {
         println!("  AUDIT: {v}");
@@ -398,6 +529,22 @@ async fn login_storm(args: StormArgs) -> anyhow::Result<bool> {
     Ok(true)
 }
 
+async fn journey(args: JourneyArgs) -> anyhow::Result<bool> {
+    use holdfast_bench::journey;
+    let options = args.options()?;
+    let results = journey::run(&options).await?;
+    print!("{}", journey::text_table(&results));
+    println!("{}", machine_note());
+    if let Some(path) = &args.out {
+        std::fs::write(
+            path,
+            serde_json::to_string_pretty(&serde_json::json!({ "runs": results }))?,
+        )
+        .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(results.iter().all(|r| r.audit.ok))
+}
+
 fn main() -> anyhow::Result<std::process::ExitCode> {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -422,6 +569,7 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
             }
             Command::Compare(args) => compare(args).await,
             Command::LoginStorm(args) => login_storm(args).await,
+            Command::Journey(args) => journey(args).await,
         }
     })?;
     Ok(if ok {

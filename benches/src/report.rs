@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 
 use crate::audit::AuditReport;
+use crate::cpu::CpuReport;
 use crate::load::{LoadSpec, Model, RunOutput};
 use crate::stats::{self, LatencySummary, Op, Outcome, Second};
 
@@ -46,6 +47,10 @@ pub struct RunResult {
     pub loadavg_before: Option<f64>,
     #[serde(default)]
     pub loadavg_after: Option<f64>,
+    /// CPU of the server processes (and PostgreSQL or Redis when in use) over the load window,
+    /// per answered hold, release or order.
+    #[serde(default)]
+    pub cpu: Option<CpuReport>,
 }
 
 /// The 1-minute load average, where the system tells it.
@@ -106,7 +111,17 @@ impl RunResult {
             audit,
             loadavg_before: None,
             loadavg_after: None,
+            cpu: None,
         }
+    }
+
+    /// Holds, releases and orders answered: what the CPU per operation is divided by.
+    pub fn ops_ok(&self) -> u64 {
+        self.holds_ok + self.releases_ok + self.orders_ok
+    }
+
+    pub fn cpu_us_per_op(&self) -> Option<f64> {
+        self.cpu.as_ref().and_then(|c| c.us_per_op)
     }
 
     pub fn hold_latency(&self) -> LatencySummary {
@@ -130,6 +145,9 @@ pub struct CompareRow {
     pub p99_ms: f64,
     pub errors: u64,
     pub oversold: u64,
+    /// Server CPU (with PostgreSQL or Redis when in use) per answered operation, µs.
+    #[serde(default)]
+    pub cpu_us_per_op: Option<f64>,
 }
 
 impl From<&RunResult> for CompareRow {
@@ -142,6 +160,7 @@ impl From<&RunResult> for CompareRow {
             p99_ms: round3(latency.p99_ms),
             errors: r.errors,
             oversold: r.audit.oversold_seats,
+            cpu_us_per_op: r.cpu_us_per_op().map(round2),
         }
     }
 }
@@ -192,7 +211,7 @@ pub fn text_table(runs: &[RunResult]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<24} {:>18} {:>11} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8}  audit",
+        "{:<24} {:>18} {:>11} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>10}  audit",
         "target",
         "model",
         "holds/s",
@@ -201,13 +220,14 @@ pub fn text_table(runs: &[RunResult]) -> String {
         "p99.9 ms",
         "max ms",
         "errors",
-        "oversold"
+        "oversold",
+        "CPU µs/op"
     );
     for r in runs {
         let l = r.hold_latency();
         let _ = writeln!(
             out,
-            "{:<24} {:>18} {:>11.0} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>8} {:>8}  {}{}",
+            "{:<24} {:>18} {:>11.0} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>8} {:>8} {:>10}  {}{}",
             r.target,
             r.model_text(),
             r.holds_per_sec,
@@ -217,6 +237,8 @@ pub fn text_table(runs: &[RunResult]) -> String {
             l.max_ms,
             r.errors,
             r.audit.oversold_seats,
+            r.cpu_us_per_op()
+                .map_or_else(|| "-".to_owned(), |us| format!("{us:.0}")),
             audit_text(&r.audit),
             load_text(r)
         );
@@ -420,13 +442,13 @@ pub fn html(title: &str, notes: &[String], runs: &[RunResult]) -> String {
     for note in notes {
         let _ = write!(page, "<p>{}</p>", escape(note));
     }
-    page.push_str("<h2>Results</h2><table><tr><th>target</th><th>model</th><th>holds/s</th><th>answered/s</th><th>p50 ms</th><th>p90 ms</th><th>p99 ms</th><th>p99.9 ms</th><th>max ms</th><th>holds 201</th><th>409 refused</th><th>releases</th><th>orders</th><th>errors</th><th>unsent</th><th>oversold</th><th>audit</th><th>load avg</th></tr>");
+    page.push_str("<h2>Results</h2><table><tr><th>target</th><th>model</th><th>holds/s</th><th>answered/s</th><th>p50 ms</th><th>p90 ms</th><th>p99 ms</th><th>p99.9 ms</th><th>max ms</th><th>holds 201</th><th>409 refused</th><th>releases</th><th>orders</th><th>errors</th><th>unsent</th><th>oversold</th><th>CPU µs/op</th><th>audit</th><th>load avg</th></tr>");
     for r in runs {
         let l = r.hold_latency();
         let class = if r.audit.ok { "ok" } else { "bad" };
         let _ = write!(
             page,
-            "<tr><td>{}</td><td>{}</td><td>{:.0}</td><td>{:.0}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"{class}\">{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{:.0}</td><td>{:.0}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"{class}\">{}</td><td>{}</td></tr>",
             escape(&r.target),
             escape(&r.model_text()),
             r.holds_per_sec,
@@ -443,6 +465,9 @@ pub fn html(title: &str, notes: &[String], runs: &[RunResult]) -> String {
             r.errors,
             r.unsent,
             r.audit.oversold_seats,
+            r.cpu
+                .as_ref()
+                .map_or_else(|| "-".to_owned(), |c| escape(&c.text())),
             escape(&audit_text(&r.audit)),
             escape(load_text(r).trim_start_matches("; load "))
         );

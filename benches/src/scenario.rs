@@ -3,6 +3,7 @@
 
 use crate::audit::{self, AuditReport};
 use crate::client::Target;
+use crate::cpu::{self, CpuReport};
 use crate::load::{self, LoadSpec, Plan};
 use crate::report::RunResult;
 use crate::setup::{self, EventSpec};
@@ -19,13 +20,33 @@ pub struct Scenario {
     pub skip_audit: Option<String>,
 }
 
-/// Sets up, loads and audits `target` with `secret` (the server's `HOLDFAST_JWT_SECRET`).
+/// Whose CPU a run counts, and what to call it in reports.
+#[derive(Clone, Debug, Default)]
+pub struct CpuProbe {
+    pub probe: cpu::Probe,
+    /// `holdfast serve`, `baseline-pg` …
+    pub processes: String,
+}
+
+impl CpuProbe {
+    /// Nothing to count: the load runs against a server the harness knows nothing about.
+    pub fn is_empty(&self) -> bool {
+        self.probe.pids.is_empty()
+            && !self.probe.include_self
+            && !self.probe.postgres
+            && !self.probe.redis
+    }
+}
+
+/// Sets up, loads and audits `target` with `secret` (the server's `HOLDFAST_JWT_SECRET`); the
+/// CPU of `cpu` is sampled just before and just after the load window.
 pub async fn measure(
     scenario: &Scenario,
     target: &Target,
     secret: &[u8],
     label: &str,
     progress: bool,
+    cpu: &CpuProbe,
 ) -> anyhow::Result<RunResult> {
     let keys = setup::token_keys(secret, scenario.load.duration)?;
     let organizer = setup::mint(
@@ -41,7 +62,9 @@ pub async fn measure(
         buyers,
     };
     let loadavg_before = crate::report::loadavg();
+    let cpu_before = cpu.probe.sample();
     let output = load::execute(scenario.load.clone(), plan.clone(), progress).await?;
+    let cpu_after = cpu.probe.sample();
     let loadavg_after = crate::report::loadavg();
     let audit = match &scenario.skip_audit {
         Some(why) => AuditReport::skipped(why),
@@ -66,5 +89,14 @@ pub async fn measure(
     );
     result.loadavg_before = loadavg_before;
     result.loadavg_after = loadavg_after;
+    if !cpu.is_empty() {
+        result.cpu = Some(CpuReport::between(
+            &cpu.probe,
+            &cpu.processes,
+            cpu_before,
+            cpu_after,
+            result.ops_ok(),
+        ));
+    }
     Ok(result)
 }
