@@ -197,13 +197,17 @@ enum Move {
     Leave,
 }
 
-/// Backends waiting for a lock of any kind, seen from `conn`.
+/// Sessions of this test's database waiting for a lock of any kind, seen from `conn`
+/// (`pg_locks` is server-wide: other tests' waits must not count).
 async fn lock_waits(conn: &mut sqlx::AnyConnection) -> i64 {
-    sqlx::query("SELECT count(*) AS waits FROM pg_locks WHERE NOT granted")
-        .fetch_one(&mut *conn)
-        .await
-        .and_then(|row| row.try_get("waits"))
-        .expect("pg_locks")
+    sqlx::query(
+        "SELECT count(*) AS waits FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+         WHERE NOT l.granted AND a.datname = current_database()",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .and_then(|row| row.try_get("waits"))
+    .expect("pg_locks")
 }
 
 /// A writer that passed its fence check and then stalls (here: on a row another transaction
