@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The fence's cost: server + PostgreSQL CPU per hold, single node vs the same node clustered
 # (HOLDFAST_NODE_ID set, 64 shards), one hot event and 64 events, 64 connections, PostgreSQL.
-# CPU is utime + stime from /proc/<pid>/stat of the server and every `postgres` process, read
+# CPU is utime + stime from /proc/<pid>/stat of the server and of PostgreSQL, read
 # just before and just after `holdfast-bench run` (setup of the events is inside the window; it
 # is a few requests). Usage: benches/results/cluster-fence/run.sh [seconds] [label] [repeats]
 #   (builds nothing: cargo build --release -p holdfast-engine -p holdfast-bench first)
@@ -24,10 +24,18 @@ server=""
 cleanup() { [ -n "$server" ] && { kill -9 "$server"; wait "$server"; } 2>/dev/null || true; server=""; }
 trap cleanup EXIT
 
-# "pid ticks" for the server and every postgres process.
+# "pid ticks" for the server and PostgreSQL: the postmaster, its background processes and the
+# sessions of the bench database (sessions of other databases on a shared server do not count).
 cpu_ticks() {
   for p in "$server" $(pgrep -x postgres); do
     [ -r "/proc/$p/stat" ] || continue
+    if [ "$p" != "$server" ]; then
+      cmd=$(tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null || true)
+      case "$cmd" in
+        *holdfast_fence_bench*) ;;
+        "postgres: "*" "*" "*"("*|"postgres: "*" "*" [local]"*) continue ;;
+      esac
+    fi
     # Fields after the command name: utime is the 14th field, stime the 15th.
     awk -v p="$p" '{ sub(/^.*\) /, ""); print p, $12 + $13 }' "/proc/$p/stat" 2>/dev/null || true
   done
