@@ -332,8 +332,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
     let store = open_store(&config).await?;
     let secret = jwt_secret(&config)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let store_journal: Arc<dyn Journal> = match config.node_id {
-        Some(_) => Arc::new(store.cluster_journal(config.shards)),
+    let store_journal: Arc<dyn Journal> = match &config.node_id {
+        Some(node_id) => Arc::new(store.cluster_journal(config.shards, node_id)),
         None => Arc::new(store.journal()),
     };
     // Every actor of the node appends through one writer: batches that arrive together share

@@ -1,11 +1,12 @@
 //! Cluster membership and shard ownership: nodes heartbeat into `cluster_nodes`, shards are
-//! claimed by compare-and-set on `cluster_shards.epoch`. Clustering needs PostgreSQL; the
+//! claimed by compare-and-set on `cluster_shards.epoch`, under the previous owner's fence lock
+//! (see [`crate::SqlJournal`]). Clustering needs PostgreSQL; the
 //! tables exist on SQLite too so one schema serves both.
 
 use sqlx::Row;
 use uuid::Uuid;
 
-use crate::{Error, Store, to_i64};
+use crate::{Backend, Error, Store, to_i64};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeRow {
@@ -23,6 +24,22 @@ pub struct ShardRow {
     pub shard: u32,
     pub owner: Option<String>,
     pub epoch: u64,
+}
+
+/// Takes `node`'s fence lock for the rest of the transaction (PostgreSQL: migration 0014),
+/// before an epoch of one of its shards is bumped. SQLite serialises writers already.
+async fn take_fence(
+    conn: &mut sqlx::AnyConnection,
+    backend: Backend,
+    node: &str,
+) -> Result<(), Error> {
+    if backend == Backend::Postgres {
+        sqlx::query("SELECT holdfast_fence_take($1) AS taken")
+            .bind(node)
+            .fetch_one(&mut *conn)
+            .await?;
+    }
+    Ok(())
 }
 
 fn shard_row(row: &sqlx::any::AnyRow) -> Result<ShardRow, Error> {
@@ -87,6 +104,7 @@ impl Store {
     /// Removes a node that left cleanly and gives up its shards (a new epoch fences it).
     pub async fn node_leave(&self, node_id: &str) -> Result<u64, Error> {
         let mut tx = self.begin_write().await?;
+        take_fence(&mut tx, self.backend(), node_id).await?;
         let released = sqlx::query(
             "UPDATE cluster_shards SET owner = NULL, epoch = epoch + 1 WHERE owner = $1",
         )
@@ -135,19 +153,38 @@ impl Store {
     }
 
     /// Gives `shard` to `owner` if its epoch is still `expected_epoch`; returns the new epoch,
-    /// or `None` when someone else moved it first.
+    /// or `None` when someone else moved it first. The claim holds the previous owner's fence
+    /// lock while it bumps the epoch: it waits for that owner's journal writes in flight.
     pub async fn claim_shard(
         &self,
         shard: u32,
         expected_epoch: u64,
         owner: &str,
     ) -> Result<Option<u64>, Error> {
+        let shard = i64::from(shard);
+        let expected = to_i64(expected_epoch, "epoch")?;
+        let mut tx = self.begin_write().await?;
+        let previous =
+            sqlx::query("SELECT owner FROM cluster_shards WHERE shard = $1 AND epoch = $2")
+                .bind(shard)
+                .bind(expected)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(previous) = previous else {
+            return Ok(None);
+        };
+        // An epoch without an owner was never written with: nobody to fence.
+        if let Some(previous) = previous.try_get::<Option<String>, _>("owner")? {
+            take_fence(&mut tx, self.backend(), &previous).await?;
+        }
+        // `epoch = $3` again: a claim that committed meanwhile took the same lock and bumped it.
         let row = sqlx::query("UPDATE cluster_shards SET owner = $1, epoch = epoch + 1 WHERE shard = $2 AND epoch = $3 RETURNING epoch")
             .bind(owner)
-            .bind(i64::from(shard))
-            .bind(to_i64(expected_epoch, "epoch")?)
-            .fetch_optional(&self.pool)
+            .bind(shard)
+            .bind(expected)
+            .fetch_optional(&mut *tx)
             .await?;
+        tx.commit().await?;
         match row {
             Some(r) => {
                 let epoch: i64 = r.try_get("epoch")?;

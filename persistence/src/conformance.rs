@@ -11,6 +11,8 @@ use crate::{
     StoredResponse, TicketRow, TicketTypeRow,
 };
 
+mod fence;
+
 /// Instantiates every suite function below as a test on each backend.
 macro_rules! store_test_suite {
     ($($name:ident),* $(,)?) => {
@@ -687,7 +689,7 @@ async fn cluster_journal_is_fenced_by_the_shard_epoch(store: &Store) {
     store.cluster_init(4).await.expect("init");
     let event = EventId(Uuid::now_v7());
     let shard = event.shard(4);
-    let journal = store.cluster_journal(4);
+    let journal = store.cluster_journal(4, "a");
     let epoch = store
         .claim_shard(shard, 0, "a")
         .await
@@ -715,6 +717,12 @@ async fn cluster_journal_is_fenced_by_the_shard_epoch(store: &Store) {
         journal.save_snapshot(event, epoch, snapshot).await,
         Err(JournalError::Fenced { .. })
     ));
+    // The epoch alone is not enough: it must be the writer's own.
+    assert!(matches!(
+        journal.append(event, moved, &records(3..=3)).await,
+        Err(JournalError::Fenced { .. })
+    ));
+    let journal = store.cluster_journal(4, "b");
     journal
         .append(event, moved, &records(3..=3))
         .await

@@ -1,10 +1,13 @@
 //! The event journal and snapshots: the SQL implementation of [`Journal`].
 //!
 //! An append is the group commit of one actor batch: one transaction, one multi-row `INSERT` per
-//! [`INSERT_ROWS_MAX`] records, fenced by the writer's epoch. A snapshot replaces the previous
+//! [`INSERT_ROWS_MAX`] records, fenced by the writer's epochs in one statement. A snapshot replaces the previous
 //! one only if it is newer, and trims the journal it covers.
 
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
+use std::ops::Range;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use holdfast_actors::EventId;
@@ -23,62 +26,140 @@ pub(crate) const INSERT_ROWS_MAX: usize = 500;
 #[derive(Clone, Debug)]
 pub struct SqlJournal {
     store: Store,
-    /// `Some(shards)` on a clustered node: fence by the shard's epoch.
-    shards: Option<u32>,
+    /// `Some` on a clustered node: fence by the shard's epoch.
+    cluster: Option<Writer>,
 }
 
+/// Who writes a clustered journal: the node, and the shard count that maps events to shards.
+#[derive(Clone, Debug)]
+pub(crate) struct Writer {
+    pub(crate) shards: u32,
+    pub(crate) node_id: Arc<str>,
+}
+
+/// (shard, epoch) pairs of one transaction.
+type Fences = BTreeSet<(u32, u64)>;
+
 impl SqlJournal {
-    pub(crate) fn new(store: Store, shards: Option<u32>) -> Self {
-        Self { store, shards }
+    pub(crate) fn new(store: Store, cluster: Option<Writer>) -> Self {
+        Self { store, cluster }
     }
 
-    /// The fence of this journal, run inside the writer's transaction. A node that is not
-    /// clustered is the only writer of its events (its epoch never changes; the primary key
-    /// still refuses a second writer's rows), so only a clustered journal checks: against the
-    /// shard's epoch, a one-row lookup.
+    /// The fence of this journal, run inside the writer's transaction: of the (event, epoch)
+    /// pairs the transaction writes, the (shard, epoch) pairs that are no longer this node's
+    /// current ownership. A node that is not clustered is the only writer of its events (its
+    /// epoch never changes; the primary key still refuses a second writer's rows), so only a
+    /// clustered journal checks. On PostgreSQL that is one statement whatever the shards
+    /// touched (`holdfast_journal_fence`, migration 0014); see ARCHITECTURE.md, "The fence".
     async fn fence(
         &self,
         conn: &mut AnyConnection,
-        event_id: EventId,
+        writes: impl IntoIterator<Item = (EventId, u64)>,
+    ) -> Result<Fences, JournalError> {
+        let Some(writer) = &self.cluster else {
+            return Ok(Fences::new());
+        };
+        let pairs: Fences = writes
+            .into_iter()
+            .map(|(event, epoch)| (event.shard(writer.shards), epoch))
+            .collect();
+        if pairs.is_empty() {
+            return Ok(pairs);
+        }
+        match self.store.backend() {
+            crate::Backend::Postgres => postgres_fence(conn, &writer.node_id, &pairs).await,
+            // SQLite writers are serialised by BEGIN IMMEDIATE already: a plain read is a fence.
+            crate::Backend::Sqlite => sqlite_fence(conn, &writer.node_id, pairs).await,
+        }
+    }
+
+    /// Fails with [`JournalError::Fenced`] unless `epoch` is still `event`'s shard's epoch
+    /// owned by this node.
+    async fn fence_one(
+        &self,
+        conn: &mut AnyConnection,
+        event: EventId,
         epoch: u64,
     ) -> Result<(), JournalError> {
-        match self.shards {
-            None => Ok(()),
-            Some(shards) => {
-                check_shard_fence(conn, self.store.backend(), event_id.shard(shards), epoch).await
-            }
+        if self.fence(conn, [(event, epoch)]).await?.is_empty() {
+            Ok(())
+        } else {
+            Err(JournalError::Fenced { epoch })
         }
     }
 }
 
-/// Fails with [`JournalError::Fenced`] unless `epoch` is the shard's current epoch. On
-/// PostgreSQL the row is read `FOR SHARE`, so a claim of the shard waits for this transaction:
-/// a write is either committed before the move or refused after it.
-async fn check_shard_fence(
+/// One call of `holdfast_journal_fence`: takes this node's fence lock shared, then reads
+/// every pair's shard row in a snapshot taken after the lock was granted.
+async fn postgres_fence(
     conn: &mut AnyConnection,
-    backend: crate::Backend,
-    shard: u32,
-    epoch: u64,
-) -> Result<(), JournalError> {
-    let sql = match backend {
-        crate::Backend::Postgres => "SELECT epoch FROM cluster_shards WHERE shard = $1 FOR SHARE",
-        // SQLite writers are serialised by BEGIN IMMEDIATE already.
-        crate::Backend::Sqlite => "SELECT epoch FROM cluster_shards WHERE shard = $1",
-    };
-    let row = sqlx::query(sql)
+    node_id: &str,
+    pairs: &Fences,
+) -> Result<Fences, JournalError> {
+    let (shards, epochs) = fence_lists(pairs);
+    let rows =
+        sqlx::query("SELECT stale_shard, stale_epoch FROM holdfast_journal_fence($1, $2, $3)")
+            .bind(node_id)
+            .bind(shards)
+            .bind(epochs)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(storage)?;
+    stale_pairs(&rows)
+}
+
+/// The fence's arguments: shards and epochs as comma-separated lists (the `Any` driver binds
+/// no arrays).
+fn fence_lists(pairs: &Fences) -> (String, String) {
+    let mut shards = String::with_capacity(pairs.len() * 4);
+    let mut epochs = String::with_capacity(pairs.len() * 4);
+    for (i, (shard, epoch)) in pairs.iter().enumerate() {
+        if i > 0 {
+            shards.push(',');
+            epochs.push(',');
+        }
+        let _ = write!(shards, "{shard}");
+        let _ = write!(epochs, "{epoch}");
+    }
+    (shards, epochs)
+}
+
+/// The fence's answer: the (shard, epoch) pairs that are no longer the writer's.
+fn stale_pairs(rows: &[sqlx::any::AnyRow]) -> Result<Fences, JournalError> {
+    rows.iter()
+        .map(|row| {
+            let shard = to_u64(row.try_get("stale_shard").map_err(storage)?, "shard")?;
+            let shard = u32::try_from(shard)
+                .map_err(|_| storage(Error::Corrupt(format!("shard {shard}"))))?;
+            Ok((
+                shard,
+                to_u64(row.try_get("stale_epoch").map_err(storage)?, "epoch")?,
+            ))
+        })
+        .collect()
+}
+
+async fn sqlite_fence(
+    conn: &mut AnyConnection,
+    node_id: &str,
+    pairs: Fences,
+) -> Result<Fences, JournalError> {
+    let mut stale = Fences::new();
+    for (shard, epoch) in pairs {
+        let current = sqlx::query(
+            "SELECT 1 FROM cluster_shards WHERE shard = $1 AND epoch = $2 AND owner = $3",
+        )
         .bind(i64::from(shard))
+        .bind(to_i64(epoch, "epoch").map_err(storage)?)
+        .bind(node_id)
         .fetch_optional(&mut *conn)
         .await
         .map_err(storage)?;
-    let current = match row {
-        Some(row) => to_u64(row.try_get::<i64, _>("epoch").map_err(storage)?, "epoch")?,
-        None => return Err(JournalError::Fenced { epoch }),
-    };
-    if current == epoch {
-        Ok(())
-    } else {
-        Err(JournalError::Fenced { epoch })
+        if current.is_none() {
+            stale.insert((shard, epoch));
+        }
     }
+    Ok(stale)
 }
 
 fn storage(error: impl Into<Error>) -> JournalError {
@@ -120,8 +201,43 @@ fn insert_many_sql(rows: usize) -> String {
     sql
 }
 
+/// [`insert_many_sql`] of `rows` rows fused with the fence: `$1` … `$(1 + 4 rows)` as there,
+/// then the fence's writer, shards and epochs. Inserts only if no pair is stale; returns the
+/// stale pairs. The fence is materialised once, before any row is inserted.
+fn fused_insert_sql(rows: usize) -> String {
+    let p = 2 + 4 * rows;
+    let insert = insert_many_sql(rows);
+    let values = insert
+        .strip_prefix("INSERT INTO journal (event_id, seq, epoch, payload, written_at) ")
+        .unwrap_or(&insert);
+    format!(
+        "WITH fence AS MATERIALIZED (SELECT stale_shard, stale_epoch FROM holdfast_journal_fence(${p}, ${}, ${})), \
+         written AS (INSERT INTO journal (event_id, seq, epoch, payload, written_at) \
+         SELECT * FROM ({values}) AS v WHERE NOT EXISTS (SELECT 1 FROM fence)) \
+         SELECT stale_shard, stale_epoch FROM fence",
+        p + 1,
+        p + 2
+    )
+}
+
 /// Rows per multi-event `INSERT`: 1 + 4 × 400 bind parameters.
 const INSERT_MANY_ROWS_MAX: usize = 400;
+
+/// One row of a multi-event `INSERT`: event id, seq, epoch, payload.
+type InsertRow<'a> = (String, i64, i64, &'a [u8]);
+
+/// One batch of a transaction: its event, its epoch, and its rows in the transaction's rows.
+struct Batch {
+    event_id: EventId,
+    epoch: u64,
+    rows: Range<usize>,
+}
+
+/// Why [`SqlJournal::write`] failed: the fence, or an `INSERT` (the caller maps conflicts).
+enum WriteError {
+    Fence(JournalError),
+    Insert(sqlx::Error),
+}
 
 impl SqlJournal {
     /// Every batch of `appends` in one transaction: fenced batches are refused one by one, the
@@ -130,46 +246,160 @@ impl SqlJournal {
         &self,
         appends: &[Append],
     ) -> Result<Vec<Result<(), JournalError>>, JournalError> {
-        let mut tx = self.store.begin_write().await.map_err(storage)?;
-        let mut results = Vec::with_capacity(appends.len());
-        let mut rows: Vec<(String, i64, i64, &[u8])> = Vec::new();
+        let mut rows: Vec<InsertRow<'_>> = Vec::new();
+        let mut batches = Vec::with_capacity(appends.len());
         for a in appends {
-            match self.fence(&mut tx, a.event_id, a.epoch).await {
-                Ok(()) => {}
-                Err(fenced @ JournalError::Fenced { .. }) => {
-                    results.push(Err(fenced));
-                    continue;
-                }
-                Err(e) => return Err(e),
-            }
-            let event_id = uuid_text(a.event_id.0);
-            let epoch = to_i64(a.epoch, "epoch").map_err(storage)?;
-            for r in &a.records {
-                rows.push((
-                    event_id.clone(),
-                    to_i64(r.seq, "seq").map_err(storage)?,
-                    epoch,
-                    r.payload.as_slice(),
-                ));
-            }
-            results.push(Ok(()));
+            let start = rows.len();
+            push_rows(&mut rows, a.event_id, a.epoch, &a.records)?;
+            batches.push(Batch {
+                event_id: a.event_id,
+                epoch: a.epoch,
+                rows: start..rows.len(),
+            });
         }
-        let written_at = now_ms();
-        for chunk in rows.chunks(INSERT_MANY_ROWS_MAX) {
-            let sql = insert_many_sql(chunk.len());
-            let mut query = sqlx::query(&sql).bind(written_at);
-            for (event_id, seq, epoch, payload) in chunk {
-                query = query
-                    .bind(event_id.as_str())
-                    .bind(*seq)
-                    .bind(*epoch)
-                    .bind(*payload);
-            }
-            query.execute(&mut *tx).await.map_err(storage)?;
-        }
+        let mut tx = self.store.begin_write().await.map_err(storage)?;
+        let fenced = match self.write(&mut tx, &batches, &rows).await {
+            Ok(fenced) => fenced,
+            Err(WriteError::Fence(e)) => return Err(e),
+            Err(WriteError::Insert(e)) => return Err(storage(e)),
+        };
         tx.commit().await.map_err(storage)?;
-        Ok(results)
+        Ok(batches
+            .iter()
+            .zip(fenced)
+            .map(|(b, fenced)| {
+                if fenced {
+                    Err(JournalError::Fenced { epoch: b.epoch })
+                } else {
+                    Ok(())
+                }
+            })
+            .collect())
     }
+
+    /// Whether the fence rides on the first `INSERT` (a clustered journal on PostgreSQL).
+    fn fuses_fence(&self) -> bool {
+        self.cluster.is_some() && self.store.backend() == crate::Backend::Postgres
+    }
+
+    /// Fences `batches` and inserts the rows of those that pass, in `conn`'s transaction;
+    /// returns per batch whether it was fenced. On a clustered PostgreSQL journal the fence and
+    /// the first `INSERT` are one statement, which inserts only if no batch is fenced: the usual
+    /// group commit is then one statement whatever the shards it touches. If a batch is fenced,
+    /// the others are inserted by the statements that follow (the fence lock is held from the
+    /// first statement to the commit, so the fence's answer stays true until then).
+    async fn write(
+        &self,
+        conn: &mut AnyConnection,
+        batches: &[Batch],
+        rows: &[InsertRow<'_>],
+    ) -> Result<Vec<bool>, WriteError> {
+        let writes = batches.iter().map(|b| (b.event_id, b.epoch));
+        let stale = if self.fuses_fence() && !rows.is_empty() {
+            let first = &rows[..rows.len().min(INSERT_MANY_ROWS_MAX)];
+            let stale = self.fused_insert(conn, writes, first).await?;
+            if stale.is_empty() {
+                insert_rows(conn, &rows[first.len()..]).await?;
+                return Ok(vec![false; batches.len()]);
+            }
+            stale
+        } else {
+            self.fence(conn, writes).await.map_err(WriteError::Fence)?
+        };
+        let fenced: Vec<bool> = batches
+            .iter()
+            .map(|b| self.is_stale(&stale, b.event_id, b.epoch))
+            .collect();
+        let kept: Vec<InsertRow<'_>> = batches
+            .iter()
+            .zip(&fenced)
+            .filter(|(_, fenced)| !**fenced)
+            .flat_map(|(b, _)| rows[b.rows.clone()].iter().cloned())
+            .collect();
+        insert_rows(conn, &kept).await?;
+        Ok(fenced)
+    }
+
+    fn is_stale(&self, stale: &Fences, event_id: EventId, epoch: u64) -> bool {
+        self.cluster
+            .as_ref()
+            .is_some_and(|w| stale.contains(&(event_id.shard(w.shards), epoch)))
+    }
+
+    /// `rows` (at most [`INSERT_MANY_ROWS_MAX`]) inserted by the statement that calls the
+    /// fence, only if no batch is fenced; returns the stale pairs.
+    async fn fused_insert(
+        &self,
+        conn: &mut AnyConnection,
+        writes: impl IntoIterator<Item = (EventId, u64)>,
+        rows: &[InsertRow<'_>],
+    ) -> Result<Fences, WriteError> {
+        let Some(writer) = &self.cluster else {
+            return Ok(Fences::new());
+        };
+        let pairs: Fences = writes
+            .into_iter()
+            .map(|(event, epoch)| (event.shard(writer.shards), epoch))
+            .collect();
+        let (shards, epochs) = fence_lists(&pairs);
+        let sql = fused_insert_sql(rows.len());
+        let mut query = sqlx::query(&sql).bind(now_ms());
+        for (event_id, seq, epoch, payload) in rows {
+            query = query
+                .bind(event_id.as_str())
+                .bind(*seq)
+                .bind(*epoch)
+                .bind(*payload);
+        }
+        let stale = query
+            .bind(writer.node_id.as_ref())
+            .bind(shards)
+            .bind(epochs)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(WriteError::Insert)?;
+        stale_pairs(&stale).map_err(WriteError::Fence)
+    }
+}
+
+/// Appends `records` of one batch to `rows`.
+fn push_rows<'a>(
+    rows: &mut Vec<InsertRow<'a>>,
+    event_id: EventId,
+    epoch: u64,
+    records: &'a [Record],
+) -> Result<(), JournalError> {
+    let event_id = uuid_text(event_id.0);
+    let epoch = to_i64(epoch, "epoch").map_err(storage)?;
+    for r in records {
+        rows.push((
+            event_id.clone(),
+            to_i64(r.seq, "seq").map_err(storage)?,
+            epoch,
+            r.payload.as_slice(),
+        ));
+    }
+    Ok(())
+}
+
+/// `rows` in multi-event `INSERT`s of at most [`INSERT_MANY_ROWS_MAX`] rows.
+async fn insert_rows(conn: &mut AnyConnection, rows: &[InsertRow<'_>]) -> Result<(), WriteError> {
+    for chunk in rows.chunks(INSERT_MANY_ROWS_MAX) {
+        let sql = insert_many_sql(chunk.len());
+        let mut query = sqlx::query(&sql).bind(now_ms());
+        for (event_id, seq, epoch, payload) in chunk {
+            query = query
+                .bind(event_id.as_str())
+                .bind(*seq)
+                .bind(*epoch)
+                .bind(*payload);
+        }
+        query
+            .execute(&mut *conn)
+            .await
+            .map_err(WriteError::Insert)?;
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -195,6 +425,30 @@ impl Journal for SqlJournal {
         let Some(first) = records.first() else {
             return Ok(());
         };
+        if self.fuses_fence() {
+            let mut rows = Vec::with_capacity(records.len());
+            push_rows(&mut rows, event_id, epoch, records)?;
+            let batch = Batch {
+                event_id,
+                epoch,
+                rows: 0..rows.len(),
+            };
+            let mut tx = self.store.begin_write().await.map_err(storage)?;
+            // On error the dropped transaction rolls back: a batch is stored whole or not at all.
+            let fenced = match self.write(&mut tx, &[batch], &rows).await {
+                Ok(fenced) => fenced,
+                Err(WriteError::Fence(e)) => return Err(e),
+                Err(WriteError::Insert(e)) if is_unique_violation(&e) => {
+                    return Err(JournalError::Conflict { seq: first.seq });
+                }
+                Err(WriteError::Insert(e)) => return Err(storage(e)),
+            };
+            if fenced.first().copied().unwrap_or(false) {
+                return Err(JournalError::Fenced { epoch });
+            }
+            tx.commit().await.map_err(storage)?;
+            return Ok(());
+        }
         let event = event_id;
         let event_id = uuid_text(event_id.0);
         let epoch_db = to_i64(epoch, "epoch").map_err(storage)?;
@@ -206,7 +460,7 @@ impl Journal for SqlJournal {
         let written_at = now_ms();
 
         let mut tx = self.store.begin_write().await.map_err(storage)?;
-        self.fence(&mut tx, event, epoch).await?;
+        self.fence_one(&mut tx, event, epoch).await?;
         let mut seqs = seqs.into_iter();
         for chunk in records.chunks(INSERT_ROWS_MAX) {
             let sql = insert_sql(chunk.len());
@@ -282,7 +536,7 @@ impl Journal for SqlJournal {
         let seq = to_i64(snapshot.seq, "seq").map_err(storage)?;
 
         let mut tx = self.store.begin_write().await.map_err(storage)?;
-        self.fence(&mut tx, event, epoch).await?;
+        self.fence_one(&mut tx, event, epoch).await?;
         sqlx::query(
             "INSERT INTO snapshots (event_id, seq, epoch, state, taken_at) VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT (event_id) DO UPDATE SET seq = excluded.seq, epoch = excluded.epoch, \

@@ -260,10 +260,16 @@ impl Store {
         SqlJournal::new(self.clone(), None)
     }
 
-    /// The journal of a clustered node: every write is fenced by its shard's epoch in
-    /// `cluster_shards`, of `shards` shards.
-    pub fn cluster_journal(&self, shards: u32) -> SqlJournal {
-        SqlJournal::new(self.clone(), Some(shards))
+    /// The journal of clustered node `node_id`: every write is fenced by its shard's epoch
+    /// in `cluster_shards`, of `shards` shards, which must still be owned by `node_id`.
+    pub fn cluster_journal(&self, shards: u32, node_id: &str) -> SqlJournal {
+        SqlJournal::new(
+            self.clone(),
+            Some(journal::Writer {
+                shards,
+                node_id: node_id.into(),
+            }),
+        )
     }
 
     /// Closes every connection; later calls fail.
