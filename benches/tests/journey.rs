@@ -3,33 +3,13 @@
 //! PostgreSQL in the open model go from hold to tickets, and the audit passes (one ticket per
 //! paid seat, no oversell, every paid order confirmed, nothing parked).
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use holdfast_bench::args::QuantityRange;
 use holdfast_bench::compare::{Launch, TargetKind};
 use holdfast_bench::journey::{self, Options};
 use holdfast_bench::load::Model;
-
-fn holdfast_bin() -> PathBuf {
-    let path = std::env::var_os("HOLDFAST_BIN").map_or_else(
-        || {
-            let exe = std::env::current_exe().expect("path of the test binary");
-            // Tests run from target/<profile>/deps; the binary sits in target/<profile>.
-            exe.parent()
-                .and_then(Path::parent)
-                .expect("target directory")
-                .join("holdfast")
-        },
-        PathBuf::from,
-    );
-    assert!(
-        path.is_file(),
-        "no holdfast binary at {}: build it first: cargo build --bin holdfast",
-        path.display()
-    );
-    path
-}
+use holdfast_tests::holdfast_bin;
 
 fn options(targets: Vec<TargetKind>, model: Model) -> Options {
     Options {

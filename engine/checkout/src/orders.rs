@@ -347,14 +347,9 @@ impl Orders {
         );
         let mut latest = order;
         let mut poll = POLL_FIRST;
+        // Just stored: no URL yet, so the first read waits. A wake that comes before the wait
+        // leaves a permit: it is not lost.
         loop {
-            // A wake between the read and the wait leaves a permit: it is not lost.
-            if let Ok(Some(row)) = self.ctx.store.order(id.0).await {
-                latest = Order::from_row(&row)?;
-            }
-            if latest.payment_url.is_some() || latest.status != OrderStatus::PendingPayment {
-                break;
-            }
             if tokio::time::Instant::now() >= deadline {
                 break;
             }
@@ -364,6 +359,12 @@ impl Orders {
             let next = (tokio::time::Instant::now() + poll).min(deadline);
             let _ = tokio::time::timeout_at(next, ready.notified()).await;
             poll = (poll * 2).min(POLL_MAX);
+            if let Ok(Some(row)) = self.ctx.store.order(id.0).await {
+                latest = Order::from_row(&row)?;
+            }
+            if latest.payment_url.is_some() || latest.status != OrderStatus::PendingPayment {
+                break;
+            }
         }
         self.waiting
             .lock()
