@@ -516,19 +516,37 @@ impl CheckoutTx {
 
     /// Adds records to the outbox; the relay publishes them after the commit.
     pub async fn outbox(&mut self, records: &[OutboxRecord]) -> Result<(), Error> {
+        /// Records per statement: five parameters each, far below either backend's limit.
+        const PER_STATEMENT: usize = 100;
         let now = now_ms();
-        for record in records {
-            sqlx::query(
-                "INSERT INTO outbox (id, topic, record_key, payload, created_at) \
-                 VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(uuid_text(record.id))
-            .bind(&record.topic)
-            .bind(&record.key)
-            .bind(&record.payload)
-            .bind(now)
-            .execute(&mut *self.tx)
-            .await?;
+        for chunk in records.chunks(PER_STATEMENT) {
+            let mut sql = String::from(
+                "INSERT INTO outbox (id, topic, record_key, payload, created_at) VALUES ",
+            );
+            for i in 0..chunk.len() {
+                let p = i * 5;
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!(
+                    "(${}, ${}, ${}, ${}, ${})",
+                    p + 1,
+                    p + 2,
+                    p + 3,
+                    p + 4,
+                    p + 5
+                ));
+            }
+            let mut query = sqlx::query(&sql);
+            for record in chunk {
+                query = query
+                    .bind(uuid_text(record.id))
+                    .bind(&record.topic)
+                    .bind(&record.key)
+                    .bind(&record.payload)
+                    .bind(now);
+            }
+            query.execute(&mut *self.tx).await?;
         }
         Ok(())
     }

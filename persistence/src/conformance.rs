@@ -59,6 +59,7 @@ store_test_suite!(
     cluster_journal_is_fenced_by_the_shard_epoch,
     checkout_side_effect_outbox_and_event_id_commit_together,
     checkout_outbox_publishes_in_order_once,
+    checkout_outbox_keeps_the_order_of_one_call,
     checkout_order_per_hold_and_ticket_per_seat_are_unique,
     checkout_notifications_are_retried_when_due,
     saga_parked_records_are_kept_once_until_removed,
@@ -979,6 +980,21 @@ async fn checkout_side_effect_outbox_and_event_id_commit_together(store: &Store)
         store.orders_of_user(first.user_id, 10).await.unwrap(),
         vec![locked]
     );
+}
+
+/// One call writes its records in as few statements as it can (a group commit's outbox), and
+/// they are published in the order given, the records of one order in the order of its events.
+async fn checkout_outbox_keeps_the_order_of_one_call(store: &Store) {
+    let records: Vec<OutboxRecord> = (0..250)
+        .map(|n| outbox_record("orders.events", n))
+        .collect();
+    let mut tx = store.checkout_tx().await.unwrap();
+    tx.outbox(&records).await.unwrap();
+    tx.commit().await.unwrap();
+    let pending = store.outbox_unpublished(1000).await.unwrap();
+    let got: Vec<_> = pending.iter().map(|p| p.record.clone()).collect();
+    assert_eq!(got, records);
+    assert!(pending.windows(2).all(|w| w[0].seq < w[1].seq));
 }
 
 async fn checkout_outbox_publishes_in_order_once(store: &Store) {
