@@ -364,8 +364,15 @@ impl Consumer for Notifications {
         &[ORDERS, PAYMENTS, TICKETS]
     }
 
+    /// The events [`Notifications::message`] writes a message for.
     fn in_tx(&self, env: &Envelope) -> bool {
-        self.message(env).is_some()
+        matches!(
+            env.event,
+            SagaEvent::PaymentRequested { .. }
+                | SagaEvent::TicketsIssued { .. }
+                | SagaEvent::OrderCancelled { .. }
+                | SagaEvent::OrderRefunded { .. }
+        )
     }
 
     async fn handle_in(&self, tx: &mut CheckoutTx, env: &Envelope) -> Result<(), Error> {
