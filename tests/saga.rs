@@ -516,6 +516,25 @@ async fn services_run_as_separate_processes_over_kafka() {
     })
     .await
     .expect("two notifications queued in the notifications process");
+    // Each process writes one plain line per business event, with its ids, and no colour
+    // codes into its log file.
+    let lines = |log: String, wanted: &[&str]| {
+        assert!(
+            !log.contains('\u{1b}'),
+            "ANSI escape codes in a log file:\n{log}"
+        );
+        assert!(!log.contains("node=None"), "{log}");
+        for what in wanted {
+            assert!(
+                log.lines()
+                    .any(|l| l.contains(" INFO ") && l.contains(what) && l.contains(&id)),
+                "no INFO line \"{what}\" naming order {id}:\n{log}"
+            );
+        }
+    };
+    lines(core.log(), &["order created", "order confirmed"]);
+    lines(payments.log(), &["payment settled"]);
+    lines(tickets.log(), &["tickets issued", "ticket admitted"]);
 }
 
 /// `kill -9` while payments are being turned into sales: after a restart every paid order is

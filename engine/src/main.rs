@@ -164,6 +164,8 @@ fn init_tracing(config: &Config) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal: none in files, pipes and log collectors.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         // Its fallback for a failed write is `eprintln!`, which panics on a closed pipe
         // (`holdfast serve 2>&1 | head`); a log line that cannot be written is dropped.
         .log_internal_errors(false);

@@ -462,7 +462,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
         config.idempotency_ttl_secs,
     ));
     backend.set_ready(true);
-    tracing::info!(%addr, %ops_addr, node = ?config.node_id, database = %redact(&config.database_url()), durability = ?config.durability, "holdfast node serving");
+    tracing::info!(%addr, %ops_addr, node = config.node_id.as_deref().unwrap_or("standalone"), database = %redact(&config.database_url()), durability = ?config.durability, "holdfast node serving");
     let task = tokio::spawn(async move {
         let served = holdfast_gateway::serve::serve(listener, app, serve_options, async move {
             let _ = stopped.wait_for(|s| *s).await;

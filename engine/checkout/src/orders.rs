@@ -277,6 +277,7 @@ impl Orders {
         if let Some(existing) = self.insert_new(&order, &created).await? {
             return Ok(existing);
         }
+        tracing::info!(order = %order.id.0, user = %user.0, event = %hold.event_id.0, hold = %hold.hold_id.0, total = %order.total, "order created");
         Ok((self.wait_for_payment_url(order).await?, true))
     }
 
@@ -330,6 +331,7 @@ impl Orders {
             return Ok(existing);
         }
         metrics::counter!("holdfast_orders_free_total").increment(1);
+        tracing::info!(order = %order.id.0, user = %order.user.0, event = %order.hold.event_id.0, "free order created and confirmed");
         Ok((order.view(ReadStatus::Confirmed), true))
     }
 
@@ -452,6 +454,7 @@ impl Orders {
             .await?;
         tx.commit().await?;
         self.ctx.relay.notify_one();
+        tracing::info!(order = %id.0, total = %order.total, note = order.note.as_deref().unwrap_or(""), "order refunded");
         Ok(self.view_now(&order))
     }
 
@@ -513,13 +516,17 @@ impl Orders {
             return Ok(());
         };
         let order = Order::from_row(&row).map_err(Error::permanent)?;
-        if let Some(next) = decide(&order) {
+        let next = decide(&order);
+        if let Some(next) = &next {
             tx.update_order(&next.applied_to(&order, now).to_row())
                 .await?;
-            tx.outbox(&[Envelope::new(order.id.0, now, next.event).record()])
+            tx.outbox(&[Envelope::new(order.id.0, now, next.event.clone()).record()])
                 .await?;
         }
         tx.commit().await?;
+        if let Some(next) = next {
+            tracing::info!(order = %order.id.0, status = %next.status, note = next.note.as_deref().unwrap_or(""), "order {}", next.status);
+        }
         self.ctx.relay.notify_one();
         self.wake(env.order_id);
         Ok(())

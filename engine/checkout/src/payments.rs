@@ -218,6 +218,7 @@ impl Payments {
         tx.commit().await?;
         self.ctx.relay.notify_one();
         metrics::counter!("holdfast_payments_settled_total", "result" => if result.paid { "paid" } else { "failed" }).increment(1);
+        tracing::info!(order = %order_id, result = next.as_str(), transaction = payment.transaction_no.as_deref().unwrap_or(""), "payment settled");
         Ok(RspCode::ConfirmSuccess)
     }
 

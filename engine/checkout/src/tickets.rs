@@ -195,6 +195,7 @@ impl Tickets {
             .await?;
         tx.commit().await?;
         metrics::counter!("holdfast_checkins_total").increment(1);
+        tracing::info!(ticket = %row.id, order = %row.order_id, event = %event.0, "ticket admitted");
         row.status = TicketStatus::Admitted.as_str().to_owned();
         row.admitted_at = Some(now);
         // The accounts may live elsewhere when the tickets service runs apart: no name then.
@@ -266,7 +267,11 @@ impl Consumer for Tickets {
         handled.map_err(Error::from)
     }
 
-    fn committed(&self, _env: &Envelope) {
+    fn committed(&self, env: &Envelope) {
+        if let SagaEvent::OrderConfirmed { items, .. } = &env.event {
+            let seats: u32 = items.iter().map(|i| i.quantity).sum();
+            tracing::info!(order = %env.order_id, seats, "tickets issued");
+        }
         self.ctx.relay.notify_one();
     }
 
