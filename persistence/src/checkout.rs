@@ -608,6 +608,25 @@ impl CheckoutTx {
         Ok(())
     }
 
+    /// Records an order's payment URL unless it has one; false if it had, or no such order.
+    pub async fn set_payment_url(
+        &mut self,
+        order: Uuid,
+        url: &str,
+        updated_at: i64,
+    ) -> Result<bool, Error> {
+        let done = sqlx::query(
+            "UPDATE orders SET payment_url = $2, updated_at = $3 \
+             WHERE id = $1 AND payment_url IS NULL",
+        )
+        .bind(uuid_text(order))
+        .bind(url)
+        .bind(updated_at)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// Inserts a payment; false if the order already has one.
     pub async fn insert_payment(&mut self, payment: &PaymentRow) -> Result<bool, Error> {
         let sql = format!(

@@ -211,22 +211,31 @@ impl Orders {
         asked: OrderId,
     ) -> Result<(OrderView, bool), CheckoutError> {
         let store = &self.ctx.store;
-        if let Some(existing) = store.order_by_hold(&hold.to_string()).await? {
+        // An active hold is ordered below, where a second order for it finds the first at its
+        // insert; any other hold may have an order already, which is the answer then.
+        let held = match self.inventory.hold_of(hold).await {
+            Ok(held) => held,
+            Err(crate::inventory::InventoryError::EventNotFound) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let now = self.ctx.now_ms();
+        let hold_use = match &held {
+            Some(h) => decide::use_hold(h, user, now),
+            None => Err(CheckoutError::HoldNotFound),
+        };
+        if !matches!(hold_use, Ok(HoldUse::New))
+            && let Some(existing) = store.order_by_hold(&hold.to_string()).await?
+        {
             return if existing.user_id == user.0 {
                 Ok((self.row_view(&existing)?, false))
             } else {
                 Err(CheckoutError::HoldNotFound)
             };
         }
-        let held = match self.inventory.hold_of(hold).await {
-            Ok(Some(h)) => h,
-            Ok(None) | Err(crate::inventory::InventoryError::EventNotFound) => {
-                return Err(CheckoutError::HoldNotFound);
-            }
-            Err(e) => return Err(e.into()),
+        let hold_use = hold_use?;
+        let Some(held) = held else {
+            return Err(CheckoutError::HoldNotFound);
         };
-        let now = self.ctx.now_ms();
-        let hold_use = decide::use_hold(&held, user, now)?;
         let terms = self
             .inventory
             .terms(hold.event_id)
@@ -490,13 +499,8 @@ impl Orders {
         if !tx.first_time(CONSUMER, env.id).await? {
             return Ok(());
         }
-        if let Some(mut row) = tx.order(env.order_id).await?
-            && row.payment_url.is_none()
-        {
-            row.payment_url = Some(payment_url.to_owned());
-            row.updated_at = self.ctx.now_ms();
-            tx.update_order(&row).await?;
-        }
+        tx.set_payment_url(env.order_id, payment_url, self.ctx.now_ms())
+            .await?;
         Ok(())
     }
 
