@@ -476,6 +476,32 @@ struct LoadOutput {
     elapsed: Duration,
 }
 
+impl LoadOutput {
+    fn new() -> Self {
+        Self {
+            records: Vec::new(),
+            histograms: BTreeMap::new(),
+            polls: 0,
+            unsent: 0,
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    /// Adds one worker's journeys, ticket reads and stage histograms.
+    fn absorb(&mut self, worker: WorkerOutput) -> anyhow::Result<()> {
+        self.records.extend(worker.records);
+        self.polls += worker.polls;
+        for (stage, h) in worker.histograms {
+            let into = self
+                .histograms
+                .entry(stage)
+                .or_insert_with(stats::new_histogram);
+            into.add(&h).context("merging histograms")?;
+        }
+        Ok(())
+    }
+}
+
 async fn load(
     opts: &Options,
     target: &Target,
@@ -529,24 +555,9 @@ async fn load(
         .enumerate()
         .map(|(i, conn)| tokio::spawn(worker(i, Arc::clone(&shared), conn)))
         .collect();
-    let mut output = LoadOutput {
-        records: Vec::new(),
-        histograms: BTreeMap::new(),
-        polls: 0,
-        unsent: 0,
-        elapsed: Duration::ZERO,
-    };
+    let mut output = LoadOutput::new();
     for w in workers {
-        let w = w.await?;
-        output.records.extend(w.records);
-        output.polls += w.polls;
-        for (stage, h) in w.histograms {
-            let into = output
-                .histograms
-                .entry(stage)
-                .or_insert_with(stats::new_histogram);
-            into.add(&h).context("merging histograms")?;
-        }
+        output.absorb(w.await?)?;
     }
     output.elapsed = shared.start.elapsed();
     if let Some(ticker) = ticker {

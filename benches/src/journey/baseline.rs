@@ -5,7 +5,6 @@
 //! payment, no tickets — so its CPU (this process and the PostgreSQL backends) is a lower bound
 //! of what a monolith spends per order.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
@@ -186,23 +185,9 @@ pub async fn run(opts: &Options, label: &str) -> anyhow::Result<JourneyResult> {
     let workers: Vec<_> = (0..opts.connections)
         .map(|i| tokio::spawn(worker(i, Arc::clone(&shared))))
         .collect();
-    let mut output = LoadOutput {
-        records: Vec::new(),
-        histograms: BTreeMap::new(),
-        polls: 0,
-        unsent: 0,
-        elapsed: Duration::ZERO,
-    };
+    let mut output = LoadOutput::new();
     for w in workers {
-        let w = w.await?;
-        output.records.extend(w.records);
-        for (stage, h) in w.histograms {
-            output
-                .histograms
-                .entry(stage)
-                .or_insert_with(crate::stats::new_histogram)
-                .add(&h)?;
-        }
+        output.absorb(w.await?)?;
     }
     output.elapsed = start.elapsed();
     let cpu_after = probe.sample();
