@@ -235,15 +235,22 @@ async fn a_paused_writer_commits_before_the_move_or_not_at_all(store: &Store, ho
 
     let journal = store.cluster_journal(SHARDS, "a");
     let writer = tokio::spawn(async move { journal.append(event, epoch, &records(1..=1)).await });
-    for _ in 0..200 {
-        if lock_waits(&mut blocker).await >= 1 {
+    // Under a loaded test run the writer may take a while to reach its INSERT: wait up to
+    // 30 s for its lock wait, and say so if it ended instead.
+    for _ in 0..3000 {
+        if writer.is_finished() || lock_waits(&mut blocker).await >= 1 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(
+        !writer.is_finished(),
+        "the writer ended without waiting for the blocking row: {:?}",
+        writer.await
+    );
+    assert!(
         lock_waits(&mut blocker).await >= 1,
-        "the writer never stalled"
+        "the writer never stalled in 30 s"
     );
 
     let mover = {
@@ -260,7 +267,7 @@ async fn a_paused_writer_commits_before_the_move_or_not_at_all(store: &Store, ho
         })
     };
     // Either the move waits for the paused writer (a second lock wait), or it is done.
-    for _ in 0..200 {
+    for _ in 0..3000 {
         if mover.is_finished() || lock_waits(&mut blocker).await >= 2 {
             break;
         }
