@@ -8,6 +8,8 @@
 //!   the payment.
 //! - [`querydr`] builds the signed `querydr` request body and verifies its response; the caller
 //!   posts it (no HTTP client here).
+//! - [`refund`] builds the signed `refund` request body (full `02` or partial `03`) and verifies
+//!   its response, the same way.
 //!
 //! # Signing rule
 //!
@@ -25,6 +27,7 @@ pub mod encoding;
 pub mod ipn;
 mod payment;
 pub mod querydr;
+pub mod refund;
 pub mod sim;
 mod verify;
 

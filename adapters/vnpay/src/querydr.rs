@@ -151,7 +151,7 @@ pub struct QueryDrResponse {
     pub secure_hash: String,
 }
 
-fn text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+pub(crate) fn text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Text {
@@ -209,6 +209,8 @@ pub struct QueryDrResult {
     pub amount_minor: Option<u64>,
     /// `00` paid, `01` unfinished, `02` failed, others as VNPAY documents.
     pub transaction_status: String,
+    /// `01` a payment, `02` refunded in full, `03` partly refunded.
+    pub transaction_type: String,
     pub transaction_no: Option<String>,
     pub bank_code: Option<String>,
     pub pay_date: Option<OffsetDateTime>,
@@ -262,6 +264,7 @@ pub fn verify_response(
         txn_ref: response.txn_ref.clone(),
         amount_minor,
         transaction_status: response.transaction_status.clone(),
+        transaction_type: response.transaction_type.clone(),
         transaction_no: non_empty(&response.transaction_no),
         bank_code: non_empty(&response.bank_code),
         pay_date,

@@ -9,7 +9,14 @@
 //!   merchant's IPN URL with them (`GET`, one attempt), then redirect the browser (302) to the
 //!   request's `vnp_ReturnUrl` with the same parameters. A reference is settled once: a second
 //!   click answers 409.
-//! - `POST /merchant_webapi/api/transaction` answers `querydr` for the references it settled.
+//! - `POST /merchant_webapi/api/transaction` answers `querydr` for the references it settled,
+//!   and `refund`: it keeps what each paid reference has left, refuses a refund beyond it (`02`),
+//!   a full refund (`02` type) after a partial one (`04`), an unknown or unpaid reference (`91`)
+//!   and a refund it has taken already, by the merchant's `vnp_OrderInfo` (`94`).
+//! - `POST /sim/faults` `{"fail_refunds": n, "slow_refunds": n, "slow_ms": ms}` makes the next
+//!   `n` refunds fail with `99` (nothing refunded), or take the refund and answer only after
+//!   `slow_ms` (a merchant that gave up waiting does not know it was refunded);
+//!   `GET /sim/transactions/{txn_ref}` shows `{"amount", "refunded", "refunds"}` in VND.
 //!
 //! The simulator reads the wall clock (for `vnp_PayDate` and expiry): it is a shell, not core.
 
@@ -19,7 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::{RawQuery, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -29,6 +36,7 @@ use time::OffsetDateTime;
 
 use crate::ipn::IpnResponse;
 use crate::querydr::{QueryDrBody, QueryDrResponse};
+use crate::refund::{RefundBody, RefundKind, RefundResponse};
 use crate::{datetime, encoding, verify};
 
 /// The simulator's settings: the merchant it serves.
@@ -68,12 +76,15 @@ pub fn router(config: SimConfig) -> Router {
         client,
         settled: Mutex::new(Settled::default()),
         next_transaction_no: AtomicU64::new(14_000_001),
+        faults: Mutex::new(Faults::default()),
     });
     Router::new()
         .route("/paymentv2/vpcpay.html", get(payment_page))
         .route("/paymentv2/pay", post(pay))
         .route("/paymentv2/cancel", post(cancel))
-        .route("/merchant_webapi/api/transaction", post(querydr))
+        .route("/merchant_webapi/api/transaction", post(api))
+        .route("/sim/faults", post(set_faults))
+        .route("/sim/transactions/{txn_ref}", get(transaction))
         .with_state(sim)
 }
 
@@ -82,6 +93,26 @@ struct Sim {
     client: reqwest::Client,
     settled: Mutex<Settled>,
     next_transaction_no: AtomicU64,
+    faults: Mutex<Faults>,
+}
+
+/// Failures to play on the next refund calls.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Faults {
+    /// The next this many refunds answer `99` and refund nothing.
+    pub fail_refunds: u32,
+    /// The next this many refunds are taken, and answered only after `slow_ms`.
+    pub slow_refunds: u32,
+    pub slow_ms: u64,
+}
+
+/// A reference's money as the simulator has it, in VND.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Balance {
+    pub amount: u64,
+    pub refunded: u64,
+    pub refunds: u32,
 }
 
 #[derive(Default)]
@@ -99,6 +130,10 @@ struct Transaction {
     response_code: &'static str,
     transaction_status: &'static str,
     transaction_no: String,
+    /// VND paid back so far.
+    refunded: u64,
+    /// The `vnp_OrderInfo` of each refund taken.
+    refunds: Vec<String>,
 }
 
 /// A merchant's payment request whose signature and fields checked out.
@@ -206,6 +241,8 @@ impl Sim {
             } else {
                 "0".to_owned()
             },
+            refunded: 0,
+            refunds: Vec::new(),
         };
         let mut settled = self.settled.lock().expect("settled map lock");
         if settled.by_ref.contains_key(&payment.txn_ref) {
@@ -337,10 +374,141 @@ async fn finish(sim: &Sim, form: &str, paid: bool) -> Response {
         .into_response()
 }
 
-async fn querydr(
-    State(sim): State<Arc<Sim>>,
-    Json(body): Json<QueryDrBody>,
-) -> Json<QueryDrResponse> {
+/// The merchant API: `querydr` or `refund`, by `vnp_Command`.
+async fn api(State(sim): State<Arc<Sim>>, Json(body): Json<serde_json::Value>) -> Response {
+    match body.get("vnp_Command").and_then(|c| c.as_str()) {
+        Some("refund") => match serde_json::from_value::<RefundBody>(body) {
+            Ok(body) => Json(sim.refund(&body).await).into_response(),
+            Err(_) => Json(sim.refund_answer(None, "03", "Invalid data format")).into_response(),
+        },
+        _ => match serde_json::from_value::<QueryDrBody>(body) {
+            Ok(body) => querydr(&sim, body).into_response(),
+            Err(e) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+        },
+    }
+}
+
+async fn set_faults(State(sim): State<Arc<Sim>>, Json(faults): Json<Faults>) -> StatusCode {
+    *sim.faults.lock().expect("faults lock") = faults;
+    StatusCode::NO_CONTENT
+}
+
+async fn transaction(State(sim): State<Arc<Sim>>, Path(txn_ref): Path<String>) -> Response {
+    let settled = sim.settled.lock().expect("settled map lock");
+    match settled.by_ref.get(&txn_ref) {
+        Some(t) => Json(Balance {
+            amount: verify::parse_amount(&t.amount).unwrap_or(0),
+            refunded: t.refunded,
+            refunds: u32::try_from(t.refunds.len()).unwrap_or(u32::MAX),
+        })
+        .into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+impl Sim {
+    fn refund_answer(
+        &self,
+        body: Option<&RefundBody>,
+        code: &str,
+        message: &str,
+    ) -> RefundResponse {
+        let mut response = RefundResponse {
+            response_id: body.map(|b| b.request_id.clone()).unwrap_or_default(),
+            command: "refund".to_owned(),
+            response_code: code.to_owned(),
+            message: message.to_owned(),
+            tmn_code: self.config.tmn_code.clone(),
+            txn_ref: body.map(|b| b.txn_ref.clone()).unwrap_or_default(),
+            order_info: body.map(|b| b.order_info.clone()).unwrap_or_default(),
+            transaction_type: body.map(|b| b.transaction_type.clone()).unwrap_or_default(),
+            ..RefundResponse::default()
+        };
+        response.sign(&self.config.hash_secret);
+        response
+    }
+
+    /// Takes one refund, or says why not; a slow fault answers late but refunds all the same.
+    async fn refund(&self, body: &RefundBody) -> RefundResponse {
+        let (fail, slow) = {
+            let mut faults = self.faults.lock().expect("faults lock");
+            let fail = faults.fail_refunds > 0;
+            let slow = !fail && faults.slow_refunds > 0;
+            if fail {
+                faults.fail_refunds -= 1;
+            } else if slow {
+                faults.slow_refunds -= 1;
+            }
+            (fail, slow.then(|| Duration::from_millis(faults.slow_ms)))
+        };
+        let answer = if fail {
+            self.refund_answer(Some(body), "99", "Simulated failure")
+        } else {
+            self.take_refund(body)
+        };
+        if let Some(delay) = slow {
+            tokio::time::sleep(delay).await;
+        }
+        tracing::info!(txn_ref = %body.txn_ref, amount = %body.amount, code = %answer.response_code, "vnpay-sim: refund answered");
+        answer
+    }
+
+    fn take_refund(&self, body: &RefundBody) -> RefundResponse {
+        if !body.verify(&self.config.hash_secret) {
+            return self.refund_answer(Some(body), "97", "Invalid Checksum");
+        }
+        let kind = RefundKind::parse(&body.transaction_type);
+        let amount = verify::parse_amount(&body.amount).ok().filter(|a| *a > 0);
+        let (Some(kind), Some(amount), true, true) = (
+            kind,
+            amount,
+            body.tmn_code == self.config.tmn_code && body.version == crate::VERSION,
+            datetime::parse(&body.create_date).is_some(),
+        ) else {
+            return self.refund_answer(Some(body), "03", "Invalid data format");
+        };
+        let mut settled = self.settled.lock().expect("settled map lock");
+        let Some(t) = settled
+            .by_ref
+            .get_mut(&body.txn_ref)
+            .filter(|t| t.response_code == "00")
+        else {
+            return self.refund_answer(Some(body), "91", "Transaction not found");
+        };
+        let paid = verify::parse_amount(&t.amount).unwrap_or(0);
+        let refusal = if t.refunds.contains(&body.order_info) {
+            Some(("94", "Refund already requested; VNPAY is processing it"))
+        } else if kind == RefundKind::Full && t.refunded > 0 {
+            Some(("04", "No full refund after a partial refund"))
+        } else if kind == RefundKind::Full && amount != paid {
+            Some(("03", "A full refund is of the whole amount"))
+        } else if t.refunded.saturating_add(amount) > paid {
+            Some(("02", "The refunds exceed the amount paid"))
+        } else {
+            None
+        };
+        if let Some((code, message)) = refusal {
+            return self.refund_answer(Some(body), code, message);
+        }
+        t.refunded += amount;
+        t.refunds.push(body.order_info.clone());
+        let (bank_code, transaction_status) = (t.bank_code.clone(), "00");
+        drop(settled);
+        let mut response = self.refund_answer(Some(body), "00", "Refund success");
+        response.amount = body.amount.clone();
+        response.bank_code = bank_code;
+        response.pay_date = datetime::format(OffsetDateTime::now_utc());
+        response.transaction_no = self
+            .next_transaction_no
+            .fetch_add(1, Ordering::Relaxed)
+            .to_string();
+        response.transaction_status = transaction_status.to_owned();
+        response.sign(&self.config.hash_secret);
+        response
+    }
+}
+
+fn querydr(sim: &Sim, body: QueryDrBody) -> Json<QueryDrResponse> {
     let mut response = QueryDrResponse {
         response_id: body.request_id.clone(),
         command: "querydr".to_owned(),
@@ -363,12 +531,18 @@ async fn querydr(
         match found {
             None => ("91", "Transaction not found"),
             Some(t) => {
+                let paid = verify::parse_amount(&t.amount).unwrap_or(0);
                 response.amount = t.amount;
                 response.order_info = t.order_info;
                 response.bank_code = t.bank_code;
                 response.pay_date = t.pay_date;
                 response.transaction_no = t.transaction_no;
-                response.transaction_type = "01".to_owned();
+                response.transaction_type = match t.refunded {
+                    0 => "01",
+                    r if r >= paid => "02",
+                    _ => "03",
+                }
+                .to_owned();
                 response.transaction_status = t.transaction_status.to_owned();
                 ("00", "QueryDR Success")
             }

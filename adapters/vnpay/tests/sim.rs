@@ -8,6 +8,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use holdfast_vnpay::ipn::{self, IpnOutcome, IpnResponse, OrderView};
 use holdfast_vnpay::querydr::{self, QueryDrRequest, QueryDrResponse};
+use holdfast_vnpay::refund::{self, RefundKind, RefundOutcome, RefundRequest, RefundResponse};
 use holdfast_vnpay::sim::{self, SimConfig};
 use holdfast_vnpay::{Config, Locale, PaymentRequest, VerifiedReturn, payment_url, verify};
 use time::{Duration, OffsetDateTime};
@@ -323,4 +324,175 @@ async fn the_simulator_refuses_tampered_wrong_or_expired_requests() {
         .unwrap();
     assert_eq!(response.status(), 400);
     assert!(h.merchant.ipn_calls.lock().unwrap().is_empty());
+}
+
+impl Harness {
+    /// Asks the simulator to refund `amount` VND of `txn_ref`, with `info` naming the refund.
+    async fn refund(&self, txn_ref: &str, kind: RefundKind, amount: u64, info: &str) -> String {
+        let now = OffsetDateTime::now_utc();
+        let body = refund::request_body(
+            &self.config,
+            &RefundRequest {
+                request_id: format!("r{}", now.unix_timestamp_nanos()),
+                kind,
+                txn_ref: txn_ref.to_owned(),
+                amount_minor: amount,
+                transaction_no: None,
+                transaction_date: now,
+                create_by: "holdfast".to_owned(),
+                create_date: now,
+                ip_addr: "127.0.0.1".parse().unwrap(),
+                order_info: info.to_owned(),
+            },
+        )
+        .unwrap();
+        let answer: RefundResponse = self
+            .http
+            .post(format!(
+                "http://{}/merchant_webapi/api/transaction",
+                self.sim_addr
+            ))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let result = refund::verify_response(&self.config, &answer).unwrap();
+        assert_eq!(
+            result.outcome == RefundOutcome::Accepted,
+            result.response_code == "00"
+        );
+        result.response_code
+    }
+
+    async fn balance(&self, txn_ref: &str) -> sim::Balance {
+        self.http
+            .get(format!(
+                "http://{}/sim/transactions/{txn_ref}",
+                self.sim_addr
+            ))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    async fn faults(&self, faults: sim::Faults) {
+        let response = self
+            .http
+            .post(format!("http://{}/sim/faults", self.sim_addr))
+            .json(&faults)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 204);
+    }
+}
+
+#[tokio::test]
+async fn refunds_never_exceed_what_was_paid() {
+    let h = harness().await;
+    // Nothing paid yet: no such transaction.
+    assert_eq!(
+        h.refund("order-5", RefundKind::Full, 350_000, "Refund a")
+            .await,
+        "91"
+    );
+    let url = payment_url(&h.config, &request("order-5")).unwrap();
+    assert_eq!(h.click(&url, "pay").await.0, 302);
+    // More than paid, or a full refund of another amount, is refused.
+    assert_eq!(
+        h.refund("order-5", RefundKind::Partial, 350_001, "Refund a")
+            .await,
+        "02"
+    );
+    assert_eq!(
+        h.refund("order-5", RefundKind::Full, 100_000, "Refund a")
+            .await,
+        "03"
+    );
+    // Partial refunds until nothing is left; the same refund twice is 94; no full refund
+    // after a partial one.
+    assert_eq!(
+        h.refund("order-5", RefundKind::Partial, 100_000, "Refund a")
+            .await,
+        "00"
+    );
+    assert_eq!(
+        h.refund("order-5", RefundKind::Partial, 100_000, "Refund a")
+            .await,
+        "94"
+    );
+    assert_eq!(
+        h.refund("order-5", RefundKind::Full, 350_000, "Refund b")
+            .await,
+        "04"
+    );
+    assert_eq!(
+        h.refund("order-5", RefundKind::Partial, 250_001, "Refund b")
+            .await,
+        "02"
+    );
+    assert_eq!(
+        h.refund("order-5", RefundKind::Partial, 250_000, "Refund b")
+            .await,
+        "00"
+    );
+    assert_eq!(
+        h.refund("order-5", RefundKind::Partial, 1, "Refund c")
+            .await,
+        "02"
+    );
+    let balance = h.balance("order-5").await;
+    assert_eq!(
+        (balance.amount, balance.refunded, balance.refunds),
+        (350_000, 350_000, 2)
+    );
+
+    // A cancelled payment has nothing to refund.
+    let url = payment_url(&h.config, &request("order-6")).unwrap();
+    assert_eq!(h.click(&url, "cancel").await.0, 302);
+    assert_eq!(
+        h.refund("order-6", RefundKind::Full, 350_000, "Refund a")
+            .await,
+        "91"
+    );
+}
+
+#[tokio::test]
+async fn refund_faults_fail_or_answer_late() {
+    let h = harness().await;
+    let url = payment_url(&h.config, &request("order-7")).unwrap();
+    assert_eq!(h.click(&url, "pay").await.0, 302);
+    h.faults(sim::Faults {
+        fail_refunds: 2,
+        slow_refunds: 1,
+        slow_ms: 300,
+    })
+    .await;
+    for _ in 0..2 {
+        assert_eq!(
+            h.refund("order-7", RefundKind::Full, 350_000, "Refund a")
+                .await,
+            "99"
+        );
+    }
+    assert_eq!(h.balance("order-7").await.refunded, 0);
+    let started = std::time::Instant::now();
+    assert_eq!(
+        h.refund("order-7", RefundKind::Full, 350_000, "Refund a")
+            .await,
+        "00"
+    );
+    assert!(started.elapsed() >= std::time::Duration::from_millis(300));
+    assert_eq!(
+        h.refund("order-7", RefundKind::Full, 350_000, "Refund a")
+            .await,
+        "94"
+    );
+    assert_eq!(h.balance("order-7").await.refunded, 350_000);
 }
