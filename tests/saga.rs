@@ -62,13 +62,76 @@ impl Shop {
             .create_event(&organizer, &[TicketType::new("GA", capacity, Some(4))])
             .await;
         let staff = node.client().staff_token(&organizer).await;
-        Self {
+        let shop = Self {
             node,
             sim,
             event,
             organizer,
             staff,
-        }
+        };
+        // Buyers refund until the start, free, unless a test sets another policy.
+        shop.set_policy(r#"{"until_hours_before_start": 0, "fee_percent": 0, "fee_fixed": 0}"#)
+            .await;
+        shop
+    }
+
+    async fn set_policy(&self, policy: &str) {
+        self.execute(&format!(
+            "UPDATE events SET refund_policy = '{policy}' WHERE id = '{}'",
+            self.event
+        ))
+        .await;
+    }
+
+    /// Moves the event's start to `hours` from now.
+    async fn starts_in_hours(&self, hours: i64) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis();
+        let starts = i64::try_from(now).expect("ms") + hours * 3_600_000;
+        self.execute(&format!(
+            "UPDATE events SET starts_at = {starts} WHERE id = '{}'",
+            self.event
+        ))
+        .await;
+    }
+
+    /// The order's refunds once every one of them is settled (not `processing`).
+    async fn settled_refunds(&self, token: &str, order: &str) -> Vec<Value> {
+        let path = format!("/v1/orders/{order}/refunds");
+        poll_until(WAIT, Duration::from_millis(50), || async {
+            let reply = self.client().get(&path, Some(token)).await;
+            let list = reply.body["refunds"].as_array()?.clone();
+            list.iter()
+                .all(|r| r["status"] != "processing")
+                .then_some(list)
+        })
+        .await
+        .unwrap_or_else(|| panic!("the refunds of order {order} never settled"))
+    }
+
+    /// What VNPAY's stand-in holds of the order's payment: (paid, refunded, refunds), VND.
+    async fn balance(&self, order: &str) -> (u64, u64, u64) {
+        let b: Value = reqwest::get(format!("{}/sim/transactions/{order}", self.sim))
+            .await
+            .expect("the stand-in answers")
+            .json()
+            .await
+            .expect("a balance");
+        let n = |k: &str| b[k].as_u64().expect("a number");
+        (n("amount"), n("refunded"), n("refunds"))
+    }
+
+    async fn faults(&self, faults: Value) {
+        let status = reqwest::Client::new()
+            .post(format!("{}/sim/faults", self.sim))
+            .json(&faults)
+            .send()
+            .await
+            .expect("the stand-in answers")
+            .status();
+        assert_eq!(status, 204);
     }
 
     fn client(&self) -> &Client {
@@ -773,6 +836,8 @@ on_both_backends!(
     refunds_keep_admitted_seats_and_follow_who_asks,
     free_tickets_skip_payment,
     poison_messages_park_and_the_consumer_moves_on,
+    buyers_refund_within_the_policy_ticket_by_ticket,
+    every_refund_is_paid_back_once_though_vnpay_fails_or_times_out,
 );
 
 async fn purchase_end_to_end(backend: Backend) {
@@ -1621,4 +1686,219 @@ async fn parked_of(ops: &Client, admin: &str, order: &str) -> Option<Value> {
         .iter()
         .find(|p| p["service"] == "orders" && p["order_id"] == order)
         .cloned()
+}
+
+/// The event's policy: until 48 hours before the start, less 10 % and 5,000 ₫. An hour before
+/// the deadline the buyer refunds ticket by ticket until nothing is left, each paid back
+/// through VNPAY's stand-in (partial `03`); an hour after it, only the organizer refunds, in
+/// full and free. The stand-in's balance never goes past what was paid.
+async fn buyers_refund_within_the_policy_ticket_by_ticket(backend: Backend) {
+    let shop = Shop::open(backend, 10, |c| c.refund_backoff_ms = 200).await;
+    let api = shop.client();
+    shop.set_policy(r#"{"until_hours_before_start": 48, "fee_percent": 10, "fee_fixed": 5000}"#)
+        .await;
+    shop.starts_in_hours(49).await;
+    let (buyer, id, tickets) = shop.bought(3).await;
+    shop.wait_stock(3, 7).await;
+    let refund = format!("/v1/orders/{id}/refund");
+    let ids: Vec<&str> = tickets.iter().map(|t| t["id"].as_str().unwrap()).collect();
+
+    // Bad input is a 4xx, never a 5xx.
+    for body in [
+        json!({"reason": "x", "ticket_ids": []}),
+        json!({"reason": "x", "ticket_ids": ["not-a-uuid"]}),
+        json!({"reason": "x", "ticket_ids": [uuid::Uuid::new_v4()]}),
+        json!({"reason": "x", "ticket_ids": "all"}),
+    ] {
+        let reply = api.post(&refund, Some(&buyer), &body).await;
+        assert_eq!(reply.status, 422, "{body}: {reply}");
+    }
+
+    // One ticket: 500,000 less 50,000 and 5,000.
+    let first = api
+        .post(
+            &refund,
+            Some(&buyer),
+            &json!({"reason": "one cannot come", "ticket_ids": [ids[0]]}),
+        )
+        .await;
+    first.assert_status(202);
+    assert_eq!(first.body["status"], "processing", "{first}");
+    assert_eq!(
+        (first.body["amount"].as_i64(), first.body["fee"].as_i64()),
+        (Some(445_000), Some(55_000))
+    );
+    assert_eq!(first.body["ticket_ids"], json!([ids[0]]));
+    assert_eq!(first.body["order_id"], id.as_str());
+    shop.wait_status(&buyer, &id, "partially_refunded").await;
+    shop.wait_stock(2, 8).await;
+    let settled = shop.settled_refunds(&buyer, &id).await;
+    assert_eq!(settled[0]["status"], "refunded", "{settled:?}");
+    assert_eq!(shop.balance(&id).await, (1_500_000, 445_000, 1));
+    // The refunded ticket no longer admits; the others do.
+    shop.checkin(&shop.staff, &tickets[0]["code"], &shop.event)
+        .await
+        .assert_problem(422, "invalid-ticket");
+    shop.checkin(&shop.staff, &tickets[1]["code"], &shop.event)
+        .await
+        .assert_status(200);
+    // Refunded already; admitted at the door.
+    api.post(
+        &refund,
+        Some(&buyer),
+        &json!({"reason": "again", "ticket_ids": [ids[0]]}),
+    )
+    .await
+    .assert_problem(409, "refund-not-allowed");
+    api.post(
+        &refund,
+        Some(&buyer),
+        &json!({"reason": "used", "ticket_ids": [ids[1]]}),
+    )
+    .await
+    .assert_problem(409, "ticket-admitted");
+    // The last unused ticket; then the organizer refunds the admitted one: nothing is left.
+    api.post(
+        &refund,
+        Some(&buyer),
+        &json!({"reason": "second", "ticket_ids": [ids[2]]}),
+    )
+    .await
+    .assert_status(202);
+    shop.wait_stock(1, 9).await;
+    let last = api
+        .post(
+            &refund,
+            Some(&shop.organizer),
+            &json!({"reason": "goodwill"}),
+        )
+        .await;
+    last.assert_status(202);
+    assert_eq!(
+        (last.body["amount"].as_i64(), last.body["fee"].as_i64()),
+        (Some(500_000), Some(0))
+    );
+    assert_eq!(last.body["by"], "organizer");
+    shop.wait_status(&buyer, &id, "refunded").await;
+    let settled = shop.settled_refunds(&buyer, &id).await;
+    assert_eq!(settled.len(), 3, "{settled:?}");
+    assert!(
+        settled.iter().all(|r| r["status"] == "refunded"),
+        "{settled:?}"
+    );
+    assert_eq!(shop.balance(&id).await, (1_500_000, 1_390_000, 3));
+    // The admitted seat stays sold; asking again answers the last refund.
+    shop.wait_stock(1, 9).await;
+    let again = api
+        .post(&refund, Some(&buyer), &json!({"reason": "again"}))
+        .await;
+    again.assert_status(202);
+    assert_eq!(again.body["id"], last.body["id"]);
+
+    // An hour past the deadline: the buyer cannot; the organizer refunds in full, free.
+    let (late_buyer, late_id, _) = shop.bought(1).await;
+    shop.starts_in_hours(47).await;
+    let late_refund = format!("/v1/orders/{late_id}/refund");
+    api.post(&late_refund, Some(&late_buyer), &json!({"reason": "late"}))
+        .await
+        .assert_problem(409, "refund-not-allowed");
+    let by_organizer = api
+        .post(
+            &late_refund,
+            Some(&shop.organizer),
+            &json!({"reason": "moved"}),
+        )
+        .await;
+    by_organizer.assert_status(202);
+    assert_eq!(by_organizer.body["amount"], 500_000);
+    shop.settled_refunds(&late_buyer, &late_id).await;
+    assert_eq!(shop.balance(&late_id).await, (500_000, 500_000, 1));
+    shop.wait_stock(1, 9).await;
+
+    // No policy: buyers cannot refund by themselves.
+    let (other, other_id, _) = shop.bought(1).await;
+    shop.execute(&format!(
+        "UPDATE events SET refund_policy = NULL WHERE id = '{}'",
+        shop.event
+    ))
+    .await;
+    shop.starts_in_hours(1000).await;
+    api.post(
+        &format!("/v1/orders/{other_id}/refund"),
+        Some(&other),
+        &json!({"reason": "x"}),
+    )
+    .await
+    .assert_problem(409, "refund-not-allowed");
+    shop.node.shutdown().await;
+}
+
+/// The stand-in refuses the first refunds (`99`) and answers another only after the node gave
+/// up waiting (the refund was taken all the same): every refund still ends `refunded`, and
+/// the stand-in paid each order back exactly once. One that VNPAY keeps refusing ends
+/// `failed`, its seats back on sale all the same.
+async fn every_refund_is_paid_back_once_though_vnpay_fails_or_times_out(backend: Backend) {
+    let shop = Shop::open(backend, 10, |c| {
+        c.refund_backoff_ms = 200;
+        c.refund_timeout_secs = 1;
+        c.refund_attempts_max = 6;
+    })
+    .await;
+    let api = shop.client();
+    let refund = |id: &str| format!("/v1/orders/{id}/refund");
+    let reason = json!({"reason": "cannot come"});
+
+    // Failed twice, then taken: a full refund.
+    let (a_buyer, a, _) = shop.bought(2).await;
+    shop.faults(json!({"fail_refunds": 2})).await;
+    api.post(&refund(&a), Some(&a_buyer), &reason)
+        .await
+        .assert_status(202);
+    let settled = shop.settled_refunds(&a_buyer, &a).await;
+    assert_eq!(settled[0]["status"], "refunded", "{settled:?}");
+    assert_eq!(shop.balance(&a).await, (1_000_000, 1_000_000, 1));
+
+    // Taken, but answered too late (a timeout): querydr says it is refunded in full.
+    let (b_buyer, b, b_tickets) = shop.bought(2).await;
+    shop.faults(json!({"slow_refunds": 1, "slow_ms": 2500}))
+        .await;
+    api.post(&refund(&b), Some(&b_buyer), &reason)
+        .await
+        .assert_status(202);
+    let settled = shop.settled_refunds(&b_buyer, &b).await;
+    assert_eq!(settled[0]["status"], "refunded", "{settled:?}");
+    assert_eq!(shop.balance(&b).await, (1_000_000, 1_000_000, 1));
+
+    // A partial refund answered too late: sent again, VNPAY knows it (94); paid back once.
+    let (c_buyer, c, c_tickets) = shop.bought(2).await;
+    shop.faults(json!({"slow_refunds": 1, "slow_ms": 2500}))
+        .await;
+    let one = json!({"reason": "one", "ticket_ids": [c_tickets[0]["id"]]});
+    api.post(&refund(&c), Some(&c_buyer), &one)
+        .await
+        .assert_status(202);
+    let settled = shop.settled_refunds(&c_buyer, &c).await;
+    assert_eq!(settled[0]["status"], "refunded", "{settled:?}");
+    assert_eq!(shop.balance(&c).await, (1_000_000, 500_000, 1));
+    assert!(b_tickets.len() == 2 && c_tickets.len() == 2);
+
+    // VNPAY keeps refusing: failed after the retries; the tickets are void and the seats
+    // back on sale all the same, and the stand-in paid nothing back.
+    let (d_buyer, d, _) = shop.bought(1).await;
+    shop.faults(json!({"fail_refunds": 100})).await;
+    api.post(&refund(&d), Some(&d_buyer), &reason)
+        .await
+        .assert_status(202);
+    let settled = shop.settled_refunds(&d_buyer, &d).await;
+    assert_eq!(settled[0]["status"], "failed", "{settled:?}");
+    assert_eq!(shop.balance(&d).await, (500_000, 0, 0));
+    shop.faults(json!({})).await;
+    shop.wait_status(&d_buyer, &d, "refunded").await;
+    // 7 seats bought, c keeps one.
+    shop.wait_stock(1, 9).await;
+    let paid_back = shop
+        .count("SELECT COUNT(*) FROM payment_refunds WHERE status = 'refunded'")
+        .await;
+    assert_eq!(paid_back, 3);
+    shop.node.shutdown().await;
 }

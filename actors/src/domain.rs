@@ -214,6 +214,91 @@ pub fn rfc3339_millis(millis: i64) -> String {
         .unwrap_or_default()
 }
 
+/// An event's refund policy: buyers may refund by themselves until `until_hours_before_start`
+/// hours before the event starts, less `fee_percent` % of what they refund and `fee_fixed`
+/// (minor units) per refund. No policy: only the organizer or an admin refunds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "RawRefundPolicy")]
+pub struct RefundPolicy {
+    until_hours_before_start: u32,
+    fee_percent: u32,
+    fee_fixed: i64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRefundPolicy {
+    until_hours_before_start: u32,
+    #[serde(default)]
+    fee_percent: u32,
+    #[serde(default)]
+    fee_fixed: i64,
+}
+
+/// Why a refund policy is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidRefundPolicy {
+    #[error("until_hours_before_start must be at most {max}", max = RefundPolicy::HOURS_MAX)]
+    Hours,
+    #[error("fee_percent must be between 0 and 100")]
+    Percent,
+    #[error("fee_fixed must be between 0 and {max}", max = RefundPolicy::FEE_FIXED_MAX)]
+    Fixed,
+}
+
+impl RefundPolicy {
+    /// Ten years: any deadline further out is a typo.
+    pub const HOURS_MAX: u32 = 24 * 366 * 10;
+    /// A fixed fee beyond any ticket price (10^12 minor units).
+    pub const FEE_FIXED_MAX: i64 = 1_000_000_000_000;
+
+    pub fn new(
+        until_hours_before_start: u32,
+        fee_percent: u32,
+        fee_fixed: i64,
+    ) -> Result<Self, InvalidRefundPolicy> {
+        if until_hours_before_start > Self::HOURS_MAX {
+            return Err(InvalidRefundPolicy::Hours);
+        }
+        if fee_percent > 100 {
+            return Err(InvalidRefundPolicy::Percent);
+        }
+        if !(0..=Self::FEE_FIXED_MAX).contains(&fee_fixed) {
+            return Err(InvalidRefundPolicy::Fixed);
+        }
+        Ok(Self {
+            until_hours_before_start,
+            fee_percent,
+            fee_fixed,
+        })
+    }
+
+    pub fn until_hours_before_start(&self) -> u32 {
+        self.until_hours_before_start
+    }
+
+    pub fn fee_percent(&self) -> u32 {
+        self.fee_percent
+    }
+
+    pub fn fee_fixed(&self) -> i64 {
+        self.fee_fixed
+    }
+
+    /// The last moment (exclusive) a buyer may refund an event starting at `starts_at_ms`.
+    pub fn deadline_ms(&self, starts_at_ms: i64) -> i64 {
+        starts_at_ms.saturating_sub(i64::from(self.until_hours_before_start) * 3_600_000)
+    }
+}
+
+impl TryFrom<RawRefundPolicy> for RefundPolicy {
+    type Error = InvalidRefundPolicy;
+
+    fn try_from(raw: RawRefundPolicy) -> Result<Self, Self::Error> {
+        Self::new(raw.until_hours_before_start, raw.fee_percent, raw.fee_fixed)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,5 +348,24 @@ mod tests {
         assert_eq!(Quantity::new(1).map(Quantity::get), Ok(1));
         assert!(Quantity::new(Quantity::MAX).is_ok());
         assert!(Quantity::new(Quantity::MAX + 1).is_err());
+    }
+
+    #[test]
+    fn refund_policies_are_bounded() {
+        let p = RefundPolicy::new(48, 10, 0).unwrap();
+        assert_eq!(p.deadline_ms(200 * 3_600_000), 152 * 3_600_000);
+        assert_eq!(RefundPolicy::new(0, 0, 0).unwrap().deadline_ms(5), 5);
+        assert!(
+            RefundPolicy::new(RefundPolicy::HOURS_MAX, 100, RefundPolicy::FEE_FIXED_MAX).is_ok()
+        );
+        assert_eq!(
+            RefundPolicy::new(RefundPolicy::HOURS_MAX + 1, 0, 0),
+            Err(InvalidRefundPolicy::Hours)
+        );
+        assert_eq!(
+            RefundPolicy::new(1, 101, 0),
+            Err(InvalidRefundPolicy::Percent)
+        );
+        assert_eq!(RefundPolicy::new(1, 0, -1), Err(InvalidRefundPolicy::Fixed));
     }
 }

@@ -12,6 +12,6 @@ pub mod invariants;
 pub mod inventory;
 
 pub use domain::{
-    EventId, HoldId, HoldRef, Line, OrderId, Quantity, TicketCode, Timestamp, UserId,
+    EventId, HoldId, HoldRef, Line, OrderId, Quantity, RefundPolicy, TicketCode, Timestamp, UserId,
 };
 pub use inventory::{Command, Error, Event, HoldStatus, HoldView, Inventory, TypeStock};

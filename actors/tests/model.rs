@@ -496,3 +496,64 @@ fn retried_hold_returns_the_same_hold_without_new_seats() {
     assert_eq!(hold(&mut inv), Ok(vec![]));
     assert_eq!(inv.seats_of_user(UserId(id(1)), &code("A")), 3);
 }
+
+/// Partial refunds of one order, one after the other, each returning what its refund left
+/// (`keep`): a retried or late return of an earlier refund keeps more than the order holds
+/// now, so it returns nothing; nothing is returned twice and `ReturnPart` needs no refund id.
+#[test]
+fn successive_partial_returns_of_one_order_never_return_a_seat_twice() {
+    let (mut inv, _, _) = setup();
+    let b = |n: u32| Line {
+        ticket_type: code("B"),
+        quantity: Quantity::new(n).expect("q"),
+    };
+    inv.apply(
+        Timestamp(1),
+        Command::Hold {
+            hold_id: HoldId(id(1)),
+            user: UserId(id(1)),
+            items: vec![b(3)],
+            ttl_ms: 1000,
+        },
+    )
+    .expect("hold");
+    inv.apply(
+        Timestamp(2),
+        Command::Confirm {
+            hold_id: HoldId(id(1)),
+            order_id: OrderId(id(9)),
+        },
+    )
+    .expect("confirm");
+    let stock = |inv: &Inventory| {
+        let (_, s) = inv.stock().find(|(c, _)| **c == code("B")).expect("B");
+        (s.sold, s.available)
+    };
+    let part = |inv: &mut Inventory, keep: Vec<Line>| {
+        inv.apply(
+            Timestamp(3),
+            Command::ReturnPart {
+                order_id: OrderId(id(9)),
+                keep,
+            },
+        )
+        .expect("return part")
+        .len()
+    };
+    assert_eq!(stock(&inv), (3, 7));
+    // First refund: one ticket; the order keeps two.
+    assert_eq!(part(&mut inv, vec![b(2)]), 1);
+    assert_eq!(stock(&inv), (2, 8));
+    // Second refund: another ticket; the order keeps one.
+    assert_eq!(part(&mut inv, vec![b(1)]), 1);
+    assert_eq!(stock(&inv), (1, 9));
+    // The first refund's return again (redelivered, or late): nothing.
+    assert_eq!(part(&mut inv, vec![b(2)]), 0);
+    assert_eq!(part(&mut inv, vec![b(1)]), 0);
+    assert_eq!(stock(&inv), (1, 9));
+    // The last ticket: everything is back, once.
+    assert_eq!(part(&mut inv, vec![]), 1);
+    assert_eq!(part(&mut inv, vec![]), 0);
+    assert_eq!(part(&mut inv, vec![b(2)]), 0);
+    assert_eq!(stock(&inv), (0, 10));
+}

@@ -186,6 +186,14 @@ fn event_info(row: EventRow) -> Result<EventInfo, BackendError> {
             })
         })
         .collect::<Result<_, BackendError>>()?;
+    let refund_policy = row
+        .refund_policy
+        .as_deref()
+        .map(serde_json::from_str)
+        .transpose()
+        .map_err(|e| {
+            BackendError::Internal(format!("event {} has a bad refund policy: {e}", row.id))
+        })?;
     Ok(EventInfo {
         id: EventId(row.id),
         organizer: UserId(row.organizer_id),
@@ -194,6 +202,7 @@ fn event_info(row: EventRow) -> Result<EventInfo, BackendError> {
         starts_at: datetime(row.starts_at_ms)?,
         created_at: datetime(row.created_at_ms)?,
         ticket_types,
+        refund_policy,
     })
 }
 
@@ -306,6 +315,9 @@ impl Backend for NodeBackend {
             venue: event.venue,
             starts_at_ms: millis(event.starts_at),
             created_at_ms: self.now_ms(),
+            refund_policy: event
+                .refund_policy
+                .map(|p| serde_json::to_string(&p).expect("a refund policy serialises")),
             ticket_types: event
                 .ticket_types
                 .into_iter()

@@ -144,6 +144,13 @@ pub struct Config {
     pub notify_attempts_max: u32,
     /// First retry delay of a message in seconds; doubles per attempt up to an hour.
     pub notify_backoff_secs: u64,
+    /// Attempts at paying a refund back through VNPAY's refund API before it is `failed` (for
+    /// an admin).
+    pub refund_attempts_max: u32,
+    /// First retry delay of a refund in milliseconds; doubles per attempt up to ten minutes.
+    pub refund_backoff_ms: u64,
+    /// How long one refund call waits for VNPAY's answer, in seconds.
+    pub refund_timeout_secs: u64,
     /// `off` turns every rate limit off (load tests).
     pub rate_limits: Switch,
     /// Peers whose `X-Forwarded-For` names the client (the right-most address that is not one
@@ -261,6 +268,9 @@ impl Default for Config {
             sms_from: None,
             notify_attempts_max: 8,
             notify_backoff_secs: 5,
+            refund_attempts_max: 8,
+            refund_backoff_ms: 5_000,
+            refund_timeout_secs: 15,
             rate_limits: Switch::On,
             trusted_proxies: None,
             redis_url: None,
@@ -424,6 +434,12 @@ impl Config {
         }
         if self.notify_attempts_max == 0 {
             return bad("notify_attempts_max must be at least 1");
+        }
+        if self.refund_attempts_max == 0 || self.refund_backoff_ms == 0 {
+            return bad("refund_attempts_max and refund_backoff_ms must be at least 1");
+        }
+        if self.refund_timeout_secs == 0 {
+            return bad("refund_timeout_secs must be at least 1");
         }
         self.roles().map_err(Error::Invalid)?;
         self.trusted_proxies()

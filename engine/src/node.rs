@@ -767,6 +767,15 @@ async fn start_checkout(
             window: Duration::from_secs(config.payment_window_secs),
             reconcile_grace: Duration::from_secs(config.payment_reconcile_grace_secs),
             reconcile_every: Duration::from_secs(config.payment_reconcile_grace_secs.clamp(1, 30)),
+            refunds: holdfast_checkout::payments::RefundSettings {
+                backoff: holdfast_checkout::decide::Backoff {
+                    first_ms: i64::try_from(config.refund_backoff_ms).unwrap_or(i64::MAX),
+                    max_ms: 600_000,
+                    attempts_max: config.refund_attempts_max,
+                },
+                every: Duration::from_millis(config.refund_backoff_ms.clamp(100, 5_000)),
+                timeout: Duration::from_secs(config.refund_timeout_secs),
+            },
         },
         notify: NotifySettings {
             smtp,

@@ -50,6 +50,7 @@ impl Inventory for NodeBackend {
         Ok(Some(EventTerms {
             starts_at_ms: crate::backend::millis(event.starts_at),
             prices,
+            refund_policy: event.refund_policy,
         }))
     }
 
@@ -158,6 +159,23 @@ fn ticket(v: holdfast_checkout::TicketView) -> gw::TicketView {
     }
 }
 
+fn refund(v: holdfast_checkout::RefundView) -> gw::RefundView {
+    gw::RefundView {
+        id: v.id,
+        order_id: v.order_id,
+        amount: v.amount.amount,
+        fee: v.fee,
+        currency: v.amount.currency.to_string(),
+        status: v.status.as_str().to_owned(),
+        ticket_ids: v.ticket_ids,
+        reason: v.reason,
+        by_organizer: v.by_organizer,
+        note: v.note,
+        created_at_ms: v.created_at_ms,
+        updated_at_ms: v.updated_at_ms,
+    }
+}
+
 fn parked(v: holdfast_checkout::ParkedView) -> gw::ParkedView {
     gw::ParkedView {
         id: v.id,
@@ -207,6 +225,29 @@ impl gw::Checkout for SagaCheckout {
             .await
             .map(order)
             .map_err(error)
+    }
+
+    async fn refund_tickets(
+        &self,
+        id: OrderId,
+        reason: String,
+        by: gw::RefundBy,
+        ticket_ids: Vec<uuid::Uuid>,
+    ) -> Result<gw::RefundView, gw::CheckoutError> {
+        let by = match by {
+            gw::RefundBy::Buyer => holdfast_checkout::RefundBy::Buyer,
+            gw::RefundBy::Organizer => holdfast_checkout::RefundBy::Organizer,
+        };
+        self.0
+            .refund_tickets(id, reason, by, &ticket_ids)
+            .await
+            .map(refund)
+            .map_err(error)
+    }
+
+    async fn refunds(&self, id: OrderId) -> Result<Vec<gw::RefundView>, gw::CheckoutError> {
+        let views = self.0.refunds(id).await.map_err(error)?;
+        Ok(views.into_iter().map(refund).collect())
     }
 
     async fn tickets(&self, id: OrderId) -> Result<Vec<gw::TicketView>, gw::CheckoutError> {

@@ -43,6 +43,8 @@ pub struct NewEvent {
     pub venue: String,
     pub starts_at: OffsetDateTime,
     pub ticket_types: Vec<TicketTypeSpec>,
+    /// `None`: buyers cannot refund by themselves.
+    pub refund_policy: Option<holdfast_actors::RefundPolicy>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,6 +56,7 @@ pub struct EventInfo {
     pub starts_at: OffsetDateTime,
     pub created_at: OffsetDateTime,
     pub ticket_types: Vec<TicketTypeSpec>,
+    pub refund_policy: Option<holdfast_actors::RefundPolicy>,
 }
 
 /// A response kept for an idempotency key.

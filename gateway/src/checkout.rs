@@ -56,10 +56,30 @@ pub struct Admission {
     pub holder_name: Option<String>,
 }
 
+/// A refund of some or all of an order's tickets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefundView {
+    pub id: uuid::Uuid,
+    pub order_id: OrderId,
+    /// What goes back to the buyer, after `fee`.
+    pub amount: i64,
+    pub fee: i64,
+    pub currency: String,
+    /// `processing`, `refunded` or `failed`.
+    pub status: String,
+    pub ticket_ids: Vec<uuid::Uuid>,
+    pub reason: String,
+    pub by_organizer: bool,
+    pub note: Option<String>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
 /// Who asks for a refund, which decides what is allowed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RefundBy {
-    /// The buyer of the order: before the event starts, and never for an admitted ticket.
+    /// The buyer of the order: within the event's refund policy, and never for an admitted
+    /// ticket.
     Buyer,
     /// The event's organizer or an admin: any time, in full; seats already admitted at the
     /// door stay sold.
@@ -159,6 +179,23 @@ pub trait Checkout: Send + Sync + 'static {
         reason: String,
         by: RefundBy,
     ) -> Result<OrderView, CheckoutError>;
+
+    /// Refunds `ticket_ids` (empty: every ticket left) of a confirmed order as `by` may: they
+    /// stop admitting and their seats not admitted at the door go back on sale at once; the
+    /// money goes back through VNPAY (`processing` until then).
+    async fn refund_tickets(
+        &self,
+        _id: OrderId,
+        _reason: String,
+        _by: RefundBy,
+        _ticket_ids: Vec<uuid::Uuid>,
+    ) -> Result<RefundView, CheckoutError> {
+        Err(CheckoutError::NotServedHere("orders"))
+    }
+    /// An order's refunds, oldest first.
+    async fn refunds(&self, _id: OrderId) -> Result<Vec<RefundView>, CheckoutError> {
+        Err(CheckoutError::NotServedHere("orders"))
+    }
 
     async fn tickets(&self, order: OrderId) -> Result<Vec<TicketView>, CheckoutError>;
     async fn ticket(&self, id: uuid::Uuid) -> Result<Option<TicketView>, CheckoutError>;

@@ -219,6 +219,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/orders/{order_id}", get(routes::orders::get))
         .route("/v1/orders/{order_id}/refund", post(routes::orders::refund))
         .route(
+            "/v1/orders/{order_id}/refunds",
+            get(routes::orders::refunds),
+        )
+        .route(
             "/v1/orders/{order_id}/tickets",
             get(routes::orders::tickets),
         )

@@ -25,6 +25,9 @@ pub struct EventRow {
     pub starts_at_ms: i64,
     pub created_at_ms: i64,
     pub ticket_types: Vec<TicketTypeRow>,
+    /// The refund policy as JSON (`{"until_hours_before_start", "fee_percent", "fee_fixed"}`);
+    /// `None`: buyers cannot refund by themselves.
+    pub refund_policy: Option<String>,
 }
 
 /// One ticket type of an event. `price` is in the currency's minor unit.
@@ -38,7 +41,7 @@ pub struct TicketTypeRow {
     pub per_user_limit: Option<i64>,
 }
 
-const EVENT_COLUMNS: &str = "id, organizer_id, name, venue, starts_at, created_at";
+const EVENT_COLUMNS: &str = "id, organizer_id, name, venue, starts_at, created_at, refund_policy";
 const TICKET_TYPE_COLUMNS: &str = "event_id, code, name, price, currency, capacity, per_user_limit";
 /// Bind parameters per ticket type row in [`Store::create_event`].
 const TICKET_TYPE_PARAMS: usize = 7;
@@ -56,6 +59,7 @@ impl EventRow {
             starts_at_ms: row.try_get("starts_at")?,
             created_at_ms: row.try_get("created_at")?,
             ticket_types: Vec::new(),
+            refund_policy: row.try_get("refund_policy")?,
         })
     }
 }
@@ -98,7 +102,8 @@ impl Store {
         };
         let mut tx = self.begin_write().await?;
         sqlx::query(
-            "INSERT INTO events (id, organizer_id, name, venue, starts_at, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO events (id, organizer_id, name, venue, starts_at, created_at, refund_policy) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(uuid_text(event.id))
         .bind(uuid_text(event.organizer_id))
@@ -106,6 +111,7 @@ impl Store {
         .bind(event.venue.as_str())
         .bind(event.starts_at_ms)
         .bind(event.created_at_ms)
+        .bind(event.refund_policy.as_deref())
         .execute(&mut *tx)
         .await
         .map_err(conflict)?;

@@ -12,6 +12,9 @@ use uuid::Uuid;
 
 use crate::{Backend, Error, Store, now_ms, parse_uuid, uuid_text};
 
+mod refunds;
+pub use refunds::{PaymentRefundRow, REFUNDS_PER_ORDER_MAX, RefundRow};
+
 /// One record for the bus, written in the producer's transaction.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OutboxRecord {

@@ -33,8 +33,8 @@ mod conformance;
 pub use accounts::{NewUser, UserRow};
 pub use catalog::{EVENTS_PAGE_MAX, EventRow, TicketTypeRow};
 pub use checkout::{
-    CheckoutTx, NotificationRow, OrderRow, OutboxLease, OutboxRecord, PaymentRow, PendingRecord,
-    TicketRow,
+    CheckoutTx, NotificationRow, OrderRow, OutboxLease, OutboxRecord, PaymentRefundRow, PaymentRow,
+    PendingRecord, REFUNDS_PER_ORDER_MAX, RefundRow, TicketRow,
 };
 pub use cluster::{NodeRow, ShardRow};
 pub use idempotency::{Idempotency, StoredResponse};

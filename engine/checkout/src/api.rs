@@ -49,6 +49,26 @@ pub struct Admission {
     pub holder_name: Option<String>,
 }
 
+/// A refund of an order (some or all of its tickets), as the buyer reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefundView {
+    pub id: uuid::Uuid,
+    pub order_id: OrderId,
+    /// What goes back to the buyer, after `fee`.
+    pub amount: crate::model::Money,
+    /// What the event's refund policy kept.
+    pub fee: i64,
+    pub status: crate::model::RefundStatus,
+    pub ticket_ids: Vec<uuid::Uuid>,
+    pub reason: String,
+    /// Asked by the event's organizer or an admin (else by the buyer, or automatic).
+    pub by_organizer: bool,
+    /// VNPAY's last word when the refund failed.
+    pub note: Option<String>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
 /// Who asks for a refund; buyers are bound by the event's rules, organizers and admins are not.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RefundBy {

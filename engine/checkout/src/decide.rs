@@ -3,13 +3,15 @@
 //! what it returns (the order's next status and the event to publish) in one transaction.
 
 use holdfast_actors::inventory::{self, HoldStatus, HoldView};
-use holdfast_actors::{Line, OrderId, TicketCode, UserId};
+use holdfast_actors::{Line, OrderId, RefundPolicy, TicketCode, UserId};
 use holdfast_vnpay::ipn::{OrderView as IpnOrder, RspCode};
 
 use crate::api::{CheckoutError, RefundBy};
 use crate::events::{Item, SagaEvent};
 use crate::inventory::InventoryError;
-use crate::model::{Currency, Money, OrderStatus, PaymentStatus, ReadStatus, TicketStatus};
+use crate::model::{
+    Currency, Money, OrderStatus, PaymentStatus, ReadStatus, RefundStatus, TicketStatus,
+};
 use crate::order::Order;
 
 // ---- orders ------------------------------------------------------------------------------
@@ -122,25 +124,118 @@ pub fn read_status(
 /// Why an order reads `expired`.
 pub const EXPIRED_NOTE: &str = "the hold and the payment window ended before the payment arrived";
 
-/// What a refund request turns into.
+// ---- refunds -----------------------------------------------------------------------------
+
+/// A seat's ticket id, derived from the order: issuing again yields the same ids, and the
+/// orders service knows an order's tickets without asking the tickets service.
+pub fn ticket_id(order: uuid::Uuid, ticket_type: &str, seat: u32) -> uuid::Uuid {
+    holdfast_actors::domain::derived_id(
+        &format!("ticket:{order}"),
+        &format!("{ticket_type}:{seat}"),
+    )
+}
+
+/// One ticket of an order: its id, type and unit price.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OrderTicket {
+    pub id: uuid::Uuid,
+    pub ticket_type: String,
+    pub price: i64,
+}
+
+/// The tickets of `order`: one per seat, in its lines' order.
+pub fn order_tickets(order: &Order) -> Vec<OrderTicket> {
+    order
+        .items
+        .iter()
+        .flat_map(|item| {
+            (1..=item.quantity).map(move |seat| OrderTicket {
+                id: ticket_id(order.id.0, &item.ticket_type, seat),
+                ticket_type: item.ticket_type.clone(),
+                price: item.price,
+            })
+        })
+        .collect()
+}
+
+/// The event's terms a buyer's refund is judged by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RefundTerms {
+    /// When the event starts; unknown (the event is gone) allows no buyer refund.
+    pub starts_at_ms: Option<i64>,
+    pub policy: Option<RefundPolicy>,
+}
+
+/// Whether `by` may refund at `now_ms` under `terms`: the organizer and admins any time; a
+/// buyer only under a policy, strictly before its deadline.
+pub fn refund_window(by: RefundBy, terms: RefundTerms, now_ms: i64) -> Result<(), CheckoutError> {
+    if by == RefundBy::Organizer {
+        return Ok(());
+    }
+    let Some(policy) = terms.policy else {
+        return Err(CheckoutError::RefundNotAllowed(
+            "this event has no refund policy: ask the organizer for a refund".to_owned(),
+        ));
+    };
+    match terms.starts_at_ms {
+        Some(starts) if now_ms < policy.deadline_ms(starts) => Ok(()),
+        _ => Err(CheckoutError::RefundNotAllowed(format!(
+            "refunds close {} hours before the event starts: ask the organizer for a refund",
+            policy.until_hours_before_start()
+        ))),
+    }
+}
+
+/// What the policy keeps of a buyer's refund of `gross`: `fee_percent` % (rounded down, in the
+/// buyer's favour) plus `fee_fixed`, never more than `gross`. The organizer's refunds are free.
+pub fn refund_fee(by: RefundBy, policy: Option<&RefundPolicy>, gross: i64) -> i64 {
+    let Some(policy) = policy.filter(|_| by == RefundBy::Buyer) else {
+        return 0;
+    };
+    let gross = gross.max(0);
+    let percent = i128::from(gross) * i128::from(policy.fee_percent()) / 100;
+    let fee = percent + i128::from(policy.fee_fixed());
+    i64::try_from(fee.min(i128::from(gross))).unwrap_or(gross)
+}
+
+/// A refund as decided: which tickets, how much, and what the order becomes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefundPlan {
+    pub ticket_ids: Vec<uuid::Uuid>,
+    /// The tickets' price.
+    pub gross: i64,
+    pub fee: i64,
+    /// What goes back: `gross - fee`.
+    pub amount: i64,
+    /// `Refunded` once no ticket is left, else `PartiallyRefunded`.
+    pub order_status: OrderStatus,
+    /// `Refunded` at once when nothing is to be paid back (free tickets, or a fee that keeps
+    /// it all); else `Processing` until VNPAY answers.
+    pub status: RefundStatus,
+}
+
+/// What a refund request turns into.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RefundDecision {
-    Refund,
-    /// Refunded before: the same answer again.
+    Refund(RefundPlan),
+    /// Every ticket was refunded before: the same answer again.
     AlreadyDone,
 }
 
-/// Whether `by` may refund an order in `status` at `now_ms`, for an event starting at
-/// `starts_at_ms` (unknown: no limit). Buyers refund only before the event starts; the
-/// organizer and admins any time.
+/// Whether and how `by` may refund `asked` (empty: every ticket left) of `order`, whose
+/// tickets `earlier` were refunded before, at `now_ms` under `terms`. What goes back never
+/// exceeds what the tickets cost, and a ticket is refunded once, so an order's refunds never
+/// add up to more than it was paid.
 pub fn decide_refund(
-    status: OrderStatus,
+    order: &Order,
+    earlier: &[uuid::Uuid],
+    asked: &[uuid::Uuid],
     by: RefundBy,
+    terms: RefundTerms,
     now_ms: i64,
-    starts_at_ms: Option<i64>,
 ) -> Result<RefundDecision, CheckoutError> {
-    match status {
-        OrderStatus::Confirmed => {}
+    match order.status {
+        OrderStatus::Confirmed | OrderStatus::PartiallyRefunded => {}
         OrderStatus::Refunded => return Ok(RefundDecision::AlreadyDone),
         other => {
             return Err(CheckoutError::NotRefundable {
@@ -148,12 +243,55 @@ pub fn decide_refund(
             });
         }
     }
-    if by == RefundBy::Buyer && starts_at_ms.is_some_and(|starts| now_ms >= starts) {
-        return Err(CheckoutError::RefundNotAllowed(
-            "the event has started: ask the organizer for a refund".to_owned(),
-        ));
+    let tickets = order_tickets(order);
+    let left: Vec<&OrderTicket> = tickets
+        .iter()
+        .filter(|t| !earlier.contains(&t.id))
+        .collect();
+    if left.is_empty() {
+        return Ok(RefundDecision::AlreadyDone);
     }
-    Ok(RefundDecision::Refund)
+    refund_window(by, terms, now_ms)?;
+    let mut chosen: Vec<&OrderTicket> = Vec::new();
+    if asked.is_empty() {
+        chosen.clone_from(&left);
+    } else {
+        for id in asked {
+            let ticket = tickets.iter().find(|t| t.id == *id).ok_or_else(|| {
+                CheckoutError::Invalid(format!("ticket {id} is not one of this order's"))
+            })?;
+            if earlier.contains(id) {
+                return Err(CheckoutError::RefundNotAllowed(format!(
+                    "ticket {id} was refunded already"
+                )));
+            }
+            if !chosen.iter().any(|t| t.id == *id) {
+                chosen.push(ticket);
+            }
+        }
+    }
+    let gross = chosen
+        .iter()
+        .try_fold(0i64, |sum, t| sum.checked_add(t.price))
+        .ok_or_else(|| CheckoutError::Invalid("the refund is too large".to_owned()))?;
+    let fee = refund_fee(by, terms.policy.as_ref(), gross);
+    let amount = gross - fee;
+    Ok(RefundDecision::Refund(RefundPlan {
+        ticket_ids: chosen.iter().map(|t| t.id).collect(),
+        gross,
+        fee,
+        amount,
+        order_status: if chosen.len() == left.len() {
+            OrderStatus::Refunded
+        } else {
+            OrderStatus::PartiallyRefunded
+        },
+        status: if amount > 0 {
+            RefundStatus::Processing
+        } else {
+            RefundStatus::Refunded
+        },
+    }))
 }
 
 /// An order's next state and the event that tells the other services.
@@ -284,20 +422,39 @@ pub fn on_payment_failed(order: &Order, reason: &str) -> Option<Transition> {
     })
 }
 
-/// A refund asked for (and allowed by [`decide_refund`]): a confirmed order is refunded; one
-/// refunded already stays as it is (`None`); anything else is refused.
-pub fn on_refund(order: &Order, reason: String) -> Result<Option<Transition>, CheckoutError> {
-    match order.status {
-        OrderStatus::Confirmed => Ok(Some(Transition {
-            status: OrderStatus::Refunded,
-            note: Some(format!("refunded: {reason}")),
-            event: order_refunded(order, reason, false),
-        })),
-        OrderStatus::Refunded => Ok(None),
-        other => Err(CheckoutError::NotRefundable {
-            status: other.as_str().to_owned(),
-        }),
+/// A refund decided by [`decide_refund`]: the order's next status and the `OrderRefunded`
+/// that tells the payments service (the money), the tickets service (voiding) and the buyer.
+pub fn on_refund(
+    order: &Order,
+    refund_id: uuid::Uuid,
+    plan: &RefundPlan,
+    reason: String,
+) -> Transition {
+    let note = match plan.order_status {
+        OrderStatus::Refunded => format!("refunded: {reason}"),
+        _ => format!("partly refunded: {reason}"),
+    };
+    Transition {
+        status: plan.order_status,
+        note: Some(note),
+        event: SagaEvent::OrderRefunded {
+            email: order.email.clone(),
+            phone: order.phone.clone(),
+            amount: plan.amount,
+            currency: order.total.currency.to_string(),
+            reason,
+            automatic: false,
+            refund_id: Some(refund_id),
+            ticket_ids: plan.ticket_ids.clone(),
+            fee: plan.fee,
+        },
     }
+}
+
+/// The id of an automatic refund (or of one announced before refunds had ids): derived from
+/// the order, so every service names it alike.
+pub fn automatic_refund_id(order: uuid::Uuid) -> uuid::Uuid {
+    holdfast_actors::domain::derived_id("refund", &order.to_string())
 }
 
 /// `OrderConfirmed` for `order`: what the tickets and notifications services need of it.
@@ -320,6 +477,9 @@ fn order_refunded(order: &Order, reason: String, automatic: bool) -> SagaEvent {
         currency: order.total.currency.to_string(),
         reason,
         automatic,
+        refund_id: Some(automatic_refund_id(order.id.0)),
+        ticket_ids: Vec::new(),
+        fee: 0,
     }
 }
 
@@ -369,10 +529,114 @@ pub fn settle(
     }
 }
 
-/// An order was refunded: a paid payment is marked refunded (for the refund run); any other
-/// stays as it is.
-pub fn payment_on_refund(status: PaymentStatus) -> Option<PaymentStatus> {
-    (status == PaymentStatus::Paid).then_some(PaymentStatus::Refunded)
+/// A refund of `amount` was recorded for a payment in `status` of `paid` in total, with
+/// `earlier` refunded (or being refunded) before: whether VNPAY is to pay it back, and the
+/// payment's next status (`refunded` once nothing is left). Only a paid payment is refunded;
+/// never more than what is left of it.
+pub fn payment_on_refund(
+    status: PaymentStatus,
+    paid: i64,
+    earlier: i64,
+    amount: i64,
+) -> Option<(i64, PaymentStatus)> {
+    if status != PaymentStatus::Paid || amount <= 0 {
+        return None;
+    }
+    let left = paid.saturating_sub(earlier).max(0);
+    let amount = amount.min(left);
+    if amount == 0 {
+        return None;
+    }
+    let next = if amount == left {
+        PaymentStatus::Refunded
+    } else {
+        PaymentStatus::Paid
+    };
+    Some((amount, next))
+}
+
+/// `02` (full) only for the whole payment with no refund before it: VNPAY refuses a full
+/// refund after a partial one (`04`); anything else is partial (`03`).
+pub fn refund_kind(paid: i64, earlier: i64, amount: i64) -> holdfast_vnpay::refund::RefundKind {
+    if earlier == 0 && amount == paid {
+        holdfast_vnpay::refund::RefundKind::Full
+    } else {
+        holdfast_vnpay::refund::RefundKind::Partial
+    }
+}
+
+/// Whether a `querydr` answer says the payment was refunded in full (`vnp_TransactionType`
+/// `02`): an earlier full refund whose answer was lost went through.
+pub fn refunded_per_querydr(response_code: &str, transaction_type: &str) -> bool {
+    response_code == "00" && transaction_type == "02"
+}
+
+/// What a refund attempt's answer does to the refund.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefundAnswer {
+    /// `00`.
+    Accepted,
+    /// `94`: VNPAY has this refund already.
+    AlreadyRequested,
+    /// A refusal (`02`, `91`, …) or an error (`99`): VNPAY answered, nothing was refunded.
+    Refused,
+    /// No (verifiable) answer: a timeout, a broken connection, a bad signature.
+    Lost,
+}
+
+/// The refund's next step after attempt number `attempt` (1-based) answered `answer`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefundStep {
+    Refunded,
+    /// Try again at this time; `uncertain`: the answer was lost, so the refund may have been
+    /// taken (the next attempt asks `querydr` first, and takes `94` as done).
+    Retry {
+        at_ms: i64,
+        uncertain: bool,
+    },
+    /// VNPAY kept refusing: `failed`, for an admin.
+    Failed,
+}
+
+/// Retry schedule: `first_ms`, doubling, at most `max_ms` apart, `attempts_max` attempts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backoff {
+    pub first_ms: i64,
+    pub max_ms: i64,
+    pub attempts_max: u32,
+}
+
+impl Backoff {
+    /// The wait after attempt number `attempt` (1-based).
+    pub fn after(&self, attempt: u32) -> i64 {
+        let doublings = attempt.saturating_sub(1).min(30);
+        self.first_ms
+            .saturating_mul(1_i64 << doublings)
+            .min(self.max_ms)
+    }
+}
+
+/// Decides the step after attempt `attempt`: `94` counts as done only when an earlier attempt
+/// may have reached VNPAY (`earlier_uncertain`), else it is a refusal like the others.
+pub fn refund_attempted(
+    answer: RefundAnswer,
+    attempt: u32,
+    earlier_uncertain: bool,
+    backoff: Backoff,
+    now_ms: i64,
+) -> RefundStep {
+    let answer = match answer {
+        RefundAnswer::AlreadyRequested if !earlier_uncertain => RefundAnswer::Refused,
+        a => a,
+    };
+    match answer {
+        RefundAnswer::Accepted | RefundAnswer::AlreadyRequested => RefundStep::Refunded,
+        _ if attempt >= backoff.attempts_max => RefundStep::Failed,
+        RefundAnswer::Refused | RefundAnswer::Lost => RefundStep::Retry {
+            at_ms: now_ms.saturating_add(backoff.after(attempt)),
+            uncertain: answer == RefundAnswer::Lost || earlier_uncertain,
+        },
+    }
 }
 
 // ---- tickets -----------------------------------------------------------------------------

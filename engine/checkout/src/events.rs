@@ -86,11 +86,22 @@ pub enum SagaEvent {
         #[serde(default)]
         phone: Option<String>,
         email: String,
+        /// What goes back to the buyer (after `fee`).
         amount: i64,
         currency: String,
         reason: String,
         /// True when the system refunded on its own (paid after the hold expired, sold out).
         automatic: bool,
+        /// The refund (the orders service's `refunds` row); absent in events written before
+        /// refunds had ids, which the payments service then derives from the order.
+        #[serde(default)]
+        refund_id: Option<Uuid>,
+        /// The tickets refunded; empty: all of the order's.
+        #[serde(default)]
+        ticket_ids: Vec<Uuid>,
+        /// What the event's refund policy kept.
+        #[serde(default)]
+        fee: i64,
     },
     /// Tickets: one signed ticket per seat.
     TicketsIssued {
@@ -103,7 +114,21 @@ pub enum SagaEvent {
     },
     /// Tickets: a refunded order's unused tickets no longer admit; `admitted` are the seats
     /// already used at the door, which stay sold (the orders service returns the rest).
-    TicketsVoided { admitted: Vec<SeatCount> },
+    TicketsVoided {
+        admitted: Vec<SeatCount>,
+        /// The seats whose tickets are not void (valid or admitted), which stay sold to the
+        /// order; absent in events written before partial refunds (then: `admitted`).
+        #[serde(default)]
+        kept: Option<Vec<SeatCount>>,
+    },
+    /// Payments: a refund's money went back through VNPAY (`refunded`), or VNPAY kept
+    /// refusing it within the retries (`failed`).
+    RefundSettled {
+        refund_id: Uuid,
+        refunded: bool,
+        response_code: Option<String>,
+        message: Option<String>,
+    },
 }
 
 /// Seats of one ticket type.
@@ -123,7 +148,8 @@ impl SagaEvent {
             | Self::OrderRefunded { .. } => ORDERS,
             Self::PaymentRequested { .. }
             | Self::PaymentSucceeded { .. }
-            | Self::PaymentFailed { .. } => PAYMENTS,
+            | Self::PaymentFailed { .. }
+            | Self::RefundSettled { .. } => PAYMENTS,
             Self::TicketsIssued { .. } | Self::TicketsVoided { .. } => TICKETS,
         }
     }
@@ -139,6 +165,7 @@ impl SagaEvent {
             Self::OrderRefunded { .. } => "OrderRefunded",
             Self::TicketsIssued { .. } => "TicketsIssued",
             Self::TicketsVoided { .. } => "TicketsVoided",
+            Self::RefundSettled { .. } => "RefundSettled",
         }
     }
 }

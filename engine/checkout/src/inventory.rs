@@ -38,6 +38,8 @@ pub struct EventTerms {
     pub starts_at_ms: i64,
     /// The unit price of each ticket type on sale.
     pub prices: Vec<(TicketCode, Money)>,
+    /// `None`: buyers cannot refund by themselves.
+    pub refund_policy: Option<holdfast_actors::RefundPolicy>,
 }
 
 /// The events' stock, as the saga uses it.

@@ -54,6 +54,8 @@ status!(
         Confirmed = "confirmed",
         /// The payment failed or was abandoned; the hold was released.
         Cancelled = "cancelled",
+        /// Some of its tickets were refunded; the others still admit.
+        PartiallyRefunded = "partially_refunded",
         /// The money goes back: by request, or automatically when a late payment found the
         /// seats sold.
         Refunded = "refunded",
@@ -67,6 +69,7 @@ status!(
         PendingPayment = "pending_payment",
         Confirmed = "confirmed",
         Cancelled = "cancelled",
+        PartiallyRefunded = "partially_refunded",
         Refunded = "refunded",
         Expired = "expired",
     }
@@ -78,6 +81,7 @@ impl From<OrderStatus> for ReadStatus {
             OrderStatus::PendingPayment => Self::PendingPayment,
             OrderStatus::Confirmed => Self::Confirmed,
             OrderStatus::Cancelled => Self::Cancelled,
+            OrderStatus::PartiallyRefunded => Self::PartiallyRefunded,
             OrderStatus::Refunded => Self::Refunded,
         }
     }
@@ -92,6 +96,16 @@ status!(
         Failed = "failed",
         /// Paid, then refunded (VNPAY's refund run pays it back).
         Refunded = "refunded",
+    }
+);
+
+status!(
+    /// Where a refund's money stands: VNPAY is being asked, took it, or kept refusing.
+    RefundStatus, "refund status" {
+        Processing = "processing",
+        Refunded = "refunded",
+        /// VNPAY kept refusing (or never answered) within the retries: an admin settles it.
+        Failed = "failed",
     }
 );
 
@@ -215,6 +229,9 @@ mod tests {
         }
         for s in TicketStatus::ALL {
             assert_eq!(TicketStatus::parse(s.as_str()), Ok(*s));
+        }
+        for s in RefundStatus::ALL {
+            assert_eq!(RefundStatus::parse(s.as_str()), Ok(*s));
         }
         assert!(
             OrderStatus::parse("expired").is_err(),

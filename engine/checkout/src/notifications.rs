@@ -175,6 +175,7 @@ impl Notifications {
                 currency,
                 reason,
                 automatic,
+                ..
             } => Some(message(
                 email,
                 phone,

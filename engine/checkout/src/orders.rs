@@ -8,16 +8,16 @@ use async_trait::async_trait;
 use holdfast_actors::domain::derived_id;
 use holdfast_actors::{EventId, HoldId, HoldRef, Line, OrderId, Quantity, TicketCode, UserId};
 use holdfast_bus::{PAYMENTS, TICKETS};
-use holdfast_persistence::{CheckoutTx, OrderRow, OutboxRecord};
+use holdfast_persistence::{CheckoutTx, OrderRow, OutboxRecord, RefundRow};
 use tokio::sync::{Notify, mpsc, oneshot};
 use uuid::Uuid;
 
-use crate::api::{CheckoutError, OrderView, RefundBy};
-use crate::decide::{self, HoldUse, RefundDecision, Seats, Transition};
+use crate::api::{CheckoutError, OrderView, RefundBy, RefundView};
+use crate::decide::{self, HoldUse, RefundDecision, RefundTerms, Seats, Transition};
 use crate::error::Error;
 use crate::events::{Envelope, Item, SagaEvent, SeatCount};
 use crate::inventory::Inventory;
-use crate::model::{OrderStatus, ReadStatus};
+use crate::model::{Currency, Money, OrderStatus, ReadStatus, RefundStatus};
 use crate::order::Order;
 use crate::runner::Consumer;
 use crate::service::Ctx;
@@ -54,6 +54,33 @@ fn lines(items: &[Item]) -> Result<Vec<Line>, Error> {
             })
         })
         .collect()
+}
+
+fn refund_ticket_ids(row: &RefundRow) -> Result<Vec<Uuid>, CheckoutError> {
+    serde_json::from_str(&row.ticket_ids)
+        .map_err(|e| CheckoutError::Corrupt(format!("refund {} has bad ticket ids: {e}", row.id)))
+}
+
+fn refund_view(row: &RefundRow) -> Result<RefundView, CheckoutError> {
+    let corrupt = |e: &dyn std::fmt::Display| {
+        CheckoutError::Corrupt(format!("refund {} is unreadable: {e}", row.id))
+    };
+    Ok(RefundView {
+        id: row.id,
+        order_id: OrderId(row.order_id),
+        amount: Money::new(
+            row.amount,
+            Currency::parse(&row.currency).map_err(|e| corrupt(&e))?,
+        ),
+        fee: row.fee,
+        status: RefundStatus::parse(&row.status).map_err(|e| corrupt(&e))?,
+        ticket_ids: refund_ticket_ids(row)?,
+        reason: row.reason.clone(),
+        by_organizer: row.by_organizer,
+        note: row.note.clone(),
+        created_at_ms: row.created_at,
+        updated_at_ms: row.updated_at,
+    })
 }
 
 /// The id of the hold that re-reserves a paid order's seats: derived from the order, so a
@@ -408,72 +435,141 @@ impl Orders {
         rows.iter().map(|row| self.row_view(row)).collect()
     }
 
-    /// The first half of `POST /v1/orders/{id}/refund`: whether `by` may refund the order now.
-    /// `Some` is an order refunded already (asking again changes nothing).
-    pub(crate) async fn refund_check(
+    /// The event's terms a refund by `by` is judged by (the organizer's need none).
+    async fn refund_terms(
+        &self,
+        order: &Order,
+        by: RefundBy,
+    ) -> Result<RefundTerms, CheckoutError> {
+        if by == RefundBy::Organizer {
+            return Ok(RefundTerms {
+                starts_at_ms: None,
+                policy: None,
+            });
+        }
+        let terms = self.inventory.terms(order.hold.event_id).await?;
+        Ok(RefundTerms {
+            starts_at_ms: terms.as_ref().map(|t| t.starts_at_ms),
+            policy: terms.and_then(|t| t.refund_policy),
+        })
+    }
+
+    /// `POST /v1/orders/{id}/refund`: decides the refund of `asked` (empty: every ticket left)
+    /// under the order's row lock and commits, in one transaction, the refund (`processing`,
+    /// or `refunded` when nothing is to be paid back), the order's next status and
+    /// `OrderRefunded`. `void_tickets` (the tickets service runs here; `Some(by the buyer)`)
+    /// voids the refunded tickets in the same transaction, refusing the buyer an admitted
+    /// one, so a refund is never half done. The seats go back on sale when the tickets
+    /// service answers with `TicketsVoided`; the money when the payments service hears of it.
+    /// Asking again once every ticket is refunded answers the last refund.
+    pub(crate) async fn refund(
         &self,
         id: OrderId,
+        reason: String,
         by: RefundBy,
-    ) -> Result<Option<OrderView>, CheckoutError> {
+        asked: &[Uuid],
+        void_tickets: Option<bool>,
+    ) -> Result<RefundView, CheckoutError> {
         let row = self
             .ctx
             .store
             .order(id.0)
             .await?
             .ok_or(CheckoutError::OrderNotFound)?;
-        let order = Order::from_row(&row)?;
-        let starts_at_ms = match by {
-            RefundBy::Organizer => None,
-            RefundBy::Buyer => self
-                .inventory
-                .terms(order.hold.event_id)
-                .await?
-                .map(|t| t.starts_at_ms),
-        };
-        match decide::decide_refund(order.status, by, self.ctx.now_ms(), starts_at_ms)? {
-            RefundDecision::AlreadyDone => Ok(Some(self.view_now(&order))),
-            RefundDecision::Refund => Ok(None),
-        }
-    }
-
-    /// The second half: the order ends `refunded` and `OrderRefunded` goes out. The seats go
-    /// back on sale when the tickets service answers with `TicketsVoided` (it knows which
-    /// were used at the door). `void_tickets` (the tickets service runs here; `Some(by the
-    /// buyer)`) voids the unused tickets in the same transaction, so a refund is never half
-    /// done: tickets void and the order refunded, or neither.
-    pub(crate) async fn refund(
-        &self,
-        id: OrderId,
-        reason: String,
-        void_tickets: Option<bool>,
-    ) -> Result<OrderView, CheckoutError> {
+        let terms = self.refund_terms(&Order::from_row(&row)?, by).await?;
         let now = self.ctx.now_ms();
         let mut tx = self.ctx.store.checkout_tx().await?;
         let row = tx.order(id.0).await?.ok_or(CheckoutError::OrderNotFound)?;
         let order = Order::from_row(&row)?;
-        let Some(next) = decide::on_refund(&order, reason)? else {
-            return Ok(self.view_now(&order));
+        let earlier_rows = tx.refunds_of_order(id.0).await?;
+        let earlier = earlier_rows
+            .iter()
+            .map(refund_ticket_ids)
+            .collect::<Result<Vec<_>, _>>()?
+            .concat();
+        let plan = match decide::decide_refund(&order, &earlier, asked, by, terms, now)? {
+            RefundDecision::AlreadyDone => {
+                return match earlier_rows.last() {
+                    Some(last) => refund_view(last),
+                    None => Err(CheckoutError::NotRefundable {
+                        status: order.status.as_str().to_owned(),
+                    }),
+                };
+            }
+            RefundDecision::Refund(plan) => plan,
         };
         if let Some(by_buyer) = void_tickets {
-            crate::tickets::Tickets::void_in(&mut tx, id, by_buyer).await?;
+            crate::tickets::Tickets::void_in(&mut tx, id, by_buyer, &plan.ticket_ids).await?;
         }
+        let refund_id = Uuid::now_v7();
+        let refund = RefundRow {
+            id: refund_id,
+            order_id: id.0,
+            amount: plan.amount,
+            fee: plan.fee,
+            currency: order.total.currency.to_string(),
+            ticket_ids: serde_json::to_string(&plan.ticket_ids).expect("ids serialise"),
+            reason: reason.clone(),
+            by_organizer: by == RefundBy::Organizer,
+            status: plan.status.as_str().to_owned(),
+            note: None,
+            created_at: now,
+            updated_at: now,
+        };
+        tx.insert_refund(&refund).await?;
+        let next = decide::on_refund(&order, refund_id, &plan, reason);
         let order = next.applied_to(&order, now);
         tx.update_order(&order.to_row()).await?;
         tx.outbox(&[Envelope::new(id.0, now, next.event).record()])
             .await?;
         tx.commit().await?;
         self.ctx.relay.notify_one();
-        tracing::info!(order = %id.0, total = %order.total, note = order.note.as_deref().unwrap_or(""), "order refunded");
-        Ok(self.view_now(&order))
+        metrics::counter!("holdfast_refunds_total", "by" => if by == RefundBy::Buyer { "buyer" } else { "organizer" }).increment(1);
+        tracing::info!(order = %id.0, refund = %refund_id, amount = plan.amount, fee = plan.fee, tickets = plan.ticket_ids.len(), status = %order.status, "order refunded");
+        refund_view(&refund)
     }
 
-    /// `TicketsVoided`: a refunded order's seats go back on sale, except those used at the
-    /// door. Idempotent in the inventory, so a redelivery changes nothing.
-    async fn tickets_voided(&self, env: &Envelope, admitted: &[SeatCount]) -> anyhow::Result<()> {
+    /// `GET /v1/orders/{id}/refunds`, oldest first.
+    pub(crate) async fn refunds(&self, id: OrderId) -> Result<Vec<RefundView>, CheckoutError> {
+        let rows = self.ctx.store.refunds_of_order(id.0).await?;
+        rows.iter().map(refund_view).collect()
+    }
+
+    /// `RefundSettled`: the refund's money went back (or VNPAY kept refusing).
+    async fn refund_settled(
+        &self,
+        tx: &mut CheckoutTx,
+        env: &Envelope,
+        refund_id: Uuid,
+        refunded: bool,
+        message: Option<&str>,
+    ) -> anyhow::Result<()> {
+        if !tx.first_time(CONSUMER, env.id).await? {
+            return Ok(());
+        }
+        let status = if refunded {
+            RefundStatus::Refunded
+        } else {
+            RefundStatus::Failed
+        };
+        if tx
+            .settle_refund(refund_id, status.as_str(), message, self.ctx.now_ms())
+            .await?
+        {
+            tracing::info!(order = %env.order_id, refund = %refund_id, status = %status, "refund settled");
+        }
+        Ok(())
+    }
+
+    /// `TicketsVoided`: a refunded order's seats go back on sale, except `kept` (those whose
+    /// tickets still admit, or were used at the door). Idempotent in the inventory (it keeps
+    /// at most what the order holds), and `kept` only shrinks as refunds void more tickets, so
+    /// a redelivered or late answer of an earlier refund returns nothing twice.
+    async fn tickets_voided(&self, env: &Envelope, kept: &[SeatCount]) -> anyhow::Result<()> {
         let Some(row) = self.ctx.store.order(env.order_id).await? else {
             return Ok(());
         };
-        let keep = admitted
+        let keep = kept
             .iter()
             .map(|s| Item {
                 ticket_type: s.ticket_type.clone(),
@@ -522,6 +618,36 @@ impl Orders {
         let order = Order::from_row(&row).map_err(Error::permanent)?;
         let next = decide(&order);
         if let Some(next) = &next {
+            if let SagaEvent::OrderRefunded {
+                refund_id: Some(refund_id),
+                amount,
+                reason,
+                ..
+            } = &next.event
+            {
+                // An automatic refund (paid after the seats were gone): the buyer sees it too.
+                tx.insert_refund(&RefundRow {
+                    id: *refund_id,
+                    order_id: order.id.0,
+                    amount: *amount,
+                    fee: 0,
+                    currency: order.total.currency.to_string(),
+                    ticket_ids: "[]".to_owned(),
+                    reason: reason.clone(),
+                    by_organizer: false,
+                    status: if *amount > 0 {
+                        RefundStatus::Processing
+                    } else {
+                        RefundStatus::Refunded
+                    }
+                    .as_str()
+                    .to_owned(),
+                    note: None,
+                    created_at: now,
+                    updated_at: now,
+                })
+                .await?;
+            }
             tx.update_order(&next.applied_to(&order, now).to_row())
                 .await?;
             tx.outbox(&[Envelope::new(order.id.0, now, next.event.clone()).record()])
@@ -578,13 +704,25 @@ impl Consumer for Orders {
     }
 
     fn in_tx(&self, env: &Envelope) -> bool {
-        matches!(env.event, SagaEvent::PaymentRequested { .. })
+        matches!(
+            env.event,
+            SagaEvent::PaymentRequested { .. } | SagaEvent::RefundSettled { .. }
+        )
     }
 
     async fn handle_in(&self, tx: &mut CheckoutTx, env: &Envelope) -> Result<(), Error> {
         match &env.event {
             SagaEvent::PaymentRequested { payment_url, .. } => self
                 .payment_requested(tx, env, payment_url)
+                .await
+                .map_err(Error::from),
+            SagaEvent::RefundSettled {
+                refund_id,
+                refunded,
+                message,
+                ..
+            } => self
+                .refund_settled(tx, env, *refund_id, *refunded, message.as_deref())
                 .await
                 .map_err(Error::from),
             _ => Ok(()),
@@ -600,7 +738,10 @@ impl Consumer for Orders {
         let handled: anyhow::Result<()> = match &env.event {
             SagaEvent::PaymentSucceeded { .. } => self.payment_succeeded(env).await,
             SagaEvent::PaymentFailed { reason, .. } => self.payment_failed(env, reason).await,
-            SagaEvent::TicketsVoided { admitted } => self.tickets_voided(env, admitted).await,
+            SagaEvent::TicketsVoided { admitted, kept } => {
+                self.tickets_voided(env, kept.as_deref().unwrap_or(admitted))
+                    .await
+            }
             _ => Ok(()),
         };
         handled.map_err(Error::from)

@@ -7,18 +7,21 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use holdfast_bus::ORDERS;
-use holdfast_persistence::{CheckoutTx, PaymentRow};
+use holdfast_persistence::{CheckoutTx, PaymentRefundRow, PaymentRow};
 use holdfast_vnpay::ipn::{self, IpnOutcome, RspCode};
+use holdfast_vnpay::refund::{
+    RefundKind, RefundOutcome, RefundRequest, RefundResponse, RefundResult,
+};
 use holdfast_vnpay::{PaymentRequest, VerifiedReturn};
 use time::OffsetDateTime;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use uuid::Uuid;
 
 use crate::api::{IpnAnswer, ReturnPage};
 use crate::decide;
 use crate::error::Error;
 use crate::events::{Envelope, SagaEvent};
-use crate::model::{Currency, Money, PaymentStatus};
+use crate::model::{Currency, Money, PaymentStatus, RefundStatus};
 use crate::runner::Consumer;
 use crate::service::Ctx;
 
@@ -37,13 +40,45 @@ pub struct PaymentSettings {
     pub reconcile_grace: Duration,
     /// How often pending payments are looked at.
     pub reconcile_every: Duration,
+    /// How refunds are paid back through VNPAY's refund API.
+    pub refunds: RefundSettings,
+}
+
+/// How the payments service pays refunds back.
+#[derive(Clone, Copy, Debug)]
+pub struct RefundSettings {
+    /// When to try again after a refusal or a lost answer, and how often at most.
+    pub backoff: decide::Backoff,
+    /// How often due refunds are looked at (besides at once when one is recorded).
+    pub every: Duration,
+    /// How long one refund call waits for VNPAY's answer.
+    pub timeout: Duration,
+}
+
+impl Default for RefundSettings {
+    fn default() -> Self {
+        Self {
+            backoff: decide::Backoff {
+                first_ms: 5_000,
+                max_ms: 600_000,
+                attempts_max: 8,
+            },
+            every: Duration::from_secs(5),
+            timeout: Duration::from_secs(15),
+        }
+    }
 }
 
 pub(crate) struct Payments {
     ctx: Ctx,
     settings: PaymentSettings,
     http: reqwest::Client,
+    /// Wakes the refund loop when a refund is recorded.
+    refund_wake: Notify,
 }
+
+/// Refunds one round of the refund loop takes at most.
+const REFUNDS_PER_ROUND: u32 = 50;
 
 /// The result to record for a payment.
 struct Settlement {
@@ -67,6 +102,19 @@ fn payment_total(p: &PaymentRow) -> Result<Money, Error> {
         .map_err(|e| Error::permanent(format!("payment of order {}: {e}", p.order_id)))
 }
 
+/// What the order's other refunds (than `id`) take of its payment: all but the failed ones.
+fn counted(refunds: &[PaymentRefundRow], id: Uuid) -> i64 {
+    refunds
+        .iter()
+        .filter(|r| r.id != id && r.status != RefundStatus::Failed.as_str())
+        .map(|r| r.amount)
+        .sum()
+}
+
+fn attempts(refund: &PaymentRefundRow) -> u32 {
+    u32::try_from(refund.attempts).unwrap_or(u32::MAX)
+}
+
 fn datetime(ms: i64) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .unwrap_or(OffsetDateTime::UNIX_EPOCH)
@@ -82,6 +130,7 @@ impl Payments {
             ctx,
             settings,
             http,
+            refund_wake: Notify::new(),
         }
     }
 
@@ -165,19 +214,266 @@ impl Payments {
         Ok(())
     }
 
-    async fn order_refunded(&self, tx: &mut CheckoutTx, env: &Envelope) -> anyhow::Result<()> {
+    /// `OrderRefunded`: records the refund's money to pay back through VNPAY (never more than
+    /// what is left of the payment), and marks the payment `refunded` once nothing is left.
+    async fn order_refunded(
+        &self,
+        tx: &mut CheckoutTx,
+        env: &Envelope,
+        refund_id: Option<Uuid>,
+        amount: i64,
+    ) -> anyhow::Result<()> {
         if !tx.first_time(CONSUMER, env.id).await? {
             return Ok(());
         }
-        // The money goes back through VNPAY's refund run; the payment says so.
-        if let Some(mut payment) = tx.payment(env.order_id).await?
-            && let Some(next) = decide::payment_on_refund(payment_status(&payment)?)
-        {
+        let Some(mut payment) = tx.payment(env.order_id).await? else {
+            return Ok(()); // a free order: nothing was paid
+        };
+        let id = refund_id.unwrap_or_else(|| decide::automatic_refund_id(env.order_id));
+        let refunds = tx.payment_refunds_of_order(env.order_id).await?;
+        if refunds.iter().any(|r| r.id == id) {
+            return Ok(());
+        }
+        let status = payment_status(&payment)?;
+        let Some((amount, next)) =
+            decide::payment_on_refund(status, payment.amount, counted(&refunds, id), amount)
+        else {
+            return Ok(());
+        };
+        let now = self.ctx.now_ms();
+        tx.insert_payment_refund(&PaymentRefundRow {
+            id,
+            order_id: env.order_id,
+            amount,
+            status: RefundStatus::Processing.as_str().to_owned(),
+            attempts: 0,
+            uncertain: false,
+            next_attempt_at: now,
+            response_code: None,
+            message: None,
+            transaction_no: None,
+            created_at: now,
+            updated_at: now,
+        })
+        .await?;
+        if next != status {
             payment.status = next.as_str().to_owned();
-            payment.updated_at = self.ctx.now_ms();
+            payment.updated_at = now;
             tx.update_payment(&payment).await?;
         }
         Ok(())
+    }
+
+    /// Pays refunds back through VNPAY: each due refund once per round, at once when one is
+    /// recorded, and every `refunds.every`.
+    pub(crate) async fn refund_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        loop {
+            if let Err(e) = self.refund_round().await {
+                tracing::warn!(error = %e, "paying refunds back failed");
+            }
+            tokio::select! {
+                () = tokio::time::sleep(self.settings.refunds.every) => {}
+                () = self.refund_wake.notified() => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
+    async fn refund_round(&self) -> anyhow::Result<()> {
+        let due = self
+            .ctx
+            .store
+            .payment_refunds_due(self.ctx.now_ms(), REFUNDS_PER_ROUND)
+            .await?;
+        for refund in due {
+            if let Err(e) = self.pay_back(refund.id).await {
+                tracing::warn!(refund = %refund.id, order = %refund.order_id, error = %e, "a refund attempt failed");
+            }
+        }
+        Ok(())
+    }
+
+    /// One attempt at refund `id`: claimed under its row lock while due (so two nodes never
+    /// send the same attempt), counted as possibly taken before it is sent (a crash
+    /// mid-call leaves it `uncertain`), then VNPAY's answer decides the next step.
+    async fn pay_back(&self, id: Uuid) -> anyhow::Result<()> {
+        let backoff = self.settings.refunds.backoff;
+        let now = self.ctx.now_ms();
+        let mut tx = self.ctx.store.checkout_tx().await?;
+        let Some(mut refund) = tx.payment_refund(id).await? else {
+            return Ok(());
+        };
+        if refund.status != RefundStatus::Processing.as_str() || refund.next_attempt_at > now {
+            return Ok(());
+        }
+        let Some(payment) = tx.payment(refund.order_id).await? else {
+            return Ok(());
+        };
+        let earlier = counted(&tx.payment_refunds_of_order(refund.order_id).await?, id);
+        let earlier_uncertain = refund.uncertain;
+        refund.attempts += 1;
+        refund.uncertain = true;
+        refund.next_attempt_at = now.saturating_add(backoff.after(attempts(&refund)));
+        refund.updated_at = now;
+        tx.update_payment_refund(&refund).await?;
+        tx.commit().await?;
+
+        let kind = decide::refund_kind(payment.amount, earlier, refund.amount);
+        let reconciled =
+            earlier_uncertain && kind == RefundKind::Full && self.querydr_refunded(&payment).await;
+        let (answer, result) = if reconciled {
+            (decide::RefundAnswer::AlreadyRequested, None)
+        } else {
+            self.send_refund(&payment, &refund, kind).await
+        };
+        let step = decide::refund_attempted(
+            answer,
+            attempts(&refund),
+            earlier_uncertain,
+            backoff,
+            self.ctx.now_ms(),
+        );
+        self.record_attempt(id, step, result).await
+    }
+
+    /// Stores the step an attempt decided; a settled refund is announced (`RefundSettled`).
+    async fn record_attempt(
+        &self,
+        id: Uuid,
+        step: decide::RefundStep,
+        result: Option<RefundResult>,
+    ) -> anyhow::Result<()> {
+        let now = self.ctx.now_ms();
+        let mut tx = self.ctx.store.checkout_tx().await?;
+        let Some(mut refund) = tx.payment_refund(id).await? else {
+            return Ok(());
+        };
+        if refund.status != RefundStatus::Processing.as_str() {
+            return Ok(());
+        }
+        if let Some(result) = &result {
+            refund.response_code = Some(result.response_code.clone());
+            refund.message = Some(result.message.clone());
+            if result.outcome == RefundOutcome::Accepted {
+                refund.transaction_no.clone_from(&result.transaction_no);
+            }
+        }
+        refund.updated_at = now;
+        let settled = match step {
+            decide::RefundStep::Retry { at_ms, uncertain } => {
+                refund.next_attempt_at = at_ms;
+                refund.uncertain = uncertain;
+                None
+            }
+            decide::RefundStep::Refunded => Some(RefundStatus::Refunded),
+            decide::RefundStep::Failed => Some(RefundStatus::Failed),
+        };
+        if let Some(status) = settled {
+            status.as_str().clone_into(&mut refund.status);
+            refund.uncertain = false;
+            let event = SagaEvent::RefundSettled {
+                refund_id: id,
+                refunded: status == RefundStatus::Refunded,
+                response_code: refund.response_code.clone(),
+                message: refund.message.clone(),
+            };
+            tx.outbox(&[Envelope::new(refund.order_id, now, event).record()])
+                .await?;
+        }
+        tx.update_payment_refund(&refund).await?;
+        tx.commit().await?;
+        match settled {
+            Some(RefundStatus::Refunded) => {
+                metrics::counter!("holdfast_refunds_paid_back_total").increment(1);
+                tracing::info!(refund = %id, order = %refund.order_id, amount = refund.amount, attempts = refund.attempts, "refund paid back through VNPAY");
+            }
+            Some(_) => {
+                metrics::counter!("holdfast_refunds_failed_total").increment(1);
+                tracing::error!(refund = %id, order = %refund.order_id, amount = refund.amount, attempts = refund.attempts, code = refund.response_code.as_deref().unwrap_or(""), "VNPAY kept refusing a refund; it is failed and needs an admin");
+            }
+            None => {
+                tracing::warn!(refund = %id, order = %refund.order_id, attempts = refund.attempts, code = refund.response_code.as_deref().unwrap_or(""), "a refund attempt did not go through; retrying later");
+            }
+        }
+        if settled.is_some() {
+            self.ctx.relay.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Sends one refund request; what it answered, as the decision reads it.
+    async fn send_refund(
+        &self,
+        payment: &PaymentRow,
+        refund: &PaymentRefundRow,
+        kind: RefundKind,
+    ) -> (decide::RefundAnswer, Option<RefundResult>) {
+        let Some(url) = &self.settings.api_url else {
+            tracing::warn!(refund = %refund.id, "no VNPAY API URL is set: refunds cannot be paid back");
+            return (decide::RefundAnswer::Refused, None);
+        };
+        let request = RefundRequest {
+            request_id: Uuid::new_v4().simple().to_string(),
+            kind,
+            txn_ref: payment.order_id.to_string(),
+            amount_minor: u64::try_from(refund.amount).unwrap_or(0),
+            transaction_no: payment.transaction_no.clone(),
+            transaction_date: datetime(payment.created_at),
+            create_by: "holdfast".to_owned(),
+            create_date: datetime(self.ctx.now_ms()),
+            ip_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            // Names the refund: VNPAY (and its stand-in) answers `94` to the same refund again.
+            order_info: format!("Holdfast refund {}", refund.id),
+        };
+        let answer = async {
+            let body = holdfast_vnpay::refund::request_body(&self.settings.vnpay, &request)?;
+            let response: RefundResponse = self
+                .http
+                .post(url)
+                .timeout(self.settings.refunds.timeout)
+                .json(&body)
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            anyhow::Ok(holdfast_vnpay::refund::verify_response(
+                &self.settings.vnpay,
+                &response,
+            )?)
+        }
+        .await;
+        match answer {
+            Ok(result) => {
+                let answer = match result.outcome {
+                    RefundOutcome::Accepted => decide::RefundAnswer::Accepted,
+                    RefundOutcome::AlreadyRequested => decide::RefundAnswer::AlreadyRequested,
+                    RefundOutcome::Refused | RefundOutcome::Error => decide::RefundAnswer::Refused,
+                };
+                (answer, Some(result))
+            }
+            Err(e) => {
+                tracing::warn!(refund = %refund.id, order = %refund.order_id, error = %e, "no answer from VNPAY to a refund");
+                (decide::RefundAnswer::Lost, None)
+            }
+        }
+    }
+
+    /// Whether `querydr` says the payment was refunded in full (the answer to an earlier full
+    /// refund was lost); any failure says no, and the refund is sent again.
+    async fn querydr_refunded(&self, payment: &PaymentRow) -> bool {
+        let Some(url) = &self.settings.api_url else {
+            return false;
+        };
+        match self.querydr_raw(url, payment).await {
+            Ok(result) => {
+                decide::refunded_per_querydr(&result.response_code, &result.transaction_type)
+            }
+            Err(e) => {
+                tracing::warn!(order = %payment.order_id, error = %e, "querydr before a refund retry failed");
+                false
+            }
+        }
     }
 
     /// Records a settlement once; returns the IPN answer for it.
@@ -358,25 +654,7 @@ impl Payments {
 
     /// Asks VNPAY for a payment's result; `None` while VNPAY still has it in progress.
     async fn querydr(&self, url: &str, payment: &PaymentRow) -> anyhow::Result<Option<Settlement>> {
-        let request = holdfast_vnpay::querydr::QueryDrRequest {
-            request_id: Uuid::new_v4().simple().to_string(),
-            txn_ref: payment.order_id.to_string(),
-            transaction_date: datetime(payment.created_at),
-            create_date: datetime(self.ctx.now_ms()),
-            ip_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            order_info: format!("Query order {}", payment.order_id),
-        };
-        let body = holdfast_vnpay::querydr::request_body(&self.settings.vnpay, &request)?;
-        let response: holdfast_vnpay::querydr::QueryDrResponse = self
-            .http
-            .post(url)
-            .json(&body)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        let result = holdfast_vnpay::querydr::verify_response(&self.settings.vnpay, &response)?;
+        let result = self.querydr_raw(url, payment).await?;
         let amount = u64::try_from(payment.amount).unwrap_or(0);
         if result.is_pending() {
             return Ok(None);
@@ -396,6 +674,36 @@ impl Payments {
             transaction_no: result.transaction_no,
             bank_code: result.bank_code,
         }))
+    }
+
+    /// Asks VNPAY about a payment (`querydr`), verified.
+    async fn querydr_raw(
+        &self,
+        url: &str,
+        payment: &PaymentRow,
+    ) -> anyhow::Result<holdfast_vnpay::querydr::QueryDrResult> {
+        let request = holdfast_vnpay::querydr::QueryDrRequest {
+            request_id: Uuid::new_v4().simple().to_string(),
+            txn_ref: payment.order_id.to_string(),
+            transaction_date: datetime(payment.created_at),
+            create_date: datetime(self.ctx.now_ms()),
+            ip_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            order_info: format!("Query order {}", payment.order_id),
+        };
+        let body = holdfast_vnpay::querydr::request_body(&self.settings.vnpay, &request)?;
+        let response: holdfast_vnpay::querydr::QueryDrResponse = self
+            .http
+            .post(url)
+            .json(&body)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        Ok(holdfast_vnpay::querydr::verify_response(
+            &self.settings.vnpay,
+            &response,
+        )?)
     }
 }
 
@@ -437,13 +745,18 @@ impl Consumer for Payments {
                 )
                 .await
             }
-            SagaEvent::OrderRefunded { .. } => self.order_refunded(tx, env).await,
+            SagaEvent::OrderRefunded {
+                refund_id, amount, ..
+            } => self.order_refunded(tx, env, *refund_id, *amount).await,
             _ => Ok(()),
         };
         handled.map_err(Error::from)
     }
 
-    fn committed(&self, _env: &Envelope) {
+    fn committed(&self, env: &Envelope) {
+        if matches!(env.event, SagaEvent::OrderRefunded { .. }) {
+            self.refund_wake.notify_one();
+        }
         self.ctx.relay.notify_one();
     }
 

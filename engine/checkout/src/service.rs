@@ -12,7 +12,8 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use crate::api::{
-    Admission, CheckoutError, IpnAnswer, OrderView, ParkedView, RefundBy, ReturnPage, TicketView,
+    Admission, CheckoutError, IpnAnswer, OrderView, ParkedView, RefundBy, RefundView, ReturnPage,
+    TicketView,
 };
 use crate::inventory::Inventory;
 use crate::notifications::{Notifications, NotifySettings};
@@ -139,6 +140,9 @@ impl CheckoutNode {
             tasks.push(tokio::spawn(
                 Arc::clone(&payments).reconcile(stopped.clone()),
             ));
+            tasks.push(tokio::spawn(
+                Arc::clone(&payments).refund_loop(stopped.clone()),
+            ));
             Some(payments)
         } else {
             None
@@ -239,23 +243,45 @@ impl CheckoutNode {
         self.orders_service()?.of_user(user).await
     }
 
-    /// The order's rules first; then, in one transaction, (with the tickets service on this
-    /// node) its unused tickets are voided under their row locks, which refuses the buyer an
-    /// admitted ticket, and the order is refunded. Run apart, the tickets service voids on
-    /// `OrderRefunded` and admitted seats still stay sold, but the buyer's refund is not
-    /// refused.
+    /// Refunds every ticket left of the order, as `by` may (the event's cancellation calls
+    /// this for each confirmed order, as the organizer), and answers the order as it is then.
+    /// See [`CheckoutNode::refund_tickets`].
     pub async fn refund(
         &self,
         id: OrderId,
         reason: String,
         by: RefundBy,
     ) -> Result<OrderView, CheckoutError> {
-        let orders = self.orders_service()?;
-        if let Some(done) = orders.refund_check(id, by).await? {
-            return Ok(done);
-        }
+        self.refund_tickets(id, reason, by, &[]).await?;
+        self.orders_service()?
+            .get(id)
+            .await?
+            .ok_or(CheckoutError::OrderNotFound)
+    }
+
+    /// `POST /v1/orders/{id}/refund`: refunds `ticket_ids` (empty: every ticket left) of the
+    /// order, as `by` may. In one transaction (with the tickets service on this node) the
+    /// refunded tickets are voided under their row locks, which refuses the buyer an
+    /// admitted ticket, and the refund and the order are stored. Run apart, the tickets
+    /// service voids on `OrderRefunded` and admitted seats still stay sold, but the buyer's
+    /// refund is not refused. The money goes back through VNPAY afterwards (the payments
+    /// service); the refund reads `processing` until then.
+    pub async fn refund_tickets(
+        &self,
+        id: OrderId,
+        reason: String,
+        by: RefundBy,
+        ticket_ids: &[uuid::Uuid],
+    ) -> Result<RefundView, CheckoutError> {
         let void_tickets = self.tickets.is_some().then_some(by == RefundBy::Buyer);
-        orders.refund(id, reason, void_tickets).await
+        self.orders_service()?
+            .refund(id, reason, by, ticket_ids, void_tickets)
+            .await
+    }
+
+    /// `GET /v1/orders/{id}/refunds`.
+    pub async fn refunds(&self, id: OrderId) -> Result<Vec<RefundView>, CheckoutError> {
+        self.orders_service()?.refunds(id).await
     }
 
     pub async fn tickets(&self, order: OrderId) -> Result<Vec<TicketView>, CheckoutError> {

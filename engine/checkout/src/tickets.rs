@@ -39,13 +39,7 @@ fn view(row: &TicketRow) -> Result<TicketView, CheckoutError> {
     })
 }
 
-/// A seat's ticket id, derived from the order: issuing again yields the same ids.
-fn ticket_id(order: Uuid, ticket_type: &str, seat: u32) -> Uuid {
-    holdfast_actors::domain::derived_id(
-        &format!("ticket:{order}"),
-        &format!("{ticket_type}:{seat}"),
-    )
-}
+use crate::decide::ticket_id;
 
 impl Tickets {
     pub(crate) fn new(ctx: Ctx, signer: Option<Arc<Signer>>, verifier: Arc<Verifier>) -> Self {
@@ -114,18 +108,40 @@ impl Tickets {
         Ok(())
     }
 
-    /// `OrderRefunded`: voids the unused tickets and tells the orders service which seats were
-    /// used at the door. Under the tickets' row locks, so a scan at the same moment either
-    /// admitted first (and the seat stays sold) or finds the ticket void.
-    async fn void(&self, tx: &mut CheckoutTx, env: &Envelope) -> anyhow::Result<()> {
+    /// `OrderRefunded`: voids the refunded tickets not used yet (`ticket_ids`; empty: all the
+    /// order's) and tells the orders service which seats stay sold: those whose tickets still
+    /// admit and those used at the door. Under the tickets' row locks, so a scan at the same
+    /// moment either admitted first (and the seat stays sold) or finds the ticket void.
+    async fn void(
+        &self,
+        tx: &mut CheckoutTx,
+        env: &Envelope,
+        ticket_ids: &[Uuid],
+    ) -> anyhow::Result<()> {
         let now = self.ctx.now_ms();
         if !tx.first_time(CONSUMER, env.id).await? {
             return Ok(());
         }
-        let tickets = tx.tickets_of_order(env.order_id).await?;
-        let voided = tx.void_tickets(env.order_id).await?;
-        let admitted = admitted_seats(&tickets);
-        let event = SagaEvent::TicketsVoided { admitted };
+        let before = tx.tickets_of_order(env.order_id).await?;
+        let voided = if ticket_ids.is_empty() {
+            tx.void_tickets(env.order_id).await?
+        } else {
+            tx.void_tickets_in(env.order_id, ticket_ids).await?
+        };
+        let after: Vec<TicketRow> = before
+            .into_iter()
+            .map(|mut t| {
+                let refunded = ticket_ids.is_empty() || ticket_ids.contains(&t.id);
+                if refunded && t.status == TicketStatus::Valid.as_str() {
+                    TicketStatus::Void.as_str().clone_into(&mut t.status);
+                }
+                t
+            })
+            .collect();
+        let event = SagaEvent::TicketsVoided {
+            admitted: seats(&after, |s| s == TicketStatus::Admitted.as_str()),
+            kept: Some(seats(&after, |s| s != TicketStatus::Void.as_str())),
+        };
         tx.outbox(&[Envelope::new(env.order_id, now, event).record()])
             .await?;
         if voided > 0 {
@@ -134,21 +150,28 @@ impl Tickets {
         Ok(())
     }
 
-    /// A refund asked for now, with this service on the node: voids the order's unused tickets
-    /// inside the refund's own transaction `tx`, unless the buyer asks and a ticket was already
-    /// admitted (then the refund fails and nothing changes).
+    /// A refund asked for now, with this service on the node: voids the refunded tickets
+    /// (`ticket_ids`; empty: all the order's) inside the refund's own transaction `tx`, unless
+    /// the buyer asks and one of them was already admitted (then the refund fails and nothing
+    /// changes).
     pub(crate) async fn void_in(
         tx: &mut holdfast_persistence::CheckoutTx,
         order: OrderId,
         by_buyer: bool,
+        ticket_ids: &[Uuid],
     ) -> Result<(), CheckoutError> {
         let tickets = tx.tickets_of_order(order.0).await?;
         let statuses = tickets
             .iter()
+            .filter(|t| ticket_ids.is_empty() || ticket_ids.contains(&t.id))
             .map(|t| Ok((t.id, view(t)?.status)))
             .collect::<Result<Vec<_>, CheckoutError>>()?;
         crate::decide::may_void(&statuses, by_buyer)?;
-        tx.void_tickets(order.0).await?;
+        if ticket_ids.is_empty() {
+            tx.void_tickets(order.0).await?;
+        } else {
+            tx.void_tickets_in(order.0, ticket_ids).await?;
+        }
         Ok(())
     }
 
@@ -213,13 +236,10 @@ impl Tickets {
     }
 }
 
-/// The seats of `tickets` used at the door, per ticket type.
-fn admitted_seats(tickets: &[TicketRow]) -> Vec<SeatCount> {
+/// The seats of `tickets` whose status passes `counted`, per ticket type.
+fn seats(tickets: &[TicketRow], counted: impl Fn(&str) -> bool) -> Vec<SeatCount> {
     let mut seats: Vec<SeatCount> = Vec::new();
-    for t in tickets
-        .iter()
-        .filter(|t| t.status == TicketStatus::Admitted.as_str())
-    {
+    for t in tickets.iter().filter(|t| counted(&t.status)) {
         match seats.iter_mut().find(|s| s.ticket_type == t.ticket_type) {
             Some(s) => s.quantity += 1,
             None => seats.push(SeatCount {
@@ -261,7 +281,7 @@ impl Consumer for Tickets {
                 self.issue(tx, env, *user_id, email, phone.as_deref(), *event_id, items)
                     .await
             }
-            SagaEvent::OrderRefunded { .. } => self.void(tx, env).await,
+            SagaEvent::OrderRefunded { ticket_ids, .. } => self.void(tx, env, ticket_ids).await,
             _ => Ok(()),
         };
         handled.map_err(Error::from)

@@ -32,6 +32,9 @@ pub struct CreateEvent {
     pub venue: String,
     pub starts_at: String,
     pub ticket_types: Vec<TicketTypeRequest>,
+    /// No policy: buyers cannot refund by themselves.
+    #[serde(default)]
+    pub refund_policy: Option<holdfast_actors::RefundPolicy>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -154,6 +157,7 @@ pub fn event_json(e: &EventInfo) -> Value {
             "capacity": t.capacity,
             "per_user_limit": t.per_user_limit,
         })).collect::<Vec<_>>(),
+        "refund_policy": e.refund_policy,
     })
 }
 
@@ -191,6 +195,7 @@ pub async fn create(
         venue: text("venue", &req.venue, 200, false)?,
         starts_at,
         ticket_types,
+        refund_policy: req.refund_policy,
     };
     let created = state.backend().create_event(event).await?;
     tracing::info!(event = %created.id, organizer = %user.id, "event created");

@@ -1,4 +1,5 @@
 //! `POST /v1/orders`, `GET /v1/orders`, `GET /v1/orders/{id}`, `POST /v1/orders/{id}/refund`,
+//! `GET /v1/orders/{id}/refunds`,
 //! `GET /v1/orders/{id}/tickets`.
 
 use axum::Json;
@@ -12,7 +13,7 @@ use super::rfc3339_millis;
 use super::tickets::ticket_json;
 use crate::AppState;
 use crate::auth::{AuthUser, Role};
-use crate::checkout::{OrderView, RefundBy};
+use crate::checkout::{OrderView, RefundBy, RefundView};
 use crate::extract::ApiJson;
 use crate::problem::Problem;
 use crate::rate_limit::Limit;
@@ -27,6 +28,29 @@ pub struct OrderRequest {
 #[serde(deny_unknown_fields)]
 pub struct RefundRequest {
     pub reason: String,
+    /// Some of the order's tickets; absent: every ticket left.
+    #[serde(default)]
+    pub ticket_ids: Option<Vec<String>>,
+}
+
+/// Tickets one refund names at most (an order has at most this many seats per line).
+const REFUND_TICKETS_MAX: usize = 1_000;
+
+pub fn refund_json(r: &RefundView) -> Value {
+    json!({
+        "id": r.id,
+        "order_id": r.order_id,
+        "amount": r.amount,
+        "fee": r.fee,
+        "currency": r.currency,
+        "status": r.status,
+        "ticket_ids": r.ticket_ids,
+        "reason": r.reason,
+        "by": if r.by_organizer { "organizer" } else { "buyer" },
+        "note": r.note,
+        "created_at": rfc3339_millis(r.created_at_ms),
+        "updated_at": rfc3339_millis(r.updated_at_ms),
+    })
 }
 
 pub fn order_json(order: &OrderView) -> Value {
@@ -163,15 +187,43 @@ pub async fn refund(
     if reason.is_empty() || reason.chars().count() > 500 {
         return Err(Problem::invalid("reason must be 1-500 characters"));
     }
+    let ticket_ids = match &req.ticket_ids {
+        None => Vec::new(),
+        Some(ids) if ids.is_empty() || ids.len() > REFUND_TICKETS_MAX => {
+            return Err(Problem::invalid(format!(
+                "ticket_ids names 1 to {REFUND_TICKETS_MAX} tickets; leave it out to refund them all"
+            )));
+        }
+        Some(ids) => ids
+            .iter()
+            .map(|t| {
+                t.parse::<uuid::Uuid>()
+                    .map_err(|_| Problem::invalid(format!("ticket id {t:?} is not a ticket id")))
+            })
+            .collect::<Result<_, _>>()?,
+    };
     let by = match access {
         OrderAccess::Buyer => RefundBy::Buyer,
         OrderAccess::Manager => RefundBy::Organizer,
     };
-    let order = state
+    let refund = state
         .checkout()
-        .refund(order.id, reason.to_owned(), by)
+        .refund_tickets(order.id, reason.to_owned(), by, ticket_ids)
         .await?;
-    Ok((StatusCode::ACCEPTED, Json(order_json(&order))))
+    Ok((StatusCode::ACCEPTED, Json(refund_json(&refund))))
+}
+
+/// `GET /v1/orders/{id}/refunds`: who sees the order sees its refunds.
+pub async fn refunds(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, Problem> {
+    let (order, _) = visible_order(&state, &user, &id).await?;
+    let refunds = state.checkout().refunds(order.id).await?;
+    Ok(Json(json!({
+        "refunds": refunds.iter().map(refund_json).collect::<Vec<_>>(),
+    })))
 }
 
 pub async fn tickets(

@@ -91,15 +91,6 @@ type HoldCase = (
     i64,
     Result<HoldUse, &'static str>,
 );
-/// (order status, who asks, now, the event's start, decision or refusal)
-type RefundCase = (
-    OrderStatus,
-    RefundBy,
-    i64,
-    Option<i64>,
-    Result<RefundDecision, &'static str>,
-);
-
 #[test]
 fn who_may_order_which_hold_when() {
     let buyer = UserId(uuid::Uuid::from_u128(7));
@@ -269,63 +260,306 @@ fn a_pending_order_reads_expired_once_hold_and_window_have_passed() {
     assert_eq!(window_ends_at(900, 1_000, i64::MAX), 1_000);
 }
 
+const HOUR: i64 = 3_600_000;
+/// The event starts at hour 100; buyers refund until 48 hours before, less 10 % and 5,000.
+const STARTS: i64 = 100 * HOUR;
+
+fn policy() -> Option<RefundPolicy> {
+    Some(RefundPolicy::new(48, 10, 5_000).unwrap())
+}
+
+fn terms(policy: Option<RefundPolicy>) -> RefundTerms {
+    RefundTerms {
+        starts_at_ms: Some(STARTS),
+        policy,
+    }
+}
+
+/// The order's tickets: two GA at 150,000 each.
+fn tickets_of(order: &Order) -> Vec<uuid::Uuid> {
+    order_tickets(order).iter().map(|t| t.id).collect()
+}
+
 #[test]
-fn who_may_refund_when() {
+fn the_policy_window_closes_at_its_deadline() {
+    let deadline = STARTS - 48 * HOUR;
+    // (who, policy, now, allowed)
+    let cases: &[(RefundBy, Option<RefundPolicy>, i64, bool)] = &[
+        (RefundBy::Buyer, policy(), deadline - HOUR, true),
+        (RefundBy::Buyer, policy(), deadline - 1, true),
+        (RefundBy::Buyer, policy(), deadline, false),
+        (RefundBy::Buyer, policy(), deadline + HOUR, false),
+        (RefundBy::Buyer, policy(), STARTS + HOUR, false),
+        (RefundBy::Buyer, None, 0, false),
+        (RefundBy::Organizer, None, STARTS + HOUR, true),
+        (RefundBy::Organizer, policy(), deadline + HOUR, true),
+    ];
+    for (by, policy, now, allowed) in cases {
+        let got = refund_window(*by, terms(*policy), *now);
+        assert_eq!(got.is_ok(), *allowed, "{by:?} {policy:?} at {now}: {got:?}");
+        if let Err(e) = got {
+            assert_eq!(slug(&e), "refund-not-allowed");
+        }
+    }
+    // An event gone (no start known) gives buyers nothing.
+    let unknown = RefundTerms {
+        starts_at_ms: None,
+        policy: policy(),
+    };
+    assert!(refund_window(RefundBy::Buyer, unknown, 0).is_err());
+    // A policy of 0 hours: until the start.
+    let zero = terms(Some(RefundPolicy::new(0, 0, 0).unwrap()));
+    assert!(refund_window(RefundBy::Buyer, zero, STARTS - 1).is_ok());
+    assert!(refund_window(RefundBy::Buyer, zero, STARTS).is_err());
+}
+
+#[test]
+fn the_fee_is_a_percentage_plus_a_fixed_part_never_above_the_refund() {
+    let p = |pct, fixed| RefundPolicy::new(1, pct, fixed).unwrap();
+    // (who, policy, gross, fee)
+    let cases: &[(RefundBy, Option<RefundPolicy>, i64, i64)] = &[
+        (RefundBy::Buyer, Some(p(10, 0)), 150_000, 15_000),
+        (RefundBy::Buyer, Some(p(10, 5_000)), 300_000, 35_000),
+        (RefundBy::Buyer, Some(p(0, 5_000)), 150_000, 5_000),
+        // Rounded down, in the buyer's favour.
+        (RefundBy::Buyer, Some(p(10, 0)), 99, 9),
+        (RefundBy::Buyer, Some(p(33, 0)), 100, 33),
+        // Never more than the refund.
+        (RefundBy::Buyer, Some(p(10, 500_000)), 150_000, 150_000),
+        (RefundBy::Buyer, Some(p(100, 0)), 150_000, 150_000),
+        (RefundBy::Buyer, Some(p(10, 5_000)), 0, 0),
+        (RefundBy::Buyer, None, 150_000, 0),
+        (RefundBy::Organizer, Some(p(10, 5_000)), 150_000, 0),
+        // No overflow near the top.
+        (RefundBy::Buyer, Some(p(100, 0)), i64::MAX, i64::MAX),
+    ];
+    for (by, policy, gross, fee) in cases {
+        assert_eq!(
+            refund_fee(*by, policy.as_ref(), *gross),
+            *fee,
+            "{by:?} {policy:?} {gross}"
+        );
+    }
+}
+
+/// (status, tickets refunded before, tickets asked, who, now, result)
+type RefundCase = (
+    OrderStatus,
+    Vec<usize>,
+    Vec<usize>,
+    RefundBy,
+    i64,
+    Result<(Vec<usize>, i64, i64, OrderStatus), &'static str>,
+);
+
+#[test]
+fn who_may_refund_which_tickets_for_how_much() {
     use OrderStatus::*;
-    let starts = Some(1_000);
-    let cases: &[RefundCase] = &[
+    let open = STARTS - 49 * HOUR;
+    let closed = STARTS - 47 * HOUR;
+    let order = order_in(Confirmed);
+    let ids = tickets_of(&order);
+    assert_eq!(ids.len(), 2);
+    let cases: Vec<RefundCase> = vec![
+        // The whole order, within the policy: 300,000 less 10 % and 5,000.
         (
             Confirmed,
+            vec![],
+            vec![],
             RefundBy::Buyer,
-            999,
-            starts,
-            Ok(RefundDecision::Refund),
+            open,
+            Ok((vec![0, 1], 35_000, 265_000, Refunded)),
+        ),
+        // One ticket, then the other.
+        (
+            Confirmed,
+            vec![],
+            vec![1],
+            RefundBy::Buyer,
+            open,
+            Ok((vec![1], 20_000, 130_000, PartiallyRefunded)),
         ),
         (
-            Confirmed,
+            PartiallyRefunded,
+            vec![1],
+            vec![],
             RefundBy::Buyer,
-            1_000,
-            starts,
+            open,
+            Ok((vec![0], 20_000, 130_000, Refunded)),
+        ),
+        (
+            PartiallyRefunded,
+            vec![1],
+            vec![0],
+            RefundBy::Buyer,
+            open,
+            Ok((vec![0], 20_000, 130_000, Refunded)),
+        ),
+        // The same ticket twice in a request counts once.
+        (
+            Confirmed,
+            vec![],
+            vec![0, 0],
+            RefundBy::Buyer,
+            open,
+            Ok((vec![0], 20_000, 130_000, PartiallyRefunded)),
+        ),
+        // A ticket refunded before, or of another order.
+        (
+            PartiallyRefunded,
+            vec![1],
+            vec![1],
+            RefundBy::Buyer,
+            open,
             Err("refund-not-allowed"),
         ),
         (
             Confirmed,
-            RefundBy::Organizer,
-            5_000,
-            starts,
-            Ok(RefundDecision::Refund),
+            vec![],
+            vec![9],
+            RefundBy::Buyer,
+            open,
+            Err("invalid"),
+        ),
+        // Outside the policy: only the organizer, in full and free.
+        (
+            Confirmed,
+            vec![],
+            vec![],
+            RefundBy::Buyer,
+            closed,
+            Err("refund-not-allowed"),
         ),
         (
             Confirmed,
-            RefundBy::Buyer,
-            5_000,
-            None,
-            Ok(RefundDecision::Refund),
+            vec![],
+            vec![],
+            RefundBy::Organizer,
+            closed,
+            Ok((vec![0, 1], 0, 300_000, Refunded)),
         ),
+        (
+            PartiallyRefunded,
+            vec![0],
+            vec![],
+            RefundBy::Organizer,
+            STARTS + HOUR,
+            Ok((vec![1], 0, 150_000, Refunded)),
+        ),
+        // Nothing left: the same answer again, whoever asks, whenever.
         (
             Refunded,
+            vec![0, 1],
+            vec![],
             RefundBy::Buyer,
-            5_000,
-            starts,
-            Ok(RefundDecision::AlreadyDone),
+            closed,
+            Err("already"),
         ),
         (
+            PartiallyRefunded,
+            vec![0, 1],
+            vec![],
+            RefundBy::Buyer,
+            closed,
+            Err("already"),
+        ),
+        // Never paid.
+        (
             PendingPayment,
+            vec![],
+            vec![],
             RefundBy::Organizer,
-            0,
-            starts,
+            open,
             Err("not-refundable"),
         ),
-        (Cancelled, RefundBy::Buyer, 0, starts, Err("not-refundable")),
+        (
+            Cancelled,
+            vec![],
+            vec![],
+            RefundBy::Buyer,
+            open,
+            Err("not-refundable"),
+        ),
     ];
-    for (status, by, now, starts_at, expected) in cases {
-        let got = decide_refund(*status, *by, *now, *starts_at);
+    let extra = uuid::Uuid::from_u128(9);
+    let pick = |ns: &[usize]| -> Vec<uuid::Uuid> {
+        ns.iter()
+            .map(|&n| ids.get(n).copied().unwrap_or(extra))
+            .collect()
+    };
+    for (status, earlier, asked, by, now, expected) in cases {
+        let order = order_in(status);
+        let label = format!("{status} earlier {earlier:?} asked {asked:?} {by:?} at {now}");
+        let got = decide_refund(
+            &order,
+            &pick(&earlier),
+            &pick(&asked),
+            by,
+            terms(policy()),
+            now,
+        );
         match (got, expected) {
-            (Ok(d), Ok(e)) => assert_eq!(d, *e, "{status} {by:?} at {now}"),
-            (Err(e), Err(s)) => assert_eq!(slug(&e), *s, "{status} {by:?} at {now}"),
-            (got, expected) => panic!("{status} {by:?} at {now}: {got:?}, not {expected:?}"),
+            (Ok(RefundDecision::Refund(plan)), Ok((tickets, fee, amount, next))) => {
+                assert_eq!(plan.ticket_ids, pick(&tickets), "{label}");
+                assert_eq!(
+                    (plan.fee, plan.amount, plan.order_status),
+                    (fee, amount, next),
+                    "{label}"
+                );
+                assert_eq!(plan.gross, fee + amount, "{label}");
+                assert_eq!(plan.status, RefundStatus::Processing, "{label}");
+            }
+            (Ok(RefundDecision::AlreadyDone), Err("already")) => {}
+            (Err(e), Err(s)) => assert_eq!(slug(&e), s, "{label}"),
+            (got, expected) => panic!("{label}: {got:?}, not {expected:?}"),
         }
     }
+}
+
+#[test]
+fn free_tickets_and_fees_that_keep_it_all_are_refunded_at_once() {
+    let mut free = order_in(OrderStatus::Confirmed);
+    free.items[0].price = 0;
+    free.total = vnd(0);
+    let Ok(RefundDecision::Refund(plan)) =
+        decide_refund(&free, &[], &[], RefundBy::Buyer, terms(policy()), 0)
+    else {
+        panic!("a free order is refundable");
+    };
+    assert_eq!(
+        (plan.amount, plan.fee, plan.status),
+        (0, 0, RefundStatus::Refunded)
+    );
+    let greedy = terms(Some(RefundPolicy::new(1, 100, 0).unwrap()));
+    let Ok(RefundDecision::Refund(plan)) = decide_refund(
+        &order_in(OrderStatus::Confirmed),
+        &[],
+        &[],
+        RefundBy::Buyer,
+        greedy,
+        0,
+    ) else {
+        panic!("refundable");
+    };
+    assert_eq!(
+        (plan.amount, plan.fee, plan.status),
+        (0, 300_000, RefundStatus::Refunded)
+    );
+}
+
+#[test]
+fn ticket_ids_are_derived_from_the_order_as_the_tickets_service_issues_them() {
+    let order = order_in(OrderStatus::Confirmed);
+    let tickets = order_tickets(&order);
+    assert_eq!(tickets.len(), 2);
+    assert_eq!(tickets[0].id, ticket_id(order.id.0, "GA", 1));
+    assert_eq!(tickets[1].id, ticket_id(order.id.0, "GA", 2));
+    assert_ne!(tickets[0].id, tickets[1].id);
+    assert!(
+        tickets
+            .iter()
+            .all(|t| t.price == 150_000 && t.ticket_type == "GA")
+    );
 }
 
 #[test]
@@ -376,27 +610,52 @@ fn a_payment_result_settles_a_pending_order_once() {
         }
         assert_eq!(on_payment_failed(&order, "late"), None, "{settled}");
     }
-    let t = on_refund(&order_in(Confirmed), "changed plans".to_owned())
-        .unwrap()
-        .unwrap();
+    let confirmed = order_in(Confirmed);
+    let Ok(RefundDecision::Refund(plan)) =
+        decide_refund(&confirmed, &[], &[], RefundBy::Organizer, terms(None), 0)
+    else {
+        panic!("refundable");
+    };
+    let refund = uuid::Uuid::from_u128(5);
+    let t = on_refund(&confirmed, refund, &plan, "changed plans".to_owned());
     assert_eq!(t.status, Refunded);
     assert!(matches!(
-        t.event,
+        &t.event,
         SagaEvent::OrderRefunded {
             automatic: false,
+            amount: 300_000,
+            fee: 0,
+            refund_id: Some(r),
+            ticket_ids,
             ..
-        }
+        } if *r == refund && ticket_ids.len() == 2
     ));
-    assert_eq!(
-        on_refund(&order_in(Refunded), "again".to_owned()).unwrap(),
-        None
-    );
-    assert!(on_refund(&order_in(PendingPayment), "x".to_owned()).is_err());
-    let applied = t.applied_to(&order_in(Confirmed), 77);
+    let applied = t.applied_to(&confirmed, 77);
     assert_eq!(
         (applied.status, applied.updated_at, applied.note.as_deref()),
         (Refunded, 77, Some("refunded: changed plans"))
     );
+    let Ok(RefundDecision::Refund(part)) = decide_refund(
+        &confirmed,
+        &[],
+        &tickets_of(&confirmed)[..1],
+        RefundBy::Organizer,
+        terms(None),
+        0,
+    ) else {
+        panic!("refundable");
+    };
+    let t = on_refund(&confirmed, refund, &part, "one".to_owned());
+    assert_eq!(
+        (t.status, t.note.as_deref()),
+        (PartiallyRefunded, Some("partly refunded: one"))
+    );
+    // An automatic refund names a refund derived from the order.
+    let SagaEvent::OrderRefunded { refund_id, .. } = on_paid(&pending, Seats::Gone).unwrap().event
+    else {
+        panic!("an automatic refund");
+    };
+    assert_eq!(refund_id, Some(automatic_refund_id(pending.id.0)));
 }
 
 #[test]
@@ -452,10 +711,34 @@ fn payments_open_settle_and_refund_by_the_rules() {
             "{status} {amount} {paid}"
         );
     }
-    assert_eq!(payment_on_refund(Paid), Some(Refunded));
-    for s in [Pending, Failed, Refunded] {
-        assert_eq!(payment_on_refund(s), None);
+    // (status, paid, refunded before, asked, to pay back and the payment's next status)
+    type Case = (PaymentStatus, i64, i64, i64, Option<(i64, PaymentStatus)>);
+    let cases: &[Case] = &[
+        (Paid, 300_000, 0, 300_000, Some((300_000, Refunded))),
+        (Paid, 300_000, 0, 100_000, Some((100_000, Paid))),
+        (Paid, 300_000, 100_000, 200_000, Some((200_000, Refunded))),
+        // Never more than what is left.
+        (Paid, 300_000, 100_000, 250_000, Some((200_000, Refunded))),
+        (Paid, 300_000, 300_000, 1, None),
+        (Paid, 300_000, 0, 0, None),
+        (Pending, 300_000, 0, 300_000, None),
+        (Failed, 300_000, 0, 300_000, None),
+        (Refunded, 300_000, 300_000, 300_000, None),
+    ];
+    for (status, paid, earlier, asked, expected) in cases {
+        assert_eq!(
+            payment_on_refund(*status, *paid, *earlier, *asked),
+            *expected,
+            "{status} {paid} {earlier} {asked}"
+        );
     }
+    use holdfast_vnpay::refund::RefundKind;
+    assert_eq!(refund_kind(300_000, 0, 300_000), RefundKind::Full);
+    assert_eq!(refund_kind(300_000, 0, 299_999), RefundKind::Partial);
+    assert_eq!(refund_kind(300_000, 100_000, 200_000), RefundKind::Partial);
+    assert!(refunded_per_querydr("00", "02"));
+    assert!(!refunded_per_querydr("00", "03"));
+    assert!(!refunded_per_querydr("91", "02"));
     assert_eq!(ipn_order(None), IpnOrder::NotFound);
     assert_eq!(
         ipn_order(Some((Pending, vnd(5)))),
@@ -465,6 +748,44 @@ fn payments_open_settle_and_refund_by_the_rules() {
         ipn_order(Some((Paid, vnd(5)))),
         IpnOrder::Settled { amount_minor: 5 }
     );
+}
+
+#[test]
+fn refund_attempts_retry_with_backoff_then_fail() {
+    use RefundAnswer::*;
+    let backoff = Backoff {
+        first_ms: 100,
+        max_ms: 1_000,
+        attempts_max: 4,
+    };
+    assert_eq!(
+        [1, 2, 3, 4, 5, 40].map(|a| backoff.after(a)),
+        [100, 200, 400, 800, 1_000, 1_000]
+    );
+    let retry = |at_ms, uncertain| RefundStep::Retry { at_ms, uncertain };
+    // (answer, attempt, an earlier answer lost, step at now = 10)
+    let cases: &[(RefundAnswer, u32, bool, RefundStep)] = &[
+        (Accepted, 1, false, RefundStep::Refunded),
+        (Accepted, 4, true, RefundStep::Refunded),
+        (Refused, 1, false, retry(110, false)),
+        (Refused, 2, false, retry(210, false)),
+        (Lost, 1, false, retry(110, true)),
+        // Still uncertain after a refusal: the lost attempt may have been taken.
+        (Refused, 2, true, retry(210, true)),
+        (Refused, 4, false, RefundStep::Failed),
+        (Lost, 4, true, RefundStep::Failed),
+        // 94 after a lost answer: that attempt was taken. Without one it cannot be ours.
+        (AlreadyRequested, 2, true, RefundStep::Refunded),
+        (AlreadyRequested, 1, false, retry(110, false)),
+        (AlreadyRequested, 4, false, RefundStep::Failed),
+    ];
+    for (answer, attempt, uncertain, step) in cases {
+        assert_eq!(
+            refund_attempted(*answer, *attempt, *uncertain, backoff, 10),
+            *step,
+            "{answer:?} attempt {attempt} uncertain {uncertain}"
+        );
+    }
 }
 
 #[test]
@@ -547,6 +868,7 @@ impl Inventory for Stock {
         Ok(Some(EventTerms {
             starts_at_ms: i64::MAX,
             prices: vec![(ga(), vnd(100))],
+            refund_policy: RefundPolicy::new(0, 10, 0).ok(),
         }))
     }
     async fn hold(
@@ -603,9 +925,11 @@ enum Step {
         n: usize,
         paid: bool,
     },
+    /// A refund of order `n`: of `tickets` of its tickets left (0: all of them).
     Refund {
         n: usize,
         by_buyer: bool,
+        tickets: usize,
     },
 }
 
@@ -614,7 +938,8 @@ fn step() -> impl Strategy<Value = Step> {
         3 => (1u32..=3).prop_map(|quantity| Step::Order { quantity }),
         2 => (100i64..=700).prop_map(|ms| Step::Advance { ms }),
         3 => (any::<usize>(), any::<bool>()).prop_map(|(n, paid)| Step::Pay { n, paid }),
-        1 => (any::<usize>(), any::<bool>()).prop_map(|(n, by_buyer)| Step::Refund { n, by_buyer }),
+        2 => (any::<usize>(), any::<bool>(), 0usize..=2)
+            .prop_map(|(n, by_buyer, tickets)| Step::Refund { n, by_buyer, tickets }),
     ]
 }
 
@@ -626,6 +951,8 @@ struct Sale {
     payments: HashMap<OrderId, (PaymentStatus, i64)>,
     /// Orders whose payment arrived (paid), whatever became of them.
     paid: Vec<OrderId>,
+    /// Per order: the tickets refunded, what went back through VNPAY and the fees kept.
+    refunds: HashMap<OrderId, (Vec<uuid::Uuid>, i64, i64)>,
 }
 
 impl Sale {
@@ -699,10 +1026,17 @@ impl Sale {
                     on_payment_failed(&order, "declined")
                 };
                 if let Some(t) = transition {
+                    if let SagaEvent::OrderRefunded { amount, .. } = &t.event {
+                        self.pay_back(id, *amount, 0, vec![]);
+                    }
                     self.orders[i] = t.applied_to(&order, now);
                 }
             }
-            Step::Refund { n, by_buyer } => {
+            Step::Refund {
+                n,
+                by_buyer,
+                tickets,
+            } => {
                 let Some(i) = (!self.orders.is_empty()).then(|| n % self.orders.len()) else {
                     return;
                 };
@@ -712,24 +1046,68 @@ impl Sale {
                 } else {
                     RefundBy::Organizer
                 };
-                if decide_refund(order.status, by, now, Some(i64::MAX)).is_err() {
+                let earlier = self
+                    .refunds
+                    .get(&order.id)
+                    .map(|r| r.0.clone())
+                    .unwrap_or_default();
+                let asked: Vec<uuid::Uuid> = order_tickets(&order)
+                    .into_iter()
+                    .map(|t| t.id)
+                    .filter(|id| !earlier.contains(id))
+                    .take(tickets)
+                    .collect();
+                let terms = self.stock.terms(EVENT).await.unwrap().unwrap();
+                let terms = RefundTerms {
+                    starts_at_ms: Some(terms.starts_at_ms),
+                    policy: terms.refund_policy,
+                };
+                let Ok(RefundDecision::Refund(plan)) =
+                    decide_refund(&order, &earlier, &asked, by, terms, now)
+                else {
                     return;
+                };
+                may_void(&[], by_buyer).unwrap();
+                let t = on_refund(
+                    &order,
+                    uuid::Uuid::from_u128(n as u128),
+                    &plan,
+                    "asked".to_owned(),
+                );
+                self.orders[i] = t.applied_to(&order, now);
+                self.pay_back(order.id, plan.amount, plan.fee, plan.ticket_ids);
+                // The seats whose tickets were not refunded stay sold (none was used at the
+                // door here).
+                let refunded = &self.refunds[&order.id].0;
+                let mut kept: HashMap<String, u32> = HashMap::new();
+                for t in order_tickets(&order)
+                    .iter()
+                    .filter(|t| !refunded.contains(&t.id))
+                {
+                    *kept.entry(t.ticket_type.clone()).or_default() += 1;
                 }
-                if let Ok(Some(t)) = on_refund(&order, "asked".to_owned()) {
-                    may_void(&[], by_buyer).unwrap();
-                    self.orders[i] = t.applied_to(&order, now);
-                    returned(
-                        self.stock
-                            .return_stock_except(EVENT, order.id, vec![])
-                            .await,
-                    )
-                    .unwrap();
-                    if let Some((status, window)) = self.payments.get(&order.id).copied() {
-                        let next = payment_on_refund(status).unwrap_or(status);
-                        self.payments.insert(order.id, (next, window));
-                    }
-                }
+                let keep = kept.iter().map(|(code, q)| line(code, *q)).collect();
+                returned(self.stock.return_stock_except(EVENT, order.id, keep).await).unwrap();
             }
+        }
+    }
+
+    /// The payments service's side of a refund: what VNPAY pays back, never more than is left.
+    fn pay_back(&mut self, id: OrderId, amount: i64, fee: i64, tickets: Vec<uuid::Uuid>) {
+        let entry = self.refunds.entry(id).or_default();
+        entry.0.extend(tickets);
+        entry.2 += fee;
+        let Some((status, window)) = self.payments.get(&id).copied() else {
+            return;
+        };
+        let paid = self
+            .orders
+            .iter()
+            .find(|o| o.id == id)
+            .map_or(0, |o| o.total.amount);
+        if let Some((back, next)) = payment_on_refund(status, paid, entry.1, amount) {
+            entry.1 += back;
+            self.payments.insert(id, (next, window));
         }
     }
 
@@ -738,21 +1116,49 @@ impl Sale {
         let stock = self.stock.ga();
         prop_assert_eq!(stock.available + stock.held + stock.sold, capacity);
         let seats = |o: &Order| o.items.iter().map(|i| i.quantity).sum::<u32>();
+        let refunded_seats = |o: &Order| {
+            self.refunds
+                .get(&o.id)
+                .map_or(0, |r| u32::try_from(r.0.len()).unwrap())
+        };
         let sold: u32 = self
             .orders
             .iter()
-            .filter(|o| o.status == OrderStatus::Confirmed)
-            .map(seats)
+            .filter(|o| {
+                matches!(
+                    o.status,
+                    OrderStatus::Confirmed | OrderStatus::PartiallyRefunded
+                )
+            })
+            .map(|o| seats(o) - refunded_seats(o))
             .sum();
         // Every confirmed order's seats are sold, and only theirs: no oversell, no lost sale.
         prop_assert_eq!(stock.sold, sold);
         let now = self.stock.now();
         for order in &self.orders {
             let payment = self.payments.get(&order.id).map(|p| p.0);
+            // What went back never exceeds what was paid; a refunded order got it all back,
+            // but the fees its buyer's policy kept.
+            let (_, back, fees) = self.refunds.get(&order.id).cloned().unwrap_or_default();
+            prop_assert!(back + fees <= order.total.amount);
+            if order.status == OrderStatus::Refunded && self.paid.contains(&order.id) {
+                prop_assert_eq!(back + fees, order.total.amount, "order {:?}", order.id);
+            }
+            if self.paid.contains(&order.id) {
+                prop_assert_eq!(
+                    payment == Some(PaymentStatus::Refunded),
+                    back == order.total.amount
+                );
+            }
             match order.status {
                 // Paid after expiry: re-reserved (confirmed) or refunded, never left pending.
                 _ if self.paid.contains(&order.id) => prop_assert!(
-                    matches!(order.status, OrderStatus::Confirmed | OrderStatus::Refunded),
+                    matches!(
+                        order.status,
+                        OrderStatus::Confirmed
+                            | OrderStatus::PartiallyRefunded
+                            | OrderStatus::Refunded
+                    ),
                     "paid order {:?} is {}",
                     order.id,
                     order.status
@@ -775,7 +1181,7 @@ impl Sale {
                         now >= order.hold_expires_at && now >= window
                     );
                 }
-                OrderStatus::Confirmed | OrderStatus::Refunded => {
+                OrderStatus::Confirmed | OrderStatus::PartiallyRefunded | OrderStatus::Refunded => {
                     prop_assert!(false, "{} without a payment", order.status)
                 }
             }
@@ -798,6 +1204,7 @@ proptest! {
             orders: Vec::new(),
             payments: HashMap::new(),
             paid: Vec::new(),
+            refunds: HashMap::new(),
         };
         for step in steps {
             runtime.block_on(sale.run(step));
