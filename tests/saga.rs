@@ -1283,6 +1283,7 @@ async fn free_tickets_skip_payment(backend: Backend) {
                 "starts_at": "2030-12-31T20:00:00Z",
                 "ticket_types": [{"code": "FREE", "name": "Free entry", "price": 0,
                                   "currency": "VND", "capacity": 10, "per_user_limit": 4}],
+                "refund_policy": {"until_hours_before_start": 24, "fee_percent": 10, "fee_fixed": 1000},
             }),
         )
         .await;
@@ -1358,6 +1359,58 @@ async fn free_tickets_skip_payment(backend: Backend) {
     );
     let stock = shop.client().stock(&event, "FREE").await;
     assert_eq!((stock.sold, stock.held, stock.available), (2, 0, 8));
+    // A policy out of bounds is refused at the edge.
+    for policy in [
+        json!({"until_hours_before_start": 24, "fee_percent": 101}),
+        json!({"until_hours_before_start": -1}),
+        json!({"fee_percent": 10}),
+        json!({"until_hours_before_start": 1, "fee_fixed": -1}),
+        json!({"until_hours_before_start": 1, "refund": true}),
+    ] {
+        let reply = shop
+            .client()
+            .post(
+                "/v1/events",
+                Some(&organizer),
+                &json!({"name": "x", "venue": "y", "starts_at": "2030-12-31T20:00:00Z",
+                        "ticket_types": [{"code": "GA", "name": "GA", "price": 0,
+                                          "currency": "VND", "capacity": 1}],
+                        "refund_policy": policy}),
+            )
+            .await;
+        assert_eq!(reply.status, 422, "{policy}: {reply}");
+    }
+    // The event shows its policy; a free order's refund pays nothing back (no fee either):
+    // refunded at once, the seats back on sale.
+    let shown = shop
+        .client()
+        .get(&format!("/v1/events/{event}"), None)
+        .await;
+    assert_eq!(shown.body["refund_policy"]["fee_fixed"], 1000, "{shown}");
+    let refund = shop
+        .client()
+        .post(
+            &format!("/v1/orders/{id}/refund"),
+            Some(&buyer),
+            &json!({"reason": "plans changed"}),
+        )
+        .await;
+    refund.assert_status(202);
+    assert_eq!(
+        (
+            refund.body["amount"].as_i64(),
+            refund.body["fee"].as_i64(),
+            refund.body["status"].as_str()
+        ),
+        (Some(0), Some(0), Some("refunded")),
+        "{refund}"
+    );
+    poll_until(WAIT, Duration::from_millis(50), || async {
+        let stock = shop.client().stock(&event, "FREE").await;
+        (stock.sold, stock.available).eq(&(0, 10)).then_some(())
+    })
+    .await
+    .expect("the free seats come back");
     shop.node.shutdown().await;
 }
 
