@@ -1953,5 +1953,45 @@ async fn every_refund_is_paid_back_once_though_vnpay_fails_or_times_out(backend:
         .count("SELECT COUNT(*) FROM payment_refunds WHERE status = 'refunded'")
         .await;
     assert_eq!(paid_back, 3);
+
+    // An admin sees the failed refund on the ops listener and, once VNPAY takes refunds again,
+    // retries it: paid back once.
+    let ops = shop.node.ops_client();
+    let admin = shop
+        .node
+        .user_token(holdfast_gateway::auth::Role::Admin)
+        .await;
+    let failed = ops.get("/v1/admin/refunds/failed", Some(&admin)).await;
+    failed.assert_status(200);
+    assert_eq!(
+        failed.body["refunds"][0]["id"], settled[0]["id"],
+        "{failed}"
+    );
+    assert_eq!(failed.body["refunds"][0]["response_code"], "99", "{failed}");
+    ops.get("/v1/admin/refunds/failed", Some(&d_buyer))
+        .await
+        .assert_status(403);
+    let retry = format!(
+        "/v1/admin/refunds/{}/retry",
+        settled[0]["id"].as_str().unwrap()
+    );
+    ops.post(&retry, Some(&admin), &json!({}))
+        .await
+        .assert_status(202);
+    ops.post(&retry, Some(&admin), &json!({}))
+        .await
+        .assert_problem(404, "refund-not-found");
+    ops.post("/v1/admin/refunds/nope/retry", Some(&admin), &json!({}))
+        .await
+        .assert_problem(404, "refund-not-found");
+    // The buyer reads `failed` until VNPAY took it, then `refunded`.
+    let path = format!("/v1/orders/{d}/refunds");
+    poll_until(WAIT, Duration::from_millis(50), || async {
+        let reply = api.get(&path, Some(&d_buyer)).await;
+        (reply.body["refunds"][0]["status"] == "refunded").then_some(())
+    })
+    .await
+    .expect("the retried refund is paid back");
+    assert_eq!(shop.balance(&d).await, (500_000, 500_000, 1));
     shop.node.shutdown().await;
 }

@@ -108,6 +108,7 @@ fn error(e: holdfast_checkout::CheckoutError) -> gw::CheckoutError {
         E::Invalid(why) => gw::CheckoutError::Invalid(why),
         E::NotServedHere(what) => gw::CheckoutError::NotServedHere(what),
         E::ParkedNotFound => gw::CheckoutError::ParkedNotFound,
+        E::RefundNotFound => gw::CheckoutError::RefundNotFound,
         E::Corrupt(why) => gw::CheckoutError::Backend(BackendError::Internal(why)),
         E::Inventory(e) => gw::CheckoutError::Backend(match e {
             InventoryError::Refused(e) => BackendError::Inventory(e),
@@ -291,6 +292,26 @@ impl gw::Checkout for SagaCheckout {
             paid: page.paid,
             order_status: page.order_status,
         }
+    }
+
+    async fn failed_refunds(&self) -> Result<Vec<gw::FailedRefundView>, gw::CheckoutError> {
+        let views = self.0.failed_refunds().await.map_err(error)?;
+        Ok(views
+            .into_iter()
+            .map(|v| gw::FailedRefundView {
+                id: v.id,
+                order_id: v.order_id,
+                amount: v.amount,
+                attempts: v.attempts,
+                response_code: v.response_code,
+                message: v.message,
+                failed_at_ms: v.failed_at_ms,
+            })
+            .collect())
+    }
+
+    async fn retry_refund(&self, id: uuid::Uuid) -> Result<(), gw::CheckoutError> {
+        self.0.retry_refund(id).await.map_err(error)
     }
 
     async fn parked(&self) -> Result<Vec<gw::ParkedView>, gw::CheckoutError> {

@@ -75,6 +75,18 @@ pub struct RefundView {
     pub updated_at_ms: i64,
 }
 
+/// A refund VNPAY kept refusing, kept for an admin.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FailedRefundView {
+    pub id: uuid::Uuid,
+    pub order_id: OrderId,
+    pub amount: i64,
+    pub attempts: i64,
+    pub response_code: Option<String>,
+    pub message: Option<String>,
+    pub failed_at_ms: i64,
+}
+
 /// Who asks for a refund, which decides what is allowed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RefundBy {
@@ -154,6 +166,8 @@ pub enum CheckoutError {
     NotServedHere(&'static str),
     #[error("no parked saga message with this id")]
     ParkedNotFound,
+    #[error("no failed refund with this id")]
+    RefundNotFound,
     #[error(transparent)]
     Backend(#[from] BackendError),
 }
@@ -215,6 +229,14 @@ pub trait Checkout: Send + Sync + 'static {
     /// gone), else the message with the new error.
     async fn retry_parked(&self, _id: uuid::Uuid) -> Result<Option<ParkedView>, CheckoutError> {
         Err(CheckoutError::NotServedHere("saga"))
+    }
+    /// Refunds VNPAY kept refusing, most recent first.
+    async fn failed_refunds(&self) -> Result<Vec<FailedRefundView>, CheckoutError> {
+        Err(CheckoutError::NotServedHere("payments"))
+    }
+    /// Queues a failed refund again with a fresh set of attempts.
+    async fn retry_refund(&self, _id: uuid::Uuid) -> Result<(), CheckoutError> {
+        Err(CheckoutError::NotServedHere("payments"))
     }
     /// Drops a parked message.
     async fn discard_parked(&self, _id: uuid::Uuid) -> Result<(), CheckoutError> {

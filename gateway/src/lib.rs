@@ -269,6 +269,14 @@ pub fn ops_router(state: AppState) -> Router {
             "/v1/admin/saga/parked/{id}/discard",
             post(routes::saga::discard),
         )
+        .route(
+            "/v1/admin/refunds/failed",
+            get(routes::saga::failed_refunds),
+        )
+        .route(
+            "/v1/admin/refunds/{id}/retry",
+            post(routes::saga::retry_refund),
+        )
         .route("/healthz", get(routes::ops::healthz))
         .route("/readyz", get(routes::ops::readyz))
         .route("/metrics", get(routes::ops::metrics));

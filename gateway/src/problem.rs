@@ -345,6 +345,12 @@ impl From<crate::checkout::CheckoutError> for Problem {
                 "Parked message not found",
                 detail,
             ),
+            E::RefundNotFound => Self::new(
+                StatusCode::NOT_FOUND,
+                "refund-not-found",
+                "Failed refund not found",
+                detail,
+            ),
             E::Backend(e) => e.into(),
         }
     }

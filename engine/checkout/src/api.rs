@@ -69,6 +69,19 @@ pub struct RefundView {
     pub updated_at_ms: i64,
 }
 
+/// A refund VNPAY kept refusing, for an admin.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FailedRefundView {
+    pub id: uuid::Uuid,
+    pub order_id: OrderId,
+    pub amount: i64,
+    pub attempts: i64,
+    /// VNPAY's last `vnp_ResponseCode` and message (none: no verifiable answer).
+    pub response_code: Option<String>,
+    pub message: Option<String>,
+    pub failed_at_ms: i64,
+}
+
 /// Who asks for a refund; buyers are bound by the event's rules, organizers and admins are not.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RefundBy {
@@ -134,6 +147,8 @@ pub enum CheckoutError {
     NotServedHere(&'static str),
     #[error("no parked saga message with this id")]
     ParkedNotFound,
+    #[error("no failed refund with this id")]
+    RefundNotFound,
     /// A stored row the saga cannot read: a broken invariant, never the caller's fault.
     #[error("{0}")]
     Corrupt(String),

@@ -27,8 +27,8 @@ pub mod service;
 pub mod tickets;
 
 pub use api::{
-    Admission, CheckoutError, IpnAnswer, OrderLine, OrderView, ParkedView, RefundBy, RefundView,
-    ReturnPage, TicketView,
+    Admission, CheckoutError, FailedRefundView, IpnAnswer, OrderLine, OrderView, ParkedView,
+    RefundBy, RefundView, ReturnPage, TicketView,
 };
 pub use events::{Envelope, Item, SagaEvent};
 pub use inventory::{EventTerms, Inventory, InventoryError};

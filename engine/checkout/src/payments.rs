@@ -17,7 +17,7 @@ use time::OffsetDateTime;
 use tokio::sync::{Notify, watch};
 use uuid::Uuid;
 
-use crate::api::{IpnAnswer, ReturnPage};
+use crate::api::{CheckoutError, FailedRefundView, IpnAnswer, ReturnPage};
 use crate::decide;
 use crate::error::Error;
 use crate::events::{Envelope, SagaEvent};
@@ -261,6 +261,42 @@ impl Payments {
             payment.updated_at = now;
             tx.update_payment(&payment).await?;
         }
+        Ok(())
+    }
+
+    /// Refunds VNPAY kept refusing, for an admin.
+    pub(crate) async fn failed_refunds(&self) -> Result<Vec<FailedRefundView>, CheckoutError> {
+        let rows = self
+            .ctx
+            .store
+            .payment_refunds_failed(REFUNDS_PER_ROUND)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| FailedRefundView {
+                id: r.id,
+                order_id: holdfast_actors::OrderId(r.order_id),
+                amount: r.amount,
+                attempts: r.attempts,
+                response_code: r.response_code,
+                message: r.message,
+                failed_at_ms: r.updated_at,
+            })
+            .collect())
+    }
+
+    /// An admin's retry of a failed refund: a fresh set of attempts, at once.
+    pub(crate) async fn retry_refund(&self, id: Uuid) -> Result<(), CheckoutError> {
+        if !self
+            .ctx
+            .store
+            .payment_refund_retry(id, self.ctx.now_ms())
+            .await?
+        {
+            return Err(CheckoutError::RefundNotFound);
+        }
+        tracing::info!(refund = %id, "a failed refund is retried");
+        self.refund_wake.notify_one();
         Ok(())
     }
 

@@ -12,8 +12,8 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use crate::api::{
-    Admission, CheckoutError, IpnAnswer, OrderView, ParkedView, RefundBy, RefundView, ReturnPage,
-    TicketView,
+    Admission, CheckoutError, FailedRefundView, IpnAnswer, OrderView, ParkedView, RefundBy,
+    RefundView, ReturnPage, TicketView,
 };
 use crate::inventory::Inventory;
 use crate::notifications::{Notifications, NotifySettings};
@@ -217,6 +217,12 @@ impl CheckoutNode {
             .ok_or(CheckoutError::NotServedHere("orders"))
     }
 
+    fn payments_service(&self) -> Result<&Payments, CheckoutError> {
+        self.payments
+            .as_deref()
+            .ok_or(CheckoutError::NotServedHere("payments"))
+    }
+
     fn tickets_service(&self) -> Result<&Tickets, CheckoutError> {
         self.tickets
             .as_deref()
@@ -277,6 +283,16 @@ impl CheckoutNode {
         self.orders_service()?
             .refund(id, reason, by, ticket_ids, void_tickets)
             .await
+    }
+
+    /// Refunds VNPAY kept refusing (`GET /v1/admin/refunds/failed`).
+    pub async fn failed_refunds(&self) -> Result<Vec<FailedRefundView>, CheckoutError> {
+        self.payments_service()?.failed_refunds().await
+    }
+
+    /// Tries a failed refund again (`POST /v1/admin/refunds/{id}/retry`).
+    pub async fn retry_refund(&self, id: uuid::Uuid) -> Result<(), CheckoutError> {
+        self.payments_service()?.retry_refund(id).await
     }
 
     /// `GET /v1/orders/{id}/refunds`.

@@ -134,6 +134,33 @@ impl Store {
         rows.iter().map(refund_row).collect()
     }
 
+    /// Refunds VNPAY kept refusing (`failed`), most recent first, for an admin.
+    pub async fn payment_refunds_failed(&self, limit: u32) -> Result<Vec<PaymentRefundRow>, Error> {
+        let sql = format!(
+            "SELECT {PAYMENT_REFUND_COLUMNS} FROM payment_refunds WHERE status = 'failed' \
+             ORDER BY updated_at DESC, id LIMIT $1"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(payment_refund_row).collect()
+    }
+
+    /// Puts a `failed` refund back in the queue with a fresh set of attempts (an admin fixed
+    /// the cause); false if no failed refund has this id.
+    pub async fn payment_refund_retry(&self, id: Uuid, now: i64) -> Result<bool, Error> {
+        let done = sqlx::query(
+            "UPDATE payment_refunds SET status = 'processing', attempts = 0, \
+             next_attempt_at = $2, updated_at = $2 WHERE id = $1 AND status = 'failed'",
+        )
+        .bind(uuid_text(id))
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// Refunds still `processing` at the payments service whose next attempt is due at `now`.
     pub async fn payment_refunds_due(
         &self,
@@ -192,7 +219,8 @@ impl CheckoutTx {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Sets a `processing` refund's outcome; false if it had one already (or no such refund).
+    /// Sets a refund's outcome (a `failed` one may still end `refunded` after an admin's
+    /// retry); false if it was `refunded` already (or no such refund).
     pub async fn settle_refund(
         &mut self,
         id: Uuid,
@@ -202,7 +230,7 @@ impl CheckoutTx {
     ) -> Result<bool, Error> {
         let done = sqlx::query(
             "UPDATE refunds SET status = $2, note = $3, updated_at = $4 \
-             WHERE id = $1 AND status = 'processing'",
+             WHERE id = $1 AND status <> 'refunded'",
         )
         .bind(uuid_text(id))
         .bind(status)
