@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use holdfast_actors::actor::{self, CallError, Clock, Handle, Journal, StartError};
-use holdfast_actors::{Command, EventId, TicketCode};
+use holdfast_actors::{Command, EventId, SaleWindow, TicketCode, Timestamp};
 use holdfast_persistence::Store;
 
 use crate::ops::{InventoryOp, InventoryReply, OpError};
@@ -99,6 +99,17 @@ impl Inventories {
                     .map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
             });
         }
+        // The catalog is written before the actor, so what an edit left undone in the actor
+        // (it was down, or its answer was lost) is done when it starts again.
+        definitions.push(Command::SetSaleWindow {
+            window: SaleWindow {
+                starts_at: event.sale_starts_at_ms.map(Timestamp),
+                ends_at: event.sale_ends_at_ms.map(Timestamp),
+            },
+        });
+        if event.cancelled_at_ms.is_some() {
+            definitions.push(Command::Cancel);
+        }
         let handle = actor::start(
             event_id,
             epoch,
@@ -178,6 +189,52 @@ impl Inventories {
                 InventoryReply::Done
             }
             InventoryOp::Stock => InventoryReply::Stock(actor.stock().await.map_err(call_error)?),
+            InventoryOp::Define {
+                code,
+                capacity,
+                per_user_limit,
+            } => {
+                let define = Command::DefineTicketType {
+                    code,
+                    capacity,
+                    per_user_limit,
+                };
+                actor.call(define).await.map_err(call_error)?;
+                InventoryReply::Done
+            }
+            InventoryOp::AdjustCapacity {
+                ticket_type,
+                capacity,
+            } => {
+                let adjust = Command::AdjustCapacity {
+                    ticket_type,
+                    capacity,
+                };
+                actor.call(adjust).await.map_err(call_error)?;
+                InventoryReply::Done
+            }
+            InventoryOp::SetSaleWindow(window) => {
+                actor
+                    .call(Command::SetSaleWindow { window })
+                    .await
+                    .map_err(call_error)?;
+                InventoryReply::Done
+            }
+            InventoryOp::Cancel => {
+                actor.call(Command::Cancel).await.map_err(call_error)?;
+                InventoryReply::Done
+            }
+            InventoryOp::SetPerUserLimit {
+                ticket_type,
+                per_user_limit,
+            } => {
+                let set = Command::SetPerUserLimit {
+                    ticket_type,
+                    per_user_limit,
+                };
+                actor.call(set).await.map_err(call_error)?;
+                InventoryReply::Done
+            }
         };
         Ok(reply)
     }
