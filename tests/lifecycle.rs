@@ -623,7 +623,17 @@ async fn organizer_sees_orders_and_attendees_as_csv(backend: holdfast_tests::Bac
     assert_eq!(by_id[second.as_str()]["items"], "VIP x1 @0");
     assert_eq!(by_id[refunded.as_str()]["status"], "refunded");
 
-    // Tickets are issued by the tickets service a moment after the orders.
+    // Tickets are issued by the tickets service a moment after the orders, and the refunded
+    // order's voided after that.
+    let voided = poll_until(WAIT, Duration::from_millis(100), || async {
+        let reply = api
+            .get(&format!("/v1/orders/{refunded}/tickets"), Some(&organizer))
+            .await;
+        let list = reply.body.as_array().cloned().unwrap_or_default();
+        (list.len() == 1 && list[0]["status"] == "void").then_some(())
+    })
+    .await;
+    assert!(voided.is_some(), "the refunded order's ticket is void");
     let attendees = poll_until(WAIT, Duration::from_millis(100), || async {
         let reply = api
             .get(&format!("{path}/attendees"), Some(&organizer))
