@@ -247,10 +247,23 @@ pub async fn cancel(
     Ok((StatusCode::ACCEPTED, Json(event_json(&cancelled))))
 }
 
+/// A second sweep this long after the first refunds an order whose payment was confirmed in
+/// the actor just before the cancel but whose row still read `pending_payment` at the first.
+/// (A payment that settles later finds the hold released and the event cancelled, and is
+/// refunded by the saga itself.)
+const RESWEEP_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Refunds every confirmed order of cancelled event `event` in full, through the checkout's
-/// refund (as its organizer: whatever the refund policy; admitted seats stay sold).
+/// refund (as its organizer: whatever the refund policy; admitted seats stay sold), now and once
+/// more after [`RESWEEP_AFTER`].
 async fn refund_all(state: AppState, event: EventId, reason: String) {
     let reason = format!("event cancelled: {reason}");
+    refund_sweep(&state, event, &reason).await;
+    tokio::time::sleep(RESWEEP_AFTER).await;
+    refund_sweep(&state, event, &reason).await;
+}
+
+async fn refund_sweep(state: &AppState, event: EventId, reason: &str) {
     let mut refunded = 0u64;
     for _ in 0..REFUND_ROUNDS_MAX {
         let orders = match state.backend().confirmed_orders(event, REFUND_ROUND).await {
@@ -264,7 +277,7 @@ async fn refund_all(state: AppState, event: EventId, reason: String) {
         for order in &orders {
             match state
                 .checkout()
-                .refund(*order, reason.clone(), RefundBy::Organizer)
+                .refund(*order, reason.to_owned(), RefundBy::Organizer)
                 .await
             {
                 Ok(_) => {
@@ -280,5 +293,7 @@ async fn refund_all(state: AppState, event: EventId, reason: String) {
             break;
         }
     }
-    tracing::info!(%event, refunded, "cancelled event's orders refunded");
+    if refunded > 0 {
+        tracing::info!(%event, refunded, "cancelled event's orders refunded");
+    }
 }
