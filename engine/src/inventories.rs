@@ -160,79 +160,9 @@ impl Inventories {
             InventoryOp::GetHold(hold_id) => {
                 InventoryReply::Hold(actor.hold(hold_id).await.map_err(call_error)?)
             }
-            InventoryOp::Release(hold_id) => {
-                actor
-                    .call(Command::Release { hold_id })
-                    .await
-                    .map_err(call_error)?;
-                InventoryReply::Done
-            }
-            InventoryOp::Confirm { hold_id, order_id } => {
-                actor
-                    .call(Command::Confirm { hold_id, order_id })
-                    .await
-                    .map_err(call_error)?;
-                InventoryReply::Done
-            }
-            InventoryOp::Return { order_id } => {
-                actor
-                    .call(Command::Return { order_id })
-                    .await
-                    .map_err(call_error)?;
-                InventoryReply::Done
-            }
-            InventoryOp::ReturnPart { order_id, keep } => {
-                actor
-                    .call(Command::ReturnPart { order_id, keep })
-                    .await
-                    .map_err(call_error)?;
-                InventoryReply::Done
-            }
             InventoryOp::Stock => InventoryReply::Stock(actor.stock().await.map_err(call_error)?),
-            InventoryOp::Define {
-                code,
-                capacity,
-                per_user_limit,
-            } => {
-                let define = Command::DefineTicketType {
-                    code,
-                    capacity,
-                    per_user_limit,
-                };
-                actor.call(define).await.map_err(call_error)?;
-                InventoryReply::Done
-            }
-            InventoryOp::AdjustCapacity {
-                ticket_type,
-                capacity,
-            } => {
-                let adjust = Command::AdjustCapacity {
-                    ticket_type,
-                    capacity,
-                };
-                actor.call(adjust).await.map_err(call_error)?;
-                InventoryReply::Done
-            }
-            InventoryOp::SetSaleWindow(window) => {
-                actor
-                    .call(Command::SetSaleWindow { window })
-                    .await
-                    .map_err(call_error)?;
-                InventoryReply::Done
-            }
-            InventoryOp::Cancel => {
-                actor.call(Command::Cancel).await.map_err(call_error)?;
-                InventoryReply::Done
-            }
-            InventoryOp::SetPerUserLimit {
-                ticket_type,
-                per_user_limit,
-            } => {
-                let set = Command::SetPerUserLimit {
-                    ticket_type,
-                    per_user_limit,
-                };
-                actor.call(set).await.map_err(call_error)?;
+            op => {
+                actor.call(done_command(op)).await.map_err(call_error)?;
                 InventoryReply::Done
             }
         };
@@ -269,6 +199,44 @@ impl Inventories {
             *counts.entry(id.shard(shards)).or_default() += 1;
         }
         counts
+    }
+}
+
+/// The command of an operation answered with [`InventoryReply::Done`].
+fn done_command(op: InventoryOp) -> Command {
+    match op {
+        InventoryOp::Release(hold_id) => Command::Release { hold_id },
+        InventoryOp::Confirm { hold_id, order_id } => Command::Confirm { hold_id, order_id },
+        InventoryOp::Return { order_id } => Command::Return { order_id },
+        InventoryOp::ReturnPart { order_id, keep } => Command::ReturnPart { order_id, keep },
+        InventoryOp::Define {
+            code,
+            capacity,
+            per_user_limit,
+        } => Command::DefineTicketType {
+            code,
+            capacity,
+            per_user_limit,
+        },
+        InventoryOp::AdjustCapacity {
+            ticket_type,
+            capacity,
+        } => Command::AdjustCapacity {
+            ticket_type,
+            capacity,
+        },
+        InventoryOp::SetSaleWindow(window) => Command::SetSaleWindow { window },
+        InventoryOp::Cancel => Command::Cancel,
+        InventoryOp::SetPerUserLimit {
+            ticket_type,
+            per_user_limit,
+        } => Command::SetPerUserLimit {
+            ticket_type,
+            per_user_limit,
+        },
+        InventoryOp::Hold { .. } | InventoryOp::GetHold(_) | InventoryOp::Stock => {
+            unreachable!("answered with more than Done")
+        }
     }
 }
 
