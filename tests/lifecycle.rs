@@ -18,6 +18,7 @@ on_both_backends!(
     sale_window_and_new_prices_apply_to_new_holds,
     catalog_filters_and_the_organizers_own_list,
     organizer_sees_orders_and_attendees_as_csv,
+    a_payment_after_the_cancel_is_refunded,
 );
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -687,5 +688,65 @@ async fn organizer_sees_orders_and_attendees_as_csv(backend: holdfast_tests::Bac
     api.get(&format!("{path}/orders?limit=0"), Some(&organizer))
         .await
         .assert_problem(422, "invalid-request");
+    node.shutdown().await;
+}
+
+/// The buyer pays after the event was cancelled (and the hold released with it): the seats are
+/// not taken again and the money goes back, as for a payment that found the seats sold.
+async fn a_payment_after_the_cancel_is_refunded(backend: holdfast_tests::Backend) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the VNPAY stand-in");
+    let sim = format!("http://{}", listener.local_addr().expect("address"));
+    let node = InProcessNode::start_with(backend, |c| {
+        c.vnpay_pay_url = Some(format!("{sim}/paymentv2/vpcpay.html"));
+        c.vnpay_api_url = Some(format!("{sim}/merchant_webapi/api/transaction"));
+    })
+    .await;
+    holdfast_tests::serve_vnpay(
+        listener,
+        format!("{}/v1/payments/vnpay/ipn", node.base_url()),
+    );
+    let api = node.client().clone();
+    let organizer = node.organizer_token().await;
+    let event = create(&api, &organizer, &[("GA", 500_000, 10)], json!({})).await;
+    let buyer = api.customer_token().await;
+    let hold = api.hold(&buyer, &event, &[("GA", 2)]).await;
+    hold.assert_status(201);
+    let order = api
+        .post(
+            "/v1/orders",
+            Some(&buyer),
+            &json!({"hold_id": id_of(&hold)}),
+        )
+        .await;
+    order.assert_status(201);
+    let order = id_of(&order);
+    let payment_url = poll_until(WAIT, Duration::from_millis(50), || async {
+        let reply = api.get(&format!("/v1/orders/{order}"), Some(&buyer)).await;
+        reply.body["payment_url"].as_str().map(str::to_owned)
+    })
+    .await
+    .expect("the order gets its payment URL");
+    api.post(
+        &format!("/v1/events/{event}/cancel"),
+        Some(&organizer),
+        &json!({"reason": "called off"}),
+    )
+    .await
+    .assert_status(202);
+    assert_eq!(
+        api.stock(&event, "GA").await.held,
+        0,
+        "the hold is released"
+    );
+    holdfast_tests::press(&sim, &payment_url, true).await;
+    let refunded = poll_until(WAIT, Duration::from_millis(100), || async {
+        (order_status(&api, &buyer, &order).await == "refunded").then_some(())
+    })
+    .await;
+    assert!(refunded.is_some(), "the late payment is refunded");
+    let stock = api.stock(&event, "GA").await;
+    assert_eq!((stock.available, stock.held, stock.sold), (10, 0, 0));
     node.shutdown().await;
 }
