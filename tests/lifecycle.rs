@@ -23,6 +23,16 @@ on_both_backends!(
 
 const WAIT: Duration = Duration::from_secs(30);
 
+async fn count_in(url: &str, sql: &str) -> i64 {
+    use sqlx::{Connection, Row};
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(url).await.expect("connect");
+    let row = sqlx::query(sql).fetch_one(&mut conn).await.expect(sql);
+    let n = row.try_get::<i64, _>(0).expect("a count");
+    let _ = conn.close().await;
+    n
+}
+
 fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).expect("format")
 }
@@ -233,6 +243,17 @@ async fn edits_and_cancel_with_holds_and_orders_in_flight(backend: holdfast_test
         stock.is_some(),
         "every seat is back: nothing held, nothing sold"
     );
+    // The buyer is told, with the reason.
+    let told = format!(
+        "SELECT COUNT(*) FROM notifications WHERE order_id IN ('{sold}', '{vip_sold}') \
+         AND body LIKE '%event cancelled: the venue flooded%'"
+    );
+    let url = node.sandbox().database().url().to_owned();
+    let notified = poll_until(WAIT, Duration::from_millis(100), || async {
+        (count_in(&url, &told).await == 2).then_some(())
+    })
+    .await;
+    assert!(notified.is_some(), "each refunded buyer is told why");
     patch(&api, &path, &organizer, &json!({"name": "Again"}))
         .await
         .assert_problem(409, "event-cancelled");
