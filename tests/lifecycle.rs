@@ -490,6 +490,13 @@ async fn catalog_filters_and_the_organizers_own_list(backend: holdfast_tests::Ba
             "sports",
             "2030-04-01T18:00:00Z",
         ),
+        (
+            &second,
+            "Lễ hội Hoa",
+            "Sân vận động Mỹ Đình",
+            "festival",
+            "2031-01-01T10:00:00Z",
+        ),
     ] {
         let reply = api
             .post(
@@ -526,6 +533,11 @@ async fn catalog_filters_and_the_organizers_own_list(backend: holdfast_tests::Ba
         ["Rock Night", "Cup Final"]
     );
     assert_eq!(names(&list("q=100%25").await), ["Jazz 100%"]);
+    // Case folds beyond ASCII on both backends: "MỸ ĐÌNH" finds "Mỹ Đình".
+    assert_eq!(
+        names(&list("q=M%E1%BB%B8%20%C4%90%C3%8CNH").await),
+        ["Lễ hội Hoa"]
+    );
     assert_eq!(
         names(&list("q=_").await),
         Vec::<String>::new(),
@@ -555,6 +567,17 @@ async fn catalog_filters_and_the_organizers_own_list(backend: holdfast_tests::Ba
         .await
         .assert_problem(422, "unknown-category");
 
+    // An edit of the venue is found by the new one, not the old.
+    patch(
+        &api,
+        &format!("/v1/events/{}", ids["Cup Final"]),
+        &second,
+        &json!({"venue": "Sân Hàng Đẫy"}),
+    )
+    .await
+    .assert_status(200);
+    assert_eq!(names(&list("q=h%C3%A0ng%20%C4%91").await), ["Cup Final"]);
+    assert_eq!(names(&list("q=my%20dinh").await), ["Rock Night"]);
     let own = api.get("/v1/organizer/events", Some(&first)).await;
     assert_eq!(names(&own), ["Rock Night", "Jazz 100%"]);
     let own = api.get("/v1/organizer/events?q=cup", Some(&second)).await;

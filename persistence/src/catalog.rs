@@ -46,7 +46,7 @@ pub struct CategoryRow {
 pub struct EventFilter {
     pub organizer_id: Option<Uuid>,
     pub category: Option<String>,
-    /// Matches name or venue, case-insensitively (ASCII), anywhere in the text.
+    /// Matches name or venue, case-insensitively (Unicode), anywhere in the text.
     pub text: Option<String>,
     /// `starts_at` at or after.
     pub from_ms: Option<i64>,
@@ -154,7 +154,8 @@ impl Store {
         let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO events (id, organizer_id, name, venue, starts_at, created_at, description, \
-             category, sale_starts_at, sale_ends_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+             category, sale_starts_at, sale_ends_at, search_text) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(uuid_text(event.id))
         .bind(uuid_text(event.organizer_id))
@@ -166,6 +167,7 @@ impl Store {
         .bind(event.category.as_deref())
         .bind(event.sale_starts_at_ms)
         .bind(event.sale_ends_at_ms)
+        .bind(search_text(&event.name, &event.venue))
         .execute(&mut *tx)
         .await
         .map_err(conflict)?;
@@ -244,11 +246,8 @@ impl Store {
             clauses.push(format!("category = ${}", texts.len()));
         }
         if let Some(text) = &filter.text {
-            texts.push(format!("%{}%", like_escape(&text.to_ascii_lowercase())));
-            let n = texts.len();
-            clauses.push(format!(
-                "(lower(name) LIKE ${n} ESCAPE '\\' OR lower(venue) LIKE ${n} ESCAPE '\\')"
-            ));
+            texts.push(format!("%{}%", like_escape(&text.to_lowercase())));
+            clauses.push(format!("search_text LIKE ${} ESCAPE '\\'", texts.len()));
         }
         let mut next = texts.len();
         let mut number = |value: i64, clause: &str| {
@@ -356,6 +355,18 @@ impl Store {
         }
         let mut tx = self.begin_write().await?;
         let done = query.execute(&mut *tx).await?;
+        if patch.name.is_some() || patch.venue.is_some() {
+            let row = sqlx::query("SELECT name, venue FROM events WHERE id = $1")
+                .bind(uuid_text(id))
+                .fetch_one(&mut *tx)
+                .await?;
+            let (name, venue): (String, String) = (row.try_get("name")?, row.try_get("venue")?);
+            sqlx::query("UPDATE events SET search_text = $2 WHERE id = $1")
+                .bind(uuid_text(id))
+                .bind(search_text(&name, &venue))
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         Ok(done.rows_affected() > 0)
     }
@@ -511,6 +522,11 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// What `q` searches: name and venue, lower-cased here so both backends fold alike.
+fn search_text(name: &str, venue: &str) -> String {
+    format!("{}\n{}", name.to_lowercase(), venue.to_lowercase())
 }
 
 /// `text` with LIKE's wildcards and the escape character escaped (escape `\\`).

@@ -23,6 +23,10 @@ ALTER TABLE events ADD COLUMN sale_starts_at BIGINT;
 ALTER TABLE events ADD COLUMN sale_ends_at BIGINT;
 ALTER TABLE events ADD COLUMN cancelled_at BIGINT;
 ALTER TABLE events ADD COLUMN cancel_reason TEXT;
+-- Name and venue lower-cased (Unicode, by the server) for `q`: the backends' own lower() differ
+-- (SQLite folds ASCII only). Rows from before are folded here as well as the backend can.
+ALTER TABLE events ADD COLUMN search_text TEXT NOT NULL DEFAULT '';
+UPDATE events SET search_text = lower(name) || chr(10) || lower(venue);
 CREATE INDEX events_category ON events (category, starts_at, id);
 CREATE INDEX events_organizer_starts ON events (organizer_id, starts_at, id);
 
