@@ -804,3 +804,72 @@ async fn a_revoked_login_is_refused_by_every_node() {
         );
     }
 }
+
+/// Edits that reach an event's stock (capacity, sale window, cancel) work from any node: they
+/// cross the node API to the shard's owner like holds do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn event_edits_reach_the_owner_from_every_node() {
+    let cluster = TestCluster::start(3, 3, &[]).await;
+    cluster.shards_cli(0, &["rebalance"]).await;
+    let organizer = cluster.nodes[0].organizer_token().await;
+    let events = events_on_every_shard(cluster.client(0), &organizer, 10).await;
+    let buyer = cluster.client(1).customer_token().await;
+    for (i, event) in events.values().enumerate() {
+        let (via, read) = (cluster.client(i % 3), cluster.client((i + 1) % 3));
+        let send = |path: String, method: reqwest::Method, body: Value| {
+            let organizer = organizer.clone();
+            async move {
+                via.send(
+                    method,
+                    &path,
+                    Some(&organizer),
+                    Some(holdfast_tests::Body::Json(&body)),
+                    &[],
+                )
+                .await
+            }
+        };
+        read.hold(&buyer, event, &[("GA", 2)])
+            .await
+            .assert_status(201);
+        let path = format!("/v1/events/{event}");
+        send(
+            format!("{path}/ticket-types/GA"),
+            reqwest::Method::PATCH,
+            json!({"capacity": 1}),
+        )
+        .await
+        .assert_problem(409, "capacity-below-sold");
+        send(
+            format!("{path}/ticket-types/GA"),
+            reqwest::Method::PATCH,
+            json!({"capacity": 20}),
+        )
+        .await
+        .assert_status(200);
+        assert_eq!(read.stock(event, "GA").await.available, 18);
+        let later = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
+        let later = later
+            .format(&time::format_description::well_known::Rfc3339)
+            .expect("time");
+        send(
+            path.clone(),
+            reqwest::Method::PATCH,
+            json!({"sale_starts_at": later}),
+        )
+        .await
+        .assert_status(200);
+        read.hold(&buyer, event, &[("GA", 1)])
+            .await
+            .assert_problem(409, "sale-not-open");
+        send(
+            format!("{path}/cancel"),
+            reqwest::Method::POST,
+            json!({"reason": "test"}),
+        )
+        .await
+        .assert_status(202);
+        let stock = read.stock(event, "GA").await;
+        assert_eq!((stock.held, stock.available), (0, 20), "{event}");
+    }
+}

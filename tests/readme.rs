@@ -61,6 +61,15 @@ async fn the_readme_walk_throughs_run_as_written() {
     let buying = shell_blocks(&readme, "### Buying: order → pay → tickets → check-in");
     assert_eq!(walk.len(), 1, "one block in the walk-through");
     assert_eq!(buying.len(), 3, "vnpay-sim, the order, tickets to refund");
+    let organizing = shell_blocks(
+        &readme,
+        "### Organizing: edit, open the sale, orders and attendees, cancel",
+    );
+    assert_eq!(
+        organizing.len(),
+        1,
+        "one block in the organizer's walk-through"
+    );
     assert!(
         buying[0].trim()
             == "holdfast vnpay-sim     # http://127.0.0.1:9090, IPN to http://127.0.0.1:8080"
@@ -107,10 +116,11 @@ async fn the_readme_walk_throughs_run_as_written() {
          done\n"
     );
     let script = format!(
-        "set -euo pipefail\n{}\n{}\n# (Pay pressed in the browser)\n{pay}\n{}",
+        "set -euo pipefail\n{}\n{}\n# (Pay pressed in the browser)\n{pay}\n{}\n{}",
         walk[0].replace("B=http://127.0.0.1:8080", &format!("B={base}")),
         buying[1],
-        buying[2]
+        buying[2],
+        organizing[0]
     );
     std::fs::write(dir.path().join("walk.sh"), &script).expect("write the script");
     let path = format!(
@@ -140,6 +150,12 @@ async fn the_readme_walk_throughs_run_as_written() {
         "\"status\":\"admitted\"",
         "/problems/ticket-admitted",
         "\"status\":\"refunded\"",
+        "\"status\":\"scheduled\"",
+        "/problems/sale-not-open",
+        "\"status\":\"on_sale\"",
+        "order_id,buyer_id,buyer_email",
+        "ticket_id,order_id,holder_id",
+        "\"status\":\"cancelled\"",
     ] {
         assert!(
             stdout.contains(expected) || stderr.contains(expected),

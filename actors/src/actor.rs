@@ -289,9 +289,36 @@ pub fn decode_event(bytes: &[u8]) -> Result<Event, bincode::error::DecodeError> 
     bincode::serde::decode_from_slice(bytes, bincode::config::standard()).map(|(e, _)| e)
 }
 
+/// Starts every snapshot since format 2. Format 1 (bincode of the state, no header) starts
+/// with the event id's length, 16, so the two never mix up.
+const SNAPSHOT_MAGIC: &[u8; 3] = b"HFS";
+/// The snapshot format [`encode_state`] writes. Change it whenever [`Inventory`]'s fields change,
+/// and keep a reader of the old format in [`decode_state`].
+pub const SNAPSHOT_FORMAT: u8 = 2;
+
 pub fn encode_state(inventory: &Inventory) -> Vec<u8> {
-    bincode::serde::encode_to_vec(inventory, bincode::config::standard())
-        .expect("state always encodes")
+    let mut bytes = Vec::with_capacity(1024);
+    bytes.extend_from_slice(SNAPSHOT_MAGIC);
+    bytes.push(SNAPSHOT_FORMAT);
+    bincode::serde::encode_into_std_write(inventory, &mut bytes, bincode::config::standard())
+        .expect("state always encodes");
+    bytes
+}
+
+/// Reads a snapshot of any format written so far.
+pub fn decode_state(bytes: &[u8]) -> Result<Inventory, String> {
+    let config = bincode::config::standard();
+    match bytes {
+        [b'H', b'F', b'S', format, state @ ..] => match *format {
+            SNAPSHOT_FORMAT => bincode::serde::decode_from_slice(state, config)
+                .map(|(inv, _)| inv)
+                .map_err(|e| e.to_string()),
+            other => Err(format!("unknown snapshot format {other}")),
+        },
+        legacy => bincode::serde::decode_from_slice::<inventory::InventoryV1, _>(legacy, config)
+            .map(|(inv, _)| inv.into())
+            .map_err(|e| format!("format 1: {e}")),
+    }
 }
 
 /// Rebuilds an event's state from what the journal stored: snapshot, then the tail replayed.
@@ -299,9 +326,8 @@ pub fn recover(event_id: EventId, stored: Stored) -> Result<Inventory, StartErro
     let corrupt = |detail: String| StartError::Corrupt { event_id, detail };
     let mut inventory = match stored.snapshot {
         Some(snapshot) => {
-            let (inv, _): (Inventory, usize) =
-                bincode::serde::decode_from_slice(&snapshot.state, bincode::config::standard())
-                    .map_err(|e| corrupt(format!("snapshot: {e}")))?;
+            let inv =
+                decode_state(&snapshot.state).map_err(|e| corrupt(format!("snapshot: {e}")))?;
             if inv.event_id() != event_id || inv.seq() != snapshot.seq {
                 return Err(corrupt(format!(
                     "snapshot is of {} at {}, stored as {event_id} at {}",
@@ -624,5 +650,66 @@ fn send_replies(replies: Vec<Deferred>) {
                 let _ = reply.send(answer);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{HoldId, Line, Quantity, UserId};
+    use crate::inventory::SaleWindow;
+
+    fn busy_inventory() -> Inventory {
+        let mut inv = Inventory::new(EventId::generate());
+        let ga = TicketCode::parse("GA").expect("code");
+        let define = Command::DefineTicketType {
+            code: ga.clone(),
+            capacity: 10,
+            per_user_limit: None,
+        };
+        inv.apply(Timestamp(0), define).expect("define");
+        let hold = Command::Hold {
+            hold_id: HoldId::generate(),
+            user: UserId::generate(),
+            items: vec![Line {
+                ticket_type: ga,
+                quantity: Quantity::new(3).expect("q"),
+            }],
+            ttl_ms: 60_000,
+        };
+        inv.apply(Timestamp(1), hold).expect("hold");
+        inv
+    }
+
+    #[test]
+    fn snapshots_of_format_1_still_recover() {
+        let inv = busy_inventory();
+        // Format 1 was the bare bincode of the state without its last two fields, which encode
+        // as three zero bytes while they hold their defaults.
+        let mut legacy =
+            bincode::serde::encode_to_vec(&inv, bincode::config::standard()).expect("encode");
+        assert_eq!(legacy.split_off(legacy.len() - 3), [0, 0, 0]);
+        assert_eq!(legacy[0], 16, "format 1 starts with the event id's length");
+        assert_eq!(decode_state(&legacy), Ok(inv.clone()));
+        assert_eq!(decode_state(&encode_state(&inv)), Ok(inv));
+    }
+
+    #[test]
+    fn snapshots_keep_the_sale_window_and_cancellation() {
+        let mut inv = busy_inventory();
+        let window = SaleWindow {
+            starts_at: Some(Timestamp(5)),
+            ends_at: None,
+        };
+        inv.apply(Timestamp(2), Command::SetSaleWindow { window })
+            .expect("window");
+        inv.apply(Timestamp(3), Command::Cancel).expect("cancel");
+        let back = decode_state(&encode_state(&inv)).expect("decode");
+        assert_eq!(back.sale_window(), window);
+        assert_eq!(back.cancelled_at(), Some(Timestamp(3)));
+        assert_eq!(back, inv);
+        let mut future = encode_state(&inv);
+        future[3] = SNAPSHOT_FORMAT + 1;
+        assert!(decode_state(&future).is_err());
     }
 }

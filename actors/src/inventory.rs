@@ -64,6 +64,21 @@ pub struct HoldView {
     pub order_id: Option<OrderId>,
 }
 
+/// When holds may be placed: from `starts_at` (inclusive) to `ends_at` (exclusive); an open
+/// end does not bound.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SaleWindow {
+    pub starts_at: Option<Timestamp>,
+    pub ends_at: Option<Timestamp>,
+}
+
+impl SaleWindow {
+    /// Whether a hold placed at `now` is inside the window.
+    pub fn is_open(&self, now: Timestamp) -> bool {
+        self.starts_at.is_none_or(|s| s <= now) && self.ends_at.is_none_or(|e| now < e)
+    }
+}
+
 /// What a caller asks of the inventory.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
@@ -98,6 +113,17 @@ pub enum Command {
     /// empty this is [`Command::Return`]. Idempotent: `keep` is clamped to what the order holds,
     /// so once the order holds no more than `keep`, nothing changes.
     ReturnPart { order_id: OrderId, keep: Vec<Line> },
+    /// Sets when holds may be placed. Holds placed already are kept.
+    SetSaleWindow { window: SaleWindow },
+    /// Cancels the event: every active hold is released and no hold is placed any more.
+    /// Confirmed orders keep their seats until they are returned. Idempotent.
+    Cancel,
+    /// Sets how many seats of a type one user may hold and buy; refused below what a user has
+    /// already.
+    SetPerUserLimit {
+        ticket_type: TicketCode,
+        per_user_limit: Option<u32>,
+    },
 }
 
 /// What happened; the journal stores these and replay applies them.
@@ -146,6 +172,18 @@ pub enum Event {
         keep: Vec<Line>,
         at: Timestamp,
     },
+    // New variants go last: the journal stores the variant's index.
+    SaleWindowSet {
+        window: SaleWindow,
+    },
+    /// Follows the release of every hold that was active.
+    SaleCancelled {
+        at: Timestamp,
+    },
+    PerUserLimitSet {
+        ticket_type: TicketCode,
+        per_user_limit: Option<u32>,
+    },
 }
 
 /// Why a command was refused. A refused command changes nothing.
@@ -180,6 +218,13 @@ pub enum Error {
     CapacityBelowCommitted { committed: u32 },
     #[error("an event has at most {TICKET_TYPES_MAX} ticket types")]
     TooManyTicketTypes,
+    // New variants go last: errors cross the node-to-node API in bincode.
+    #[error("the sale is not open")]
+    SaleNotOpen { window: SaleWindow },
+    #[error("the event is cancelled")]
+    EventCancelled,
+    #[error("a buyer holds or bought {most} seats of this type already")]
+    LimitBelowHeld { most: u32 },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -216,6 +261,40 @@ pub struct Inventory {
     /// Seats each user holds or has bought, per ticket type, for `per_user_limit`.
     pub(crate) per_user: HashMap<UserId, BTreeMap<TicketCode, u32>>,
     pub(crate) orders: HashMap<OrderId, OrderRecord>,
+    pub(crate) sale: SaleWindow,
+    /// When the event was cancelled; no hold is placed after.
+    pub(crate) cancelled_at: Option<Timestamp>,
+}
+
+/// [`Inventory`] as snapshots stored it before the sale window and cancellation (snapshot
+/// format 1, unversioned). Recovery reads old snapshots through it.
+#[derive(Deserialize)]
+pub(crate) struct InventoryV1 {
+    event_id: EventId,
+    seq: u64,
+    types: BTreeMap<TicketCode, TypeStock>,
+    holds: HashMap<HoldId, HoldRecord>,
+    expiries: BTreeSet<(Timestamp, HoldId)>,
+    ended: BTreeSet<(Timestamp, HoldId)>,
+    per_user: HashMap<UserId, BTreeMap<TicketCode, u32>>,
+    orders: HashMap<OrderId, OrderRecord>,
+}
+
+impl From<InventoryV1> for Inventory {
+    fn from(v: InventoryV1) -> Self {
+        Self {
+            event_id: v.event_id,
+            seq: v.seq,
+            types: v.types,
+            holds: v.holds,
+            expiries: v.expiries,
+            ended: v.ended,
+            per_user: v.per_user,
+            orders: v.orders,
+            sale: SaleWindow::default(),
+            cancelled_at: None,
+        }
+    }
 }
 
 impl Inventory {
@@ -229,7 +308,19 @@ impl Inventory {
             ended: BTreeSet::new(),
             per_user: HashMap::new(),
             orders: HashMap::new(),
+            sale: SaleWindow::default(),
+            cancelled_at: None,
         }
+    }
+
+    /// When holds may be placed.
+    pub fn sale_window(&self) -> SaleWindow {
+        self.sale
+    }
+
+    /// When the event was cancelled, if it was.
+    pub fn cancelled_at(&self) -> Option<Timestamp> {
+        self.cancelled_at
     }
 
     pub fn event_id(&self) -> EventId {
@@ -313,6 +404,9 @@ impl Inventory {
                 ticket_type,
                 capacity,
             } => {
+                if self.cancelled_at.is_some() {
+                    return Err(Error::EventCancelled);
+                }
                 let stock = self
                     .types
                     .get(&ticket_type)
@@ -371,7 +465,66 @@ impl Inventory {
             }
             Command::Expire => Ok(self.decide_expire(now)),
             Command::ReturnPart { order_id, keep } => self.decide_return_part(now, order_id, keep),
+            Command::SetSaleWindow { window } => {
+                if let (Some(s), Some(e)) = (window.starts_at, window.ends_at)
+                    && e <= s
+                {
+                    return Err(Error::Invalid(
+                        "the sale must end after it starts".to_owned(),
+                    ));
+                }
+                if window == self.sale {
+                    return Ok(vec![]);
+                }
+                Ok(vec![Event::SaleWindowSet { window }])
+            }
+            Command::Cancel => Ok(self.decide_cancel(now)),
+            Command::SetPerUserLimit {
+                ticket_type,
+                per_user_limit,
+            } => {
+                let stock = self
+                    .types
+                    .get(&ticket_type)
+                    .ok_or_else(|| Error::UnknownTicketType(ticket_type.clone()))?;
+                if per_user_limit == Some(0) {
+                    return Err(Error::Invalid("a limit is at least 1".to_owned()));
+                }
+                if stock.per_user_limit == per_user_limit {
+                    return Ok(vec![]);
+                }
+                if let Some(limit) = per_user_limit {
+                    let most = self
+                        .per_user
+                        .values()
+                        .filter_map(|m| m.get(&ticket_type))
+                        .copied()
+                        .max()
+                        .unwrap_or(0);
+                    if most > limit {
+                        return Err(Error::LimitBelowHeld { most });
+                    }
+                }
+                Ok(vec![Event::PerUserLimitSet {
+                    ticket_type,
+                    per_user_limit,
+                }])
+            }
         }
+    }
+
+    fn decide_cancel(&self, now: Timestamp) -> Vec<Event> {
+        if self.cancelled_at.is_some() {
+            return vec![];
+        }
+        self.expiries
+            .iter()
+            .map(|(_, hold_id)| Event::HoldReleased {
+                hold_id: *hold_id,
+                at: now,
+            })
+            .chain([Event::SaleCancelled { at: now }])
+            .collect()
     }
 
     fn decide_return_part(
@@ -432,6 +585,12 @@ impl Inventory {
         }
         if ttl_ms <= 0 {
             return Err(Error::Invalid("hold ttl must be positive".to_owned()));
+        }
+        if self.cancelled_at.is_some() {
+            return Err(Error::EventCancelled);
+        }
+        if !self.sale.is_open(now) {
+            return Err(Error::SaleNotOpen { window: self.sale });
         }
         let items = merge_lines(items)?;
         let mut short = false;
@@ -619,6 +778,15 @@ impl Inventory {
                     stock.available += back;
                     self.uncount_user(user, &code, back);
                 }
+            }
+            Event::SaleWindowSet { window } => self.sale = *window,
+            Event::PerUserLimitSet {
+                ticket_type,
+                per_user_limit,
+            } => self.stock_mut(ticket_type).per_user_limit = *per_user_limit,
+            Event::SaleCancelled { at } => {
+                assert!(self.expiries.is_empty(), "cancelled with active holds");
+                self.cancelled_at = Some(*at);
             }
             Event::HoldsForgotten { before } => {
                 while let Some(&(ended_at, hold_id)) = self.ended.first() {

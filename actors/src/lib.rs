@@ -14,4 +14,6 @@ pub mod inventory;
 pub use domain::{
     EventId, HoldId, HoldRef, Line, OrderId, Quantity, RefundPolicy, TicketCode, Timestamp, UserId,
 };
-pub use inventory::{Command, Error, Event, HoldStatus, HoldView, Inventory, TypeStock};
+pub use inventory::{
+    Command, Error, Event, HoldStatus, HoldView, Inventory, SaleWindow, TypeStock,
+};

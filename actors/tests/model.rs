@@ -10,7 +10,7 @@ use holdfast_actors::actor::{self, Record, Snapshot, Stored};
 use holdfast_actors::inventory::ENDED_HOLD_RETENTION_MS;
 use holdfast_actors::{
     Command, Error, Event, EventId, HoldId, HoldStatus, Inventory, Line, OrderId, Quantity,
-    TicketCode, Timestamp, UserId, invariants,
+    SaleWindow, TicketCode, Timestamp, UserId, invariants,
 };
 use proptest::prelude::*;
 use uuid::Uuid;
@@ -52,6 +52,16 @@ enum Op {
     Expire,
     /// Jumps past the retention of ended holds so they are forgotten.
     Jump,
+    /// The sale window as offsets from now (`None`: open end).
+    Window {
+        starts_in: Option<i64>,
+        ends_in: Option<i64>,
+    },
+    Cancel,
+    Limit {
+        ty: u8,
+        limit: Option<u32>,
+    },
 }
 
 const TYPES: [&str; 3] = ["A", "B", "ZZ"]; // ZZ is never defined
@@ -68,6 +78,11 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..2u8, 0..30u32).prop_map(|(ty, capacity)| Op::Adjust { ty, capacity }),
         2 => Just(Op::Expire),
         1 => Just(Op::Jump),
+        1 => (0..2u8, prop::option::of(0..8u32)).prop_map(|(ty, limit)| Op::Limit { ty, limit }),
+        1 => (prop::option::of(-40..40i64), prop::option::of(-40..80i64))
+            .prop_map(|(starts_in, ends_in)| Op::Window { starts_in, ends_in }),
+        // Rare: a cancelled event refuses every later hold.
+        1 => prop::bool::weighted(0.2).prop_map(|cancel| if cancel { Op::Cancel } else { Op::Expire }),
     ]
 }
 
@@ -90,6 +105,9 @@ struct Model {
     orders: BTreeMap<u8, (u8, bool)>,
     /// order → the seats it still holds after a partial return
     kept: BTreeMap<u8, BTreeMap<&'static str, u32>>,
+    /// (starts_at, ends_at) in absolute time.
+    window: (Option<i64>, Option<i64>),
+    cancelled: bool,
 }
 
 impl Model {
@@ -149,6 +167,15 @@ impl Model {
                     } else {
                         Err(Error::HoldIdTaken)
                     };
+                }
+                if self.cancelled {
+                    return Err(Error::EventCancelled);
+                }
+                let (starts, ends) = self.window;
+                if starts.is_some_and(|s| now < s) || ends.is_some_and(|e| now >= e) {
+                    return Err(Error::SaleNotOpen {
+                        window: window(starts, ends),
+                    });
                 }
                 if lines.is_empty() {
                     return Err(Error::Invalid("a hold needs at least one line".to_owned()));
@@ -252,12 +279,56 @@ impl Model {
                 Ok(())
             }
             Op::Adjust { ty, capacity } => {
+                if self.cancelled {
+                    return Err(Error::EventCancelled);
+                }
                 let ty = TYPES[*ty as usize];
                 let committed = self.held(ty) + self.sold(ty);
                 if *capacity < committed {
                     return Err(Error::CapacityBelowCommitted { committed });
                 }
                 self.types.get_mut(ty).expect("defined").0 = *capacity;
+                Ok(())
+            }
+            Op::Window { starts_in, ends_in } => {
+                let (starts, ends) = (starts_in.map(|d| now + d), ends_in.map(|d| now + d));
+                if let (Some(s), Some(e)) = (starts, ends)
+                    && e <= s
+                {
+                    return Err(Error::Invalid(
+                        "the sale must end after it starts".to_owned(),
+                    ));
+                }
+                self.window = (starts, ends);
+                Ok(())
+            }
+            Op::Limit { ty, limit } => {
+                let ty = TYPES[*ty as usize];
+                if *limit == Some(0) {
+                    return Err(Error::Invalid("a limit is at least 1".to_owned()));
+                }
+                if self.types[ty].1 == *limit {
+                    return Ok(());
+                }
+                if let Some(limit) = limit {
+                    let most = (0..3u8).map(|u| self.of_user(u, ty)).max().unwrap_or(0);
+                    if most > *limit {
+                        return Err(Error::LimitBelowHeld { most });
+                    }
+                }
+                self.types.get_mut(ty).expect("defined").1 = *limit;
+                Ok(())
+            }
+            Op::Cancel => {
+                if !self.cancelled {
+                    for h in self.holds.values_mut() {
+                        if h.status == HoldStatus::Active {
+                            h.status = HoldStatus::Released;
+                            h.ended_at = now;
+                        }
+                    }
+                    self.cancelled = true;
+                }
                 Ok(())
             }
             Op::Expire | Op::Jump => {
@@ -286,7 +357,14 @@ impl Model {
     }
 }
 
-fn to_command(op: &Op) -> Command {
+fn window(starts: Option<i64>, ends: Option<i64>) -> SaleWindow {
+    SaleWindow {
+        starts_at: starts.map(Timestamp),
+        ends_at: ends.map(Timestamp),
+    }
+}
+
+fn to_command(now: i64, op: &Op) -> Command {
     match op {
         Op::Hold {
             hold,
@@ -330,6 +408,14 @@ fn to_command(op: &Op) -> Command {
             capacity: *capacity,
         },
         Op::Expire | Op::Jump => Command::Expire,
+        Op::Window { starts_in, ends_in } => Command::SetSaleWindow {
+            window: window(starts_in.map(|d| now + d), ends_in.map(|d| now + d)),
+        },
+        Op::Cancel => Command::Cancel,
+        Op::Limit { ty, limit } => Command::SetPerUserLimit {
+            ticket_type: code(TYPES[*ty as usize]),
+            per_user_limit: *limit,
+        },
     }
 }
 
@@ -368,7 +454,7 @@ proptest! {
                 now += ENDED_HOLD_RETENTION_MS + 2 * 60 * 60 * 1000;
             }
             let expected = model.step(now, op);
-            let got = inv.apply(Timestamp(now), to_command(op));
+            let got = inv.apply(Timestamp(now), to_command(now, op));
             prop_assert_eq!(got.as_ref().map(|_| ()), expected.as_ref().map(|_| ()), "step {} {:?}", i, op);
             if let Ok(new) = got {
                 events.extend(new);
@@ -556,4 +642,86 @@ fn successive_partial_returns_of_one_order_never_return_a_seat_twice() {
     assert_eq!(part(&mut inv, vec![]), 0);
     assert_eq!(part(&mut inv, vec![b(2)]), 0);
     assert_eq!(stock(&inv), (0, 10));
+}
+
+#[test]
+fn cancel_releases_holds_keeps_sales_and_refuses_new_holds() {
+    let (mut inv, _, _) = setup();
+    let hold = |n: u8, q: u32| Command::Hold {
+        hold_id: HoldId(id(n)),
+        user: UserId(id(n)),
+        items: vec![Line {
+            ticket_type: code("A"),
+            quantity: Quantity::new(q).expect("q"),
+        }],
+        ttl_ms: 60_000,
+    };
+    inv.apply(Timestamp(1), hold(1, 2)).expect("hold 1");
+    inv.apply(Timestamp(1), hold(2, 3)).expect("hold 2");
+    let confirm = Command::Confirm {
+        hold_id: HoldId(id(1)),
+        order_id: OrderId(id(1)),
+    };
+    inv.apply(Timestamp(2), confirm).expect("confirm");
+    let events = inv.apply(Timestamp(3), Command::Cancel).expect("cancel");
+    assert_eq!(
+        events,
+        vec![
+            Event::HoldReleased {
+                hold_id: HoldId(id(2)),
+                at: Timestamp(3)
+            },
+            Event::SaleCancelled { at: Timestamp(3) },
+        ]
+    );
+    assert_eq!(inv.apply(Timestamp(4), Command::Cancel), Ok(vec![]));
+    let a = inv
+        .stock()
+        .find(|(c, _)| c.as_str() == "A")
+        .map(|(_, s)| s.clone());
+    assert_eq!(a.map(|s| (s.available, s.held, s.sold)), Some((18, 0, 2)));
+    assert_eq!(
+        inv.apply(Timestamp(5), hold(3, 1)),
+        Err(Error::EventCancelled)
+    );
+    // A retried hold still answers with what it was; the refund returns the seats.
+    assert_eq!(inv.apply(Timestamp(5), hold(2, 3)), Ok(vec![]));
+    let back = Command::Return {
+        order_id: OrderId(id(1)),
+    };
+    assert_eq!(inv.apply(Timestamp(6), back).map(|e| e.len()), Ok(1));
+    assert_eq!(invariants::check(&inv), Ok(()));
+}
+
+#[test]
+fn holds_only_inside_the_sale_window() {
+    let (mut inv, _, _) = setup();
+    let window = SaleWindow {
+        starts_at: Some(Timestamp(100)),
+        ends_at: Some(Timestamp(200)),
+    };
+    inv.apply(Timestamp(0), Command::SetSaleWindow { window })
+        .expect("window");
+    let hold = |n: u8| Command::Hold {
+        hold_id: HoldId(id(n)),
+        user: UserId(id(n)),
+        items: vec![Line {
+            ticket_type: code("B"),
+            quantity: Quantity::new(1).expect("q"),
+        }],
+        ttl_ms: 60_000,
+    };
+    let closed = Err(Error::SaleNotOpen { window });
+    assert_eq!(inv.apply(Timestamp(99), hold(1)), closed);
+    assert!(inv.apply(Timestamp(100), hold(2)).is_ok());
+    assert!(inv.apply(Timestamp(199), hold(3)).is_ok());
+    assert_eq!(inv.apply(Timestamp(200), hold(4)), closed);
+    let backwards = SaleWindow {
+        starts_at: Some(Timestamp(200)),
+        ends_at: Some(Timestamp(200)),
+    };
+    assert!(matches!(
+        inv.apply(Timestamp(0), Command::SetSaleWindow { window: backwards }),
+        Err(Error::Invalid(_))
+    ));
 }

@@ -6,14 +6,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use holdfast_actors::actor::Clock;
-use holdfast_actors::{EventId, HoldRef, HoldView, Line, OrderId, TicketCode, TypeStock, UserId};
+use holdfast_actors::{
+    EventId, HoldRef, HoldView, Line, OrderId, SaleWindow, TicketCode, Timestamp, TypeStock, UserId,
+};
 use holdfast_gateway::auth::Role;
 use holdfast_gateway::backend::{
-    Account, Backend, BackendError, ClusterProblem, Credentials, EventInfo, IdempotencyState,
-    MoveReport, NewEvent, NodeInfo, RefreshOutcome, ShardInfo, StoredResponse, TicketTypeSpec,
+    Account, Attendee, Backend, BackendError, Category, ClusterProblem, Credentials, EventChanges,
+    EventInfo, EventOrder, EventQuery, IdempotencyState, MoveReport, NewEvent, NodeInfo, Page,
+    RefreshOutcome, SalePeriod, ShardInfo, StoredResponse, TicketTypeChanges, TicketTypeSpec,
 };
 use holdfast_persistence::{
-    self as store, EventRow, Idempotency, NewUser, Rotation, Store, TicketTypeRow, UserRow,
+    self as store, EventFilter, EventPatch, EventRow, Idempotency, NewUser, Rotation, Store,
+    TicketTypePatch, TicketTypeRow, UserRow,
 };
 use time::OffsetDateTime;
 
@@ -113,6 +117,22 @@ impl NodeBackend {
         .map(|_| ())
     }
 
+    async fn check_category(&self, slug: &str) -> Result<(), BackendError> {
+        let categories = self.store.categories().await.map_err(unavailable)?;
+        if categories.iter().any(|c| c.slug == slug) {
+            Ok(())
+        } else {
+            Err(BackendError::UnknownCategory(slug.to_owned()))
+        }
+    }
+
+    async fn event_or_missing(&self, id: EventId) -> Result<EventInfo, BackendError> {
+        match self.store.event(id.0).await.map_err(unavailable)? {
+            Some(row) => event_info(row),
+            None => Err(BackendError::EventNotFound),
+        }
+    }
+
     /// The store of this node.
     pub fn store(&self) -> &Store {
         &self.store
@@ -194,6 +214,7 @@ fn event_info(row: EventRow) -> Result<EventInfo, BackendError> {
         .map_err(|e| {
             BackendError::Internal(format!("event {} has a bad refund policy: {e}", row.id))
         })?;
+    let optional = |ms: Option<i64>| ms.map(datetime).transpose();
     Ok(EventInfo {
         id: EventId(row.id),
         organizer: UserId(row.organizer_id),
@@ -203,6 +224,84 @@ fn event_info(row: EventRow) -> Result<EventInfo, BackendError> {
         created_at: datetime(row.created_at_ms)?,
         ticket_types,
         refund_policy,
+        description: row.description,
+        category: row.category,
+        sale: SalePeriod {
+            starts_at: optional(row.sale_starts_at_ms)?,
+            ends_at: optional(row.sale_ends_at_ms)?,
+        },
+        cancelled_at: optional(row.cancelled_at_ms)?,
+    })
+}
+
+fn ticket_type_row(t: TicketTypeSpec) -> TicketTypeRow {
+    TicketTypeRow {
+        code: t.code.as_str().to_owned(),
+        name: t.name,
+        price: t.price,
+        currency: t.currency,
+        capacity: i64::from(t.capacity),
+        per_user_limit: t.per_user_limit.map(i64::from),
+    }
+}
+
+fn sale_window(sale: SalePeriod) -> SaleWindow {
+    SaleWindow {
+        starts_at: sale.starts_at.map(|t| Timestamp(millis(t))),
+        ends_at: sale.ends_at.map(|t| Timestamp(millis(t))),
+    }
+}
+
+fn event_order(row: store::EventOrderRow, now_ms: i64) -> Result<EventOrder, BackendError> {
+    use holdfast_checkout::model::OrderStatus;
+    let stored = OrderStatus::parse(&row.status)
+        .map_err(|e| BackendError::Internal(format!("order {}: {e}", row.id)))?;
+    // The payment window never outlasts the hold, so the hold's end decides `expired`.
+    let status = holdfast_checkout::decide::read_status(
+        stored,
+        row.hold_expires_at,
+        row.hold_expires_at,
+        now_ms,
+    );
+    let items: Vec<holdfast_checkout::Item> = serde_json::from_str(&row.items)
+        .map_err(|e| BackendError::Internal(format!("order {} items: {e}", row.id)))?;
+    // Refunds are of the whole order so far.
+    let refunded_amount = if stored == OrderStatus::Refunded {
+        row.amount
+    } else {
+        0
+    };
+    Ok(EventOrder {
+        id: OrderId(row.id),
+        buyer: UserId(row.user_id),
+        buyer_email: row.email,
+        buyer_name: row.buyer_name,
+        status: status.as_str().to_owned(),
+        amount: row.amount,
+        refunded_amount,
+        currency: row.currency,
+        items: items
+            .into_iter()
+            .map(|i| (i.ticket_type, i.quantity, i.price))
+            .collect(),
+        created_at: datetime(row.created_at)?,
+        updated_at: datetime(row.updated_at)?,
+    })
+}
+
+fn attendee(row: store::AttendeeRow) -> Result<Attendee, BackendError> {
+    Ok(Attendee {
+        ticket_id: row.ticket_id,
+        order_id: OrderId(row.order_id),
+        holder: UserId(row.user_id),
+        holder_name: row.holder_name,
+        holder_email: row.holder_email,
+        ticket_type: row.ticket_type,
+        ticket_type_name: row.ticket_type_name,
+        checked_in_at: match (row.status.as_str(), row.admitted_at) {
+            ("admitted", Some(at)) => Some(datetime(at)?),
+            _ => None,
+        },
     })
 }
 
@@ -308,6 +407,9 @@ impl Backend for NodeBackend {
     }
 
     async fn create_event(&self, event: NewEvent) -> Result<EventInfo, BackendError> {
+        if let Some(category) = &event.category {
+            self.check_category(category).await?;
+        }
         let row = EventRow {
             id: event.id.0,
             organizer_id: event.organizer.0,
@@ -321,18 +423,188 @@ impl Backend for NodeBackend {
             ticket_types: event
                 .ticket_types
                 .into_iter()
-                .map(|t| TicketTypeRow {
-                    code: t.code.as_str().to_owned(),
-                    name: t.name,
-                    price: t.price,
-                    currency: t.currency,
-                    capacity: i64::from(t.capacity),
-                    per_user_limit: t.per_user_limit.map(i64::from),
-                })
+                .map(ticket_type_row)
                 .collect(),
+            description: event.description,
+            category: event.category,
+            sale_starts_at_ms: event.sale.starts_at.map(millis),
+            sale_ends_at_ms: event.sale.ends_at.map(millis),
+            cancelled_at_ms: None,
+            cancel_reason: None,
         };
         self.store.create_event(&row).await.map_err(unavailable)?;
         event_info(row)
+    }
+
+    async fn categories(&self) -> Result<Vec<Category>, BackendError> {
+        let rows = self.store.categories().await.map_err(unavailable)?;
+        Ok(rows
+            .into_iter()
+            .map(|c| Category {
+                slug: c.slug,
+                name: c.name,
+            })
+            .collect())
+    }
+
+    async fn update_event(
+        &self,
+        id: EventId,
+        changes: EventChanges,
+    ) -> Result<EventInfo, BackendError> {
+        if let Some(Some(category)) = &changes.category {
+            self.check_category(category).await?;
+        }
+        let window_changed = changes.sale_starts_at.is_some() || changes.sale_ends_at.is_some();
+        let patch = EventPatch {
+            name: changes.name,
+            venue: changes.venue,
+            description: changes.description,
+            category: changes.category,
+            starts_at_ms: changes.starts_at.map(millis),
+            sale_starts_at_ms: changes.sale_starts_at.map(|t| t.map(millis)),
+            sale_ends_at_ms: changes.sale_ends_at.map(|t| t.map(millis)),
+        };
+        // Catalog first: an actor that misses the change (down, or its answer lost) takes the
+        // window from the catalog when it starts.
+        if !self
+            .store
+            .update_event(id.0, &patch)
+            .await
+            .map_err(unavailable)?
+        {
+            return Err(BackendError::EventNotFound);
+        }
+        let event = self.event_or_missing(id).await?;
+        if window_changed {
+            self.execute(id, InventoryOp::SetSaleWindow(sale_window(event.sale)))
+                .await?;
+        }
+        Ok(event)
+    }
+
+    async fn add_ticket_type(
+        &self,
+        id: EventId,
+        spec: TicketTypeSpec,
+    ) -> Result<EventInfo, BackendError> {
+        let code = spec.code.clone();
+        let (capacity, per_user_limit) = (spec.capacity, spec.per_user_limit);
+        self.store
+            .add_ticket_type(id.0, &ticket_type_row(spec))
+            .await
+            .map_err(|e| match e {
+                store::Error::Conflict => BackendError::TicketTypeExists(code.clone()),
+                e => unavailable(e),
+            })?;
+        // A new actor defines it from the catalog; a running one is told.
+        let define = InventoryOp::Define {
+            code,
+            capacity,
+            per_user_limit,
+        };
+        self.execute(id, define).await?;
+        self.event_or_missing(id).await
+    }
+
+    async fn update_ticket_type(
+        &self,
+        id: EventId,
+        code: TicketCode,
+        changes: TicketTypeChanges,
+    ) -> Result<EventInfo, BackendError> {
+        let event = self.event_or_missing(id).await?;
+        if !event.ticket_types.iter().any(|t| t.code == code) {
+            return Err(BackendError::TicketTypeNotFound(code));
+        }
+        // Stock first: the actor refuses a capacity below what is held and sold, or a limit
+        // below what a buyer has, before the catalog says anything.
+        if let Some(capacity) = changes.capacity {
+            let adjust = InventoryOp::AdjustCapacity {
+                ticket_type: code.clone(),
+                capacity,
+            };
+            self.execute(id, adjust).await?;
+        }
+        if let Some(per_user_limit) = changes.per_user_limit {
+            let set = InventoryOp::SetPerUserLimit {
+                ticket_type: code.clone(),
+                per_user_limit,
+            };
+            self.execute(id, set).await?;
+        }
+        let patch = TicketTypePatch {
+            name: changes.name,
+            price: changes.price,
+            capacity: changes.capacity.map(i64::from),
+            per_user_limit: changes.per_user_limit.map(|l| l.map(i64::from)),
+        };
+        self.store
+            .update_ticket_type(id.0, code.as_str(), &patch, self.now_ms())
+            .await
+            .map_err(unavailable)?;
+        self.event_or_missing(id).await
+    }
+
+    async fn cancel_event(&self, id: EventId, reason: &str) -> Result<EventInfo, BackendError> {
+        if !self
+            .store
+            .cancel_event(id.0, self.now_ms(), reason)
+            .await
+            .map_err(unavailable)?
+        {
+            return Err(BackendError::EventNotFound);
+        }
+        self.execute(id, InventoryOp::Cancel).await?;
+        self.event_or_missing(id).await
+    }
+
+    async fn event_orders(
+        &self,
+        id: EventId,
+        limit: u32,
+        offset: u32,
+    ) -> Result<Page<EventOrder>, BackendError> {
+        let (rows, total) = self
+            .store
+            .event_orders(id.0, limit, offset)
+            .await
+            .map_err(unavailable)?;
+        let now = self.now_ms();
+        let items = rows
+            .into_iter()
+            .map(|row| event_order(row, now))
+            .collect::<Result<_, _>>()?;
+        Ok(Page { items, total })
+    }
+
+    async fn event_attendees(
+        &self,
+        id: EventId,
+        limit: u32,
+        offset: u32,
+    ) -> Result<Page<Attendee>, BackendError> {
+        let (rows, total) = self
+            .store
+            .event_attendees(id.0, limit, offset)
+            .await
+            .map_err(unavailable)?;
+        let items = rows.into_iter().map(attendee).collect::<Result<_, _>>()?;
+        Ok(Page { items, total })
+    }
+
+    async fn confirmed_orders(
+        &self,
+        id: EventId,
+        limit: u32,
+    ) -> Result<Vec<OrderId>, BackendError> {
+        let confirmed = holdfast_checkout::model::OrderStatus::Confirmed.as_str();
+        let ids = self
+            .store
+            .event_order_ids(id.0, confirmed, limit)
+            .await
+            .map_err(unavailable)?;
+        Ok(ids.into_iter().map(OrderId).collect())
     }
 
     async fn event(&self, id: EventId) -> Result<Option<EventInfo>, BackendError> {
@@ -344,9 +616,16 @@ impl Backend for NodeBackend {
             .transpose()
     }
 
-    async fn events(&self, limit: u32, offset: u32) -> Result<Vec<EventInfo>, BackendError> {
+    async fn events(&self, query: &EventQuery) -> Result<Vec<EventInfo>, BackendError> {
+        let filter = EventFilter {
+            organizer_id: query.organizer.map(|o| o.0),
+            category: query.category.clone(),
+            text: query.text.clone(),
+            from_ms: query.from.map(millis),
+            to_ms: query.to.map(millis),
+        };
         self.store
-            .list_events(limit, offset)
+            .find_events(&filter, query.limit, query.offset)
             .await
             .map_err(unavailable)?
             .into_iter()

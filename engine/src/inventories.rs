@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use holdfast_actors::actor::{self, CallError, Clock, Handle, Journal, StartError};
-use holdfast_actors::{Command, EventId, TicketCode};
+use holdfast_actors::{Command, EventId, SaleWindow, TicketCode, Timestamp};
 use holdfast_persistence::Store;
 
 use crate::ops::{InventoryOp, InventoryReply, OpError};
@@ -99,6 +99,17 @@ impl Inventories {
                     .map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
             });
         }
+        // The catalog is written before the actor, so what an edit left undone in the actor
+        // (it was down, or its answer was lost) is done when it starts again.
+        definitions.push(Command::SetSaleWindow {
+            window: SaleWindow {
+                starts_at: event.sale_starts_at_ms.map(Timestamp),
+                ends_at: event.sale_ends_at_ms.map(Timestamp),
+            },
+        });
+        if event.cancelled_at_ms.is_some() {
+            definitions.push(Command::Cancel);
+        }
         let handle = actor::start(
             event_id,
             epoch,
@@ -149,35 +160,11 @@ impl Inventories {
             InventoryOp::GetHold(hold_id) => {
                 InventoryReply::Hold(actor.hold(hold_id).await.map_err(call_error)?)
             }
-            InventoryOp::Release(hold_id) => {
-                actor
-                    .call(Command::Release { hold_id })
-                    .await
-                    .map_err(call_error)?;
-                InventoryReply::Done
-            }
-            InventoryOp::Confirm { hold_id, order_id } => {
-                actor
-                    .call(Command::Confirm { hold_id, order_id })
-                    .await
-                    .map_err(call_error)?;
-                InventoryReply::Done
-            }
-            InventoryOp::Return { order_id } => {
-                actor
-                    .call(Command::Return { order_id })
-                    .await
-                    .map_err(call_error)?;
-                InventoryReply::Done
-            }
-            InventoryOp::ReturnPart { order_id, keep } => {
-                actor
-                    .call(Command::ReturnPart { order_id, keep })
-                    .await
-                    .map_err(call_error)?;
-                InventoryReply::Done
-            }
             InventoryOp::Stock => InventoryReply::Stock(actor.stock().await.map_err(call_error)?),
+            op => {
+                actor.call(done_command(op)).await.map_err(call_error)?;
+                InventoryReply::Done
+            }
         };
         Ok(reply)
     }
@@ -212,6 +199,44 @@ impl Inventories {
             *counts.entry(id.shard(shards)).or_default() += 1;
         }
         counts
+    }
+}
+
+/// The command of an operation answered with [`InventoryReply::Done`].
+fn done_command(op: InventoryOp) -> Command {
+    match op {
+        InventoryOp::Release(hold_id) => Command::Release { hold_id },
+        InventoryOp::Confirm { hold_id, order_id } => Command::Confirm { hold_id, order_id },
+        InventoryOp::Return { order_id } => Command::Return { order_id },
+        InventoryOp::ReturnPart { order_id, keep } => Command::ReturnPart { order_id, keep },
+        InventoryOp::Define {
+            code,
+            capacity,
+            per_user_limit,
+        } => Command::DefineTicketType {
+            code,
+            capacity,
+            per_user_limit,
+        },
+        InventoryOp::AdjustCapacity {
+            ticket_type,
+            capacity,
+        } => Command::AdjustCapacity {
+            ticket_type,
+            capacity,
+        },
+        InventoryOp::SetSaleWindow(window) => Command::SetSaleWindow { window },
+        InventoryOp::Cancel => Command::Cancel,
+        InventoryOp::SetPerUserLimit {
+            ticket_type,
+            per_user_limit,
+        } => Command::SetPerUserLimit {
+            ticket_type,
+            per_user_limit,
+        },
+        InventoryOp::Hold { .. } | InventoryOp::GetHold(_) | InventoryOp::Stock => {
+            unreachable!("answered with more than Done")
+        }
     }
 }
 

@@ -1,7 +1,9 @@
 //! Inventory operations as values, so one node can run them for another: the same enum is
 //! executed locally and sent over the internal API.
 
-use holdfast_actors::{HoldId, HoldView, Line, OrderId, TicketCode, TypeStock, UserId, inventory};
+use holdfast_actors::{
+    HoldId, HoldView, Line, OrderId, SaleWindow, TicketCode, TypeStock, UserId, inventory,
+};
 use holdfast_gateway::backend::BackendError;
 use serde::{Deserialize, Serialize};
 
@@ -32,6 +34,25 @@ pub enum InventoryOp {
     ReturnPart {
         order_id: OrderId,
         keep: Vec<Line>,
+    },
+    // New variants go last: the node-to-node API sends the variant's index.
+    /// A ticket type added to the event. Idempotent.
+    Define {
+        code: TicketCode,
+        capacity: u32,
+        per_user_limit: Option<u32>,
+    },
+    /// Refused below the seats held and sold.
+    AdjustCapacity {
+        ticket_type: TicketCode,
+        capacity: u32,
+    },
+    SetSaleWindow(SaleWindow),
+    /// Releases every hold and refuses new ones. Idempotent.
+    Cancel,
+    SetPerUserLimit {
+        ticket_type: TicketCode,
+        per_user_limit: Option<u32>,
     },
 }
 

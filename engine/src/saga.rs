@@ -21,9 +21,12 @@ fn inventory_error(e: BackendError) -> InventoryError {
         BackendError::Overloaded => InventoryError::Overloaded,
         BackendError::Unavailable(why) => InventoryError::Unavailable(why),
         BackendError::Cluster(why) => InventoryError::Unavailable(why.to_string()),
-        e @ (BackendError::EmailTaken | BackendError::Internal(_)) => {
-            InventoryError::Internal(e.to_string())
-        }
+        e @ (BackendError::EmailTaken
+        | BackendError::Internal(_)
+        | BackendError::UnknownCategory(_)
+        | BackendError::TicketTypeExists(_)
+        | BackendError::TicketTypeNotFound(_)
+        | BackendError::Invalid(_)) => InventoryError::Internal(e.to_string()),
     }
 }
 
@@ -52,6 +55,27 @@ impl Inventory for NodeBackend {
             prices,
             refund_policy: event.refund_policy,
         }))
+    }
+
+    async fn terms_at(
+        &self,
+        event: EventId,
+        placed_at_ms: i64,
+    ) -> Result<Option<EventTerms>, InventoryError> {
+        let Some(mut terms) = self.terms(event).await? else {
+            return Ok(None);
+        };
+        let before = self
+            .store()
+            .prices_at(event.0, placed_at_ms)
+            .await
+            .map_err(|e| InventoryError::Unavailable(format!("catalog: {e}")))?;
+        for (code, price) in &mut terms.prices {
+            if let Some(old) = before.get(code.as_str()) {
+                price.amount = *old;
+            }
+        }
+        Ok(Some(terms))
     }
 
     async fn hold(

@@ -2,7 +2,9 @@
 //! gateway never depends on the engine, storage or the actor runtime.
 
 use async_trait::async_trait;
-use holdfast_actors::{EventId, HoldRef, HoldView, Line, TicketCode, TypeStock, UserId, inventory};
+use holdfast_actors::{
+    EventId, HoldRef, HoldView, Line, OrderId, TicketCode, TypeStock, UserId, inventory,
+};
 use time::OffsetDateTime;
 
 use crate::auth::Role;
@@ -35,6 +37,13 @@ pub struct TicketTypeSpec {
     pub per_user_limit: Option<u32>,
 }
 
+/// When an event's tickets are on sale: `[starts_at, ends_at)`, an open end unbounded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SalePeriod {
+    pub starts_at: Option<OffsetDateTime>,
+    pub ends_at: Option<OffsetDateTime>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewEvent {
     pub id: EventId,
@@ -45,6 +54,10 @@ pub struct NewEvent {
     pub ticket_types: Vec<TicketTypeSpec>,
     /// `None`: buyers cannot refund by themselves.
     pub refund_policy: Option<holdfast_actors::RefundPolicy>,
+    pub description: String,
+    /// A slug of [`Backend::categories`].
+    pub category: Option<String>,
+    pub sale: SalePeriod,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,6 +70,90 @@ pub struct EventInfo {
     pub created_at: OffsetDateTime,
     pub ticket_types: Vec<TicketTypeSpec>,
     pub refund_policy: Option<holdfast_actors::RefundPolicy>,
+    pub description: String,
+    pub category: Option<String>,
+    pub sale: SalePeriod,
+    pub cancelled_at: Option<OffsetDateTime>,
+}
+
+/// What an edit of an event changes; `None` keeps a field, `Some(None)` clears it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EventChanges {
+    pub name: Option<String>,
+    pub venue: Option<String>,
+    pub description: Option<String>,
+    pub category: Option<Option<String>>,
+    pub starts_at: Option<OffsetDateTime>,
+    pub sale_starts_at: Option<Option<OffsetDateTime>>,
+    pub sale_ends_at: Option<Option<OffsetDateTime>>,
+}
+
+/// What an edit of a ticket type changes; `None` keeps a field.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TicketTypeChanges {
+    pub name: Option<String>,
+    /// Applies to holds placed from now on.
+    pub price: Option<i64>,
+    pub capacity: Option<u32>,
+    pub per_user_limit: Option<Option<u32>>,
+}
+
+/// Which events a listing shows; `None` does not filter.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EventQuery {
+    pub organizer: Option<UserId>,
+    pub category: Option<String>,
+    /// Matches name or venue, case-insensitively.
+    pub text: Option<String>,
+    pub from: Option<OffsetDateTime>,
+    pub to: Option<OffsetDateTime>,
+    pub limit: u32,
+    pub offset: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Category {
+    pub slug: String,
+    pub name: String,
+}
+
+/// One page of a longer list, with the length of the whole list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub total: u64,
+}
+
+/// An order of an event, as its organizer sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventOrder {
+    pub id: OrderId,
+    pub buyer: UserId,
+    pub buyer_email: String,
+    pub buyer_name: Option<String>,
+    /// As the buyer reads it: `pending_payment`, `confirmed`, `cancelled`, `refunded`,
+    /// `expired`.
+    pub status: String,
+    pub amount: i64,
+    pub refunded_amount: i64,
+    pub currency: String,
+    /// (ticket type, quantity, unit price).
+    pub items: Vec<(String, u32, i64)>,
+    pub created_at: OffsetDateTime,
+    pub updated_at: OffsetDateTime,
+}
+
+/// A ticket of an event that admits, with its holder.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attendee {
+    pub ticket_id: uuid::Uuid,
+    pub order_id: OrderId,
+    pub holder: UserId,
+    pub holder_name: Option<String>,
+    pub holder_email: Option<String>,
+    pub ticket_type: String,
+    pub ticket_type_name: Option<String>,
+    pub checked_in_at: Option<OffsetDateTime>,
 }
 
 /// A response kept for an idempotency key.
@@ -159,6 +256,20 @@ pub enum BackendError {
     Cluster(#[from] ClusterProblem),
     #[error("internal error: {0}")]
     Internal(String),
+    #[error("no category {0:?}; GET /v1/categories lists them")]
+    UnknownCategory(String),
+    #[error("the event has a ticket type {0} already")]
+    TicketTypeExists(TicketCode),
+    #[error("the event has no ticket type {0}")]
+    TicketTypeNotFound(TicketCode),
+    /// An edit that does not fit the event as it is (e.g. a sale that would end before it
+    /// starts).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn not_here(what: &str) -> BackendError {
+    BackendError::Unavailable(format!("{what} are not served by this node"))
 }
 
 /// The node as the gateway sees it.
@@ -194,7 +305,64 @@ pub trait Backend: Send + Sync + 'static {
 
     async fn create_event(&self, event: NewEvent) -> Result<EventInfo, BackendError>;
     async fn event(&self, id: EventId) -> Result<Option<EventInfo>, BackendError>;
-    async fn events(&self, limit: u32, offset: u32) -> Result<Vec<EventInfo>, BackendError>;
+    async fn events(&self, query: &EventQuery) -> Result<Vec<EventInfo>, BackendError>;
+
+    async fn categories(&self) -> Result<Vec<Category>, BackendError> {
+        Err(not_here("categories"))
+    }
+    /// Edits the event's catalog entry; the sale window reaches its stock too.
+    async fn update_event(
+        &self,
+        _id: EventId,
+        _changes: EventChanges,
+    ) -> Result<EventInfo, BackendError> {
+        Err(not_here("event edits"))
+    }
+    async fn add_ticket_type(
+        &self,
+        _id: EventId,
+        _spec: TicketTypeSpec,
+    ) -> Result<EventInfo, BackendError> {
+        Err(not_here("event edits"))
+    }
+    /// A capacity is refused below the seats held and sold.
+    async fn update_ticket_type(
+        &self,
+        _id: EventId,
+        _code: TicketCode,
+        _changes: TicketTypeChanges,
+    ) -> Result<EventInfo, BackendError> {
+        Err(not_here("event edits"))
+    }
+    /// Marks the event cancelled and releases every hold; no hold is placed after. Refunds
+    /// are the caller's (the checkout's).
+    async fn cancel_event(&self, _id: EventId, _reason: &str) -> Result<EventInfo, BackendError> {
+        Err(not_here("event edits"))
+    }
+    async fn event_orders(
+        &self,
+        _id: EventId,
+        _limit: u32,
+        _offset: u32,
+    ) -> Result<Page<EventOrder>, BackendError> {
+        Err(not_here("the organizer's view"))
+    }
+    async fn event_attendees(
+        &self,
+        _id: EventId,
+        _limit: u32,
+        _offset: u32,
+    ) -> Result<Page<Attendee>, BackendError> {
+        Err(not_here("the organizer's view"))
+    }
+    /// The event's confirmed orders, oldest first, at most `limit`.
+    async fn confirmed_orders(
+        &self,
+        _id: EventId,
+        _limit: u32,
+    ) -> Result<Vec<OrderId>, BackendError> {
+        Err(not_here("the organizer's view"))
+    }
 
     async fn availability(&self, id: EventId)
     -> Result<Vec<(TicketCode, TypeStock)>, BackendError>;

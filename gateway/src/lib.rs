@@ -22,7 +22,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, patch, post};
 use serde::{Deserialize, Serialize};
 use tower::ServiceBuilder;
 use tower_http::compression::CompressionLayer;
@@ -202,7 +202,32 @@ pub fn router(state: AppState) -> Router {
             "/v1/events",
             post(routes::events::create).get(routes::events::list),
         )
-        .route("/v1/events/{event_id}", get(routes::events::get))
+        .route(
+            "/v1/events/{event_id}",
+            get(routes::events::get).patch(routes::lifecycle::update),
+        )
+        .route(
+            "/v1/events/{event_id}/ticket-types",
+            post(routes::lifecycle::add_ticket_type),
+        )
+        .route(
+            "/v1/events/{event_id}/ticket-types/{code}",
+            patch(routes::lifecycle::update_ticket_type),
+        )
+        .route(
+            "/v1/events/{event_id}/cancel",
+            post(routes::lifecycle::cancel),
+        )
+        .route(
+            "/v1/events/{event_id}/orders",
+            get(routes::organizer::orders),
+        )
+        .route(
+            "/v1/events/{event_id}/attendees",
+            get(routes::organizer::attendees),
+        )
+        .route("/v1/categories", get(routes::events::categories))
+        .route("/v1/organizer/events", get(routes::events::list_own))
         .route(
             "/v1/events/{event_id}/availability",
             get(routes::events::availability),

@@ -190,11 +190,37 @@ impl From<inventory::Error> for Problem {
             }
             E::CapacityBelowCommitted { committed } => Self::new(
                 StatusCode::CONFLICT,
-                "capacity-below-committed",
-                "Capacity below committed seats",
+                "capacity-below-sold",
+                "Capacity below held and sold seats",
                 detail,
             )
             .with("committed", json!(committed)),
+            E::SaleNotOpen { window } => {
+                let at = |t: Option<holdfast_actors::Timestamp>| {
+                    t.map(|t| holdfast_actors::domain::rfc3339_millis(t.as_millis()))
+                };
+                Self::new(
+                    StatusCode::CONFLICT,
+                    "sale-not-open",
+                    "Sale not open",
+                    "tickets of this event are not on sale now",
+                )
+                .with("sale_starts_at", json!(at(window.starts_at)))
+                .with("sale_ends_at", json!(at(window.ends_at)))
+            }
+            E::LimitBelowHeld { most } => Self::new(
+                StatusCode::CONFLICT,
+                "limit-below-held",
+                "Limit below seats held",
+                detail,
+            )
+            .with("most", json!(most)),
+            E::EventCancelled => Self::new(
+                StatusCode::CONFLICT,
+                "event-cancelled",
+                "Event cancelled",
+                "the event is cancelled: nothing is sold or changed any more",
+            ),
         }
     }
 }
@@ -267,6 +293,25 @@ impl From<BackendError> for Problem {
                 tracing::error!(%why, "backend failed");
                 Self::internal()
             }
+            e @ BackendError::UnknownCategory(_) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unknown-category",
+                "Unknown category",
+                e.to_string(),
+            ),
+            e @ BackendError::TicketTypeExists(_) => Self::new(
+                StatusCode::CONFLICT,
+                "ticket-type-exists",
+                "Ticket type exists",
+                e.to_string(),
+            ),
+            e @ BackendError::TicketTypeNotFound(_) => Self::new(
+                StatusCode::NOT_FOUND,
+                "ticket-type-not-found",
+                "Ticket type not found",
+                e.to_string(),
+            ),
+            BackendError::Invalid(why) => Self::invalid(why),
         }
     }
 }

@@ -28,6 +28,54 @@ pub struct EventRow {
     /// The refund policy as JSON (`{"until_hours_before_start", "fee_percent", "fee_fixed"}`);
     /// `None`: buyers cannot refund by themselves.
     pub refund_policy: Option<String>,
+    pub description: String,
+    /// A slug of `categories`.
+    pub category: Option<String>,
+    pub sale_starts_at_ms: Option<i64>,
+    pub sale_ends_at_ms: Option<i64>,
+    pub cancelled_at_ms: Option<i64>,
+    pub cancel_reason: Option<String>,
+}
+
+/// A category events are filed under.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CategoryRow {
+    pub slug: String,
+    pub name: String,
+}
+
+/// Which events [`Store::find_events`] lists; `None` does not filter.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EventFilter {
+    pub organizer_id: Option<Uuid>,
+    pub category: Option<String>,
+    /// Matches name or venue, case-insensitively (Unicode), anywhere in the text.
+    pub text: Option<String>,
+    /// `starts_at` at or after.
+    pub from_ms: Option<i64>,
+    /// `starts_at` at or before.
+    pub to_ms: Option<i64>,
+}
+
+/// What [`Store::update_event`] changes; `None` leaves a field as it is, `Some(None)` clears it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EventPatch {
+    pub name: Option<String>,
+    pub venue: Option<String>,
+    pub description: Option<String>,
+    pub category: Option<Option<String>>,
+    pub starts_at_ms: Option<i64>,
+    pub sale_starts_at_ms: Option<Option<i64>>,
+    pub sale_ends_at_ms: Option<Option<i64>>,
+}
+
+/// What [`Store::update_ticket_type`] changes; `None` leaves a field as it is.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TicketTypePatch {
+    pub name: Option<String>,
+    pub price: Option<i64>,
+    pub capacity: Option<i64>,
+    pub per_user_limit: Option<Option<i64>>,
 }
 
 /// One ticket type of an event. `price` is in the currency's minor unit.
@@ -41,7 +89,8 @@ pub struct TicketTypeRow {
     pub per_user_limit: Option<i64>,
 }
 
-const EVENT_COLUMNS: &str = "id, organizer_id, name, venue, starts_at, created_at, refund_policy";
+const EVENT_COLUMNS: &str = "id, organizer_id, name, venue, starts_at, created_at, description, \
+     category, sale_starts_at, sale_ends_at, cancelled_at, cancel_reason, refund_policy";
 const TICKET_TYPE_COLUMNS: &str = "event_id, code, name, price, currency, capacity, per_user_limit";
 /// Bind parameters per ticket type row in [`Store::create_event`].
 const TICKET_TYPE_PARAMS: usize = 7;
@@ -60,6 +109,12 @@ impl EventRow {
             created_at_ms: row.try_get("created_at")?,
             ticket_types: Vec::new(),
             refund_policy: row.try_get("refund_policy")?,
+            description: row.try_get("description")?,
+            category: row.try_get("category")?,
+            sale_starts_at_ms: row.try_get("sale_starts_at")?,
+            sale_ends_at_ms: row.try_get("sale_ends_at")?,
+            cancelled_at_ms: row.try_get("cancelled_at")?,
+            cancel_reason: row.try_get("cancel_reason")?,
         })
     }
 }
@@ -102,8 +157,9 @@ impl Store {
         };
         let mut tx = self.begin_write().await?;
         sqlx::query(
-            "INSERT INTO events (id, organizer_id, name, venue, starts_at, created_at, refund_policy) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO events (id, organizer_id, name, venue, starts_at, created_at, description, \
+             category, sale_starts_at, sale_ends_at, search_text, refund_policy) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
         .bind(uuid_text(event.id))
         .bind(uuid_text(event.organizer_id))
@@ -111,6 +167,11 @@ impl Store {
         .bind(event.venue.as_str())
         .bind(event.starts_at_ms)
         .bind(event.created_at_ms)
+        .bind(event.description.as_str())
+        .bind(event.category.as_deref())
+        .bind(event.sale_starts_at_ms)
+        .bind(event.sale_ends_at_ms)
+        .bind(search_text(&event.name, &event.venue))
         .bind(event.refund_policy.as_deref())
         .execute(&mut *tx)
         .await
@@ -165,9 +226,64 @@ impl Store {
     /// A page of events ordered by start time, then id. `limit` is capped at
     /// [`EVENTS_PAGE_MAX`].
     pub async fn list_events(&self, limit: u32, offset: u32) -> Result<Vec<EventRow>, Error> {
-        let sql =
-            format!("SELECT {EVENT_COLUMNS} FROM events ORDER BY starts_at, id LIMIT $1 OFFSET $2");
-        let rows = sqlx::query(&sql)
+        self.find_events(&EventFilter::default(), limit, offset)
+            .await
+    }
+
+    /// A page of the events `filter` selects, ordered by start time, then id. `limit` is
+    /// capped at [`EVENTS_PAGE_MAX`].
+    pub async fn find_events(
+        &self,
+        filter: &EventFilter,
+        limit: u32,
+        offset: u32,
+    ) -> Result<Vec<EventRow>, Error> {
+        let mut clauses: Vec<String> = Vec::new();
+        let mut texts: Vec<String> = Vec::new();
+        let mut numbers: Vec<i64> = Vec::new();
+        // Text parameters first ($1…), then numbers: each kind binds in its own order.
+        if let Some(organizer) = filter.organizer_id {
+            texts.push(uuid_text(organizer));
+            clauses.push(format!("organizer_id = ${}", texts.len()));
+        }
+        if let Some(category) = &filter.category {
+            texts.push(category.clone());
+            clauses.push(format!("category = ${}", texts.len()));
+        }
+        if let Some(text) = &filter.text {
+            texts.push(format!("%{}%", like_escape(&text.to_lowercase())));
+            clauses.push(format!("search_text LIKE ${} ESCAPE '\\'", texts.len()));
+        }
+        let mut next = texts.len();
+        let mut number = |value: i64, clause: &str| {
+            next += 1;
+            numbers.push(value);
+            clauses.push(format!("{clause} ${next}"));
+        };
+        if let Some(from) = filter.from_ms {
+            number(from, "starts_at >=");
+        }
+        if let Some(to) = filter.to_ms {
+            number(to, "starts_at <=");
+        }
+        let condition = if clauses.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", clauses.join(" AND "))
+        };
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events {condition} ORDER BY starts_at, id LIMIT ${} OFFSET ${}",
+            next + 1,
+            next + 2
+        );
+        let mut query = sqlx::query(&sql);
+        for text in texts {
+            query = query.bind(text);
+        }
+        for n in numbers {
+            query = query.bind(n);
+        }
+        let rows = query
             .bind(i64::from(limit.min(EVENTS_PAGE_MAX)))
             .bind(i64::from(offset))
             .fetch_all(&self.pool)
@@ -178,6 +294,208 @@ impl Store {
             .collect::<Result<Vec<_>, _>>()?;
         self.attach_ticket_types(&mut events).await?;
         Ok(events)
+    }
+
+    /// The categories events may be filed under, in their listing order.
+    pub async fn categories(&self) -> Result<Vec<CategoryRow>, Error> {
+        let rows = sqlx::query("SELECT slug, name FROM categories ORDER BY position, slug")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(CategoryRow {
+                    slug: row.try_get("slug")?,
+                    name: row.try_get("name")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Changes what `patch` names of event `id`; false if there is no such event.
+    pub async fn update_event(&self, id: Uuid, patch: &EventPatch) -> Result<bool, Error> {
+        let mut query_sets = String::new();
+        // (column, value) in bind order after `$1` (the id).
+        enum Value<'a> {
+            Text(Option<&'a str>),
+            Number(Option<i64>),
+        }
+        let mut values: Vec<(&str, Value<'_>)> = Vec::new();
+        if let Some(v) = &patch.name {
+            values.push(("name", Value::Text(Some(v))));
+        }
+        if let Some(v) = &patch.venue {
+            values.push(("venue", Value::Text(Some(v))));
+        }
+        if let Some(v) = &patch.description {
+            values.push(("description", Value::Text(Some(v))));
+        }
+        if let Some(v) = &patch.category {
+            values.push(("category", Value::Text(v.as_deref())));
+        }
+        if let Some(v) = patch.starts_at_ms {
+            values.push(("starts_at", Value::Number(Some(v))));
+        }
+        if let Some(v) = patch.sale_starts_at_ms {
+            values.push(("sale_starts_at", Value::Number(v)));
+        }
+        if let Some(v) = patch.sale_ends_at_ms {
+            values.push(("sale_ends_at", Value::Number(v)));
+        }
+        for (i, (column, _)) in values.iter().enumerate() {
+            if i > 0 {
+                query_sets.push_str(", ");
+            }
+            let _ = write!(query_sets, "{column} = ${}", i + 2);
+        }
+        if values.is_empty() {
+            return Ok(self.event(id).await?.is_some());
+        }
+        let sql = format!("UPDATE events SET {query_sets} WHERE id = $1");
+        let mut query = sqlx::query(&sql).bind(uuid_text(id));
+        for (_, value) in values {
+            query = match value {
+                Value::Text(v) => query.bind(v.map(str::to_owned)),
+                Value::Number(v) => query.bind(v),
+            };
+        }
+        let mut tx = self.begin_write().await?;
+        let done = query.execute(&mut *tx).await?;
+        if patch.name.is_some() || patch.venue.is_some() {
+            let row = sqlx::query("SELECT name, venue FROM events WHERE id = $1")
+                .bind(uuid_text(id))
+                .fetch_one(&mut *tx)
+                .await?;
+            let (name, venue): (String, String) = (row.try_get("name")?, row.try_get("venue")?);
+            sqlx::query("UPDATE events SET search_text = $2 WHERE id = $1")
+                .bind(uuid_text(id))
+                .bind(search_text(&name, &venue))
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Adds a ticket type after the others; [`Error::Conflict`] if its code is taken.
+    pub async fn add_ticket_type(&self, event_id: Uuid, t: &TicketTypeRow) -> Result<(), Error> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO ticket_types \
+             (event_id, position, code, name, price, currency, capacity, per_user_limit) \
+             SELECT $1, COALESCE(MAX(position) + 1, 0), $2, $3, $4, $5, $6, $7 \
+             FROM ticket_types WHERE event_id = $1",
+        )
+        .bind(uuid_text(event_id))
+        .bind(t.code.as_str())
+        .bind(t.name.as_str())
+        .bind(t.price)
+        .bind(t.currency.as_str())
+        .bind(t.capacity)
+        .bind(t.per_user_limit)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                Error::Conflict
+            } else {
+                e.into()
+            }
+        })?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Changes what `patch` names of a ticket type; false if there is no such type. A new price
+    /// records the old one as of `now_ms`, for holds placed before ([`Store::prices_at`]).
+    pub async fn update_ticket_type(
+        &self,
+        event_id: Uuid,
+        code: &str,
+        patch: &TicketTypePatch,
+        now_ms: i64,
+    ) -> Result<bool, Error> {
+        let mut tx = self.begin_write().await?;
+        let current: Option<i64> =
+            sqlx::query_scalar("SELECT price FROM ticket_types WHERE event_id = $1 AND code = $2")
+                .bind(uuid_text(event_id))
+                .bind(code)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(current) = current else {
+            return Ok(false);
+        };
+        if let Some(price) = patch.price
+            && price != current
+        {
+            // Two changes in one millisecond: the first one's old price is what held before.
+            sqlx::query(
+                "INSERT INTO ticket_type_price_changes (event_id, code, changed_at, old_price) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            )
+            .bind(uuid_text(event_id))
+            .bind(code)
+            .bind(now_ms)
+            .bind(current)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query(
+            "UPDATE ticket_types SET name = COALESCE($3, name), price = COALESCE($4, price), \
+             capacity = COALESCE($5, capacity), \
+             per_user_limit = CASE WHEN $6 = 1 THEN $7 ELSE per_user_limit END \
+             WHERE event_id = $1 AND code = $2",
+        )
+        .bind(uuid_text(event_id))
+        .bind(code)
+        .bind(patch.name.clone())
+        .bind(patch.price)
+        .bind(patch.capacity)
+        .bind(i64::from(patch.per_user_limit.is_some()))
+        .bind(patch.per_user_limit.flatten())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// The unit price of each ticket type for a hold placed at `placed_at_ms`: the price then,
+    /// which a later change does not touch.
+    pub async fn prices_at(
+        &self,
+        event_id: Uuid,
+        placed_at_ms: i64,
+    ) -> Result<HashMap<String, i64>, Error> {
+        let rows = sqlx::query(
+            "SELECT code, old_price FROM ticket_type_price_changes \
+             WHERE event_id = $1 AND changed_at > $2 ORDER BY changed_at DESC",
+        )
+        .bind(uuid_text(event_id))
+        .bind(placed_at_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut prices = HashMap::new();
+        // Newest first, so the earliest change after the hold is the one kept.
+        for row in rows {
+            prices.insert(row.try_get("code")?, row.try_get("old_price")?);
+        }
+        Ok(prices)
+    }
+
+    /// Marks event `id` cancelled at `at_ms` (a second cancel keeps the first time and
+    /// reason); false if there is no such event.
+    pub async fn cancel_event(&self, id: Uuid, at_ms: i64, reason: &str) -> Result<bool, Error> {
+        let mut tx = self.begin_write().await?;
+        let done = sqlx::query(
+            "UPDATE events SET cancelled_at = COALESCE(cancelled_at, $2), \
+             cancel_reason = COALESCE(cancel_reason, $3) WHERE id = $1",
+        )
+        .bind(uuid_text(id))
+        .bind(at_ms)
+        .bind(reason)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() > 0)
     }
 
     /// Loads the ticket types of `events` in one query.
@@ -211,9 +529,32 @@ impl Store {
     }
 }
 
+/// What `q` searches: name and venue, lower-cased here so both backends fold alike.
+fn search_text(name: &str, venue: &str) -> String {
+    format!("{}\n{}", name.to_lowercase(), venue.to_lowercase())
+}
+
+/// `text` with LIKE's wildcards and the escape character escaped (escape `\\`).
+fn like_escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn like_patterns_escape_wildcards() {
+        assert_eq!(like_escape("50%_off\\"), "50\\%\\_off\\\\");
+        assert_eq!(like_escape("rock"), "rock");
+    }
 
     #[test]
     fn placeholders_are_numbered_from_first() {

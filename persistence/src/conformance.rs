@@ -390,6 +390,12 @@ fn event_row(name: &str, starts_at_ms: i64, ticket_types: &[(&str, i64, Option<i
         starts_at_ms,
         created_at_ms: 1_700_000_000_000,
         refund_policy: None,
+        description: String::new(),
+        category: None,
+        sale_starts_at_ms: None,
+        sale_ends_at_ms: None,
+        cancelled_at_ms: None,
+        cancel_reason: None,
         ticket_types: ticket_types
             .iter()
             .map(|&(code, price, per_user_limit)| TicketTypeRow {

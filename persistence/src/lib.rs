@@ -22,6 +22,7 @@ mod checkout;
 mod cluster;
 mod idempotency;
 mod journal;
+mod organizer;
 mod parked;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
@@ -31,7 +32,9 @@ mod tokens;
 mod conformance;
 
 pub use accounts::{NewUser, UserRow};
-pub use catalog::{EVENTS_PAGE_MAX, EventRow, TicketTypeRow};
+pub use catalog::{
+    CategoryRow, EVENTS_PAGE_MAX, EventFilter, EventPatch, EventRow, TicketTypePatch, TicketTypeRow,
+};
 pub use checkout::{
     CheckoutTx, NotificationRow, OrderRow, OutboxLease, OutboxRecord, PaymentRefundRow, PaymentRow,
     PendingRecord, REFUNDS_PER_ORDER_MAX, RefundRow, TicketRow,
@@ -39,6 +42,7 @@ pub use checkout::{
 pub use cluster::{NodeRow, ShardRow};
 pub use idempotency::{Idempotency, StoredResponse};
 pub use journal::SqlJournal;
+pub use organizer::{AttendeeRow, EventOrderRow, ORGANIZER_PAGE_MAX};
 pub use parked::{PARKED_PAGE_MAX, ParkedRow};
 pub use tokens::Rotation;
 

@@ -23,7 +23,7 @@ use holdfast_engine::backend::NodeBackend;
 use holdfast_engine::inventories::Inventories;
 use holdfast_gateway::AppState;
 use holdfast_gateway::backend::{
-    Account, Backend, BackendError, Credentials, EventInfo, IdempotencyState, NewEvent,
+    Account, Backend, BackendError, Credentials, EventInfo, EventQuery, IdempotencyState, NewEvent,
     RefreshOutcome, StoredResponse,
 };
 use holdfast_persistence::Store;
@@ -161,8 +161,8 @@ impl Backend for BaselineBackend {
         self.inner.event(id).await
     }
 
-    async fn events(&self, limit: u32, offset: u32) -> Result<Vec<EventInfo>, BackendError> {
-        self.inner.events(limit, offset).await
+    async fn events(&self, query: &EventQuery) -> Result<Vec<EventInfo>, BackendError> {
+        self.inner.events(query).await
     }
 
     async fn availability(

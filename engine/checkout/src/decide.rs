@@ -337,13 +337,16 @@ pub fn confirmed(result: Result<(), InventoryError>) -> Result<bool, InventoryEr
     }
 }
 
-/// Whether re-holding a paid order's seats found them: sold out or past the buyer's limit is
-/// an answer, not a failure.
+/// Whether re-holding a paid order's seats found them: sold out, past the buyer's limit, the
+/// sale closed or the event cancelled is an answer (the order is refunded), not a failure.
 pub fn reheld(result: Result<(), InventoryError>) -> Result<bool, InventoryError> {
     match result {
         Ok(()) => Ok(true),
         Err(InventoryError::Refused(
-            inventory::Error::SoldOut { .. } | inventory::Error::LimitExceeded { .. },
+            inventory::Error::SoldOut { .. }
+            | inventory::Error::LimitExceeded { .. }
+            | inventory::Error::SaleNotOpen { .. }
+            | inventory::Error::EventCancelled,
         )) => Ok(false),
         Err(e) => Err(e),
     }

@@ -48,6 +48,15 @@ pub trait Inventory: Send + Sync + 'static {
     /// The hold, as its event's actor has it now.
     async fn hold_of(&self, hold: HoldRef) -> Result<Option<HoldView>, InventoryError>;
     async fn terms(&self, event: EventId) -> Result<Option<EventTerms>, InventoryError>;
+    /// The terms as they were for a hold placed at `placed_at_ms`: a price changed since
+    /// applies to later holds only.
+    async fn terms_at(
+        &self,
+        event: EventId,
+        _placed_at_ms: i64,
+    ) -> Result<Option<EventTerms>, InventoryError> {
+        self.terms(event).await
+    }
     /// Places `hold` (idempotent by its id).
     async fn hold(
         &self,

@@ -265,7 +265,7 @@ impl Orders {
         };
         let terms = self
             .inventory
-            .terms(hold.event_id)
+            .terms_at(hold.event_id, held.placed_at.as_millis())
             .await?
             .ok_or(CheckoutError::HoldNotFound)?;
         let priced = decide::price(&held.items, &terms.prices)?;

@@ -1,4 +1,5 @@
-//! `POST /v1/events`, `GET /v1/events[/{id}]`, `GET /v1/events/{id}/availability`.
+//! `POST /v1/events`, `GET /v1/events[/{id}]`, `GET /v1/events/{id}/availability`,
+//! `GET /v1/categories`, `GET /v1/organizer/events`.
 
 use std::collections::BTreeSet;
 
@@ -15,7 +16,7 @@ use time::format_description::well_known::Rfc3339;
 use super::rfc3339;
 use crate::AppState;
 use crate::auth::{AuthUser, Role};
-use crate::backend::{EventInfo, NewEvent, TicketTypeSpec};
+use crate::backend::{EventInfo, EventQuery, NewEvent, SalePeriod, TicketTypeSpec};
 use crate::extract::ApiJson;
 use crate::problem::Problem;
 
@@ -35,7 +36,18 @@ pub struct CreateEvent {
     /// No policy: buyers cannot refund by themselves.
     #[serde(default)]
     pub refund_policy: Option<holdfast_actors::RefundPolicy>,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub category: Option<String>,
+    #[serde(default)]
+    pub sale_starts_at: Option<String>,
+    #[serde(default)]
+    pub sale_ends_at: Option<String>,
 }
+
+/// Longest event description, in characters.
+pub const DESCRIPTION_MAX: usize = 5000;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -49,19 +61,27 @@ pub struct TicketTypeRequest {
     pub per_user_limit: Option<u64>,
 }
 
+/// `GET /v1/events` query: filters and a page.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Page {
+pub struct ListQuery {
+    pub category: Option<String>,
+    pub q: Option<String>,
+    pub from: Option<String>,
+    pub to: Option<String>,
     pub limit: Option<u32>,
     pub offset: Option<u32>,
 }
+
+/// Longest search text of `q`, in characters.
+pub const SEARCH_MAX: usize = 100;
 
 /// A path segment that is not an event id names no event.
 pub fn parse_event_id(raw: &str) -> Result<EventId, Problem> {
     raw.parse().map_err(|_| Problem::event_not_found())
 }
 
-fn text(field: &str, value: &str, max: usize, required: bool) -> Result<String, Problem> {
+pub fn text(field: &str, value: &str, max: usize, required: bool) -> Result<String, Problem> {
     let value = value.trim();
     if (required && value.is_empty()) || value.chars().count() > max {
         return Err(Problem::invalid(format!(
@@ -72,7 +92,7 @@ fn text(field: &str, value: &str, max: usize, required: bool) -> Result<String, 
     Ok(value.to_owned())
 }
 
-fn parse_ticket_type(t: &TicketTypeRequest) -> Result<TicketTypeSpec, Problem> {
+pub fn parse_ticket_type(t: &TicketTypeRequest) -> Result<TicketTypeSpec, Problem> {
     let code = TicketCode::parse(&t.code)
         .map_err(|e| Problem::invalid(format!("ticket type {:?}: {e}", t.code)))?;
     if t.price < 0 {
@@ -122,8 +142,61 @@ fn parse_ticket_type(t: &TicketTypeRequest) -> Result<TicketTypeSpec, Problem> {
     })
 }
 
+/// An RFC 3339 time given as `field`.
+pub fn parse_time(field: &str, raw: &str) -> Result<OffsetDateTime, Problem> {
+    OffsetDateTime::parse(raw, &Rfc3339).map_err(|_| {
+        Problem::invalid(format!(
+            "{field} must be an RFC 3339 time like 2030-12-31T20:00:00Z"
+        ))
+    })
+}
+
+/// A sale period that ends after it starts.
+pub fn check_sale(sale: SalePeriod) -> Result<SalePeriod, Problem> {
+    if let (Some(s), Some(e)) = (sale.starts_at, sale.ends_at)
+        && e <= s
+    {
+        return Err(Problem::invalid(
+            "sale_ends_at must be after sale_starts_at",
+        ));
+    }
+    Ok(sale)
+}
+
+/// A category slug as written: 1 to 32 of a-z, 0-9, '-'. Whether it exists is the backend's.
+pub fn parse_category(raw: &str) -> Result<String, Problem> {
+    let ok = !raw.is_empty()
+        && raw.len() <= 32
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(raw.to_owned())
+    } else {
+        Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown-category",
+            "Unknown category",
+            format!("no category {raw:?}; GET /v1/categories lists them"),
+        ))
+    }
+}
+
+/// Where an event stands at `now`, as it reads `status`.
+pub fn status(e: &EventInfo, now: OffsetDateTime) -> &'static str {
+    if e.cancelled_at.is_some() {
+        "cancelled"
+    } else if e.sale.starts_at.is_some_and(|s| now < s) {
+        "scheduled"
+    } else if e.sale.ends_at.is_some_and(|end| now >= end) {
+        "sale_ended"
+    } else {
+        "on_sale"
+    }
+}
+
 /// When an event starts: an RFC 3339 time after `now` (an event in the past never sells).
-fn parse_starts_at(raw: &str, now: OffsetDateTime) -> Result<OffsetDateTime, Problem> {
+pub fn parse_starts_at(raw: &str, now: OffsetDateTime) -> Result<OffsetDateTime, Problem> {
     let starts_at = OffsetDateTime::parse(raw, &Rfc3339).map_err(|_| {
         Problem::invalid("starts_at must be an RFC 3339 time like 2030-12-31T20:00:00Z")
     })?;
@@ -147,7 +220,13 @@ pub fn event_json(e: &EventInfo) -> Value {
         "organizer_id": e.organizer,
         "name": e.name,
         "venue": e.venue,
+        "description": e.description,
+        "category": e.category,
         "starts_at": rfc3339(e.starts_at),
+        "sale_starts_at": e.sale.starts_at.map(rfc3339),
+        "sale_ends_at": e.sale.ends_at.map(rfc3339),
+        "status": status(e, OffsetDateTime::now_utc()),
+        "cancelled_at": e.cancelled_at.map(rfc3339),
         "created_at": rfc3339(e.created_at),
         "ticket_types": e.ticket_types.iter().map(|t| json!({
             "code": t.code.as_str(),
@@ -188,6 +267,18 @@ pub async fn create(
             dup.code
         )));
     }
+    let sale = check_sale(SalePeriod {
+        starts_at: req
+            .sale_starts_at
+            .as_deref()
+            .map(|t| parse_time("sale_starts_at", t))
+            .transpose()?,
+        ends_at: req
+            .sale_ends_at
+            .as_deref()
+            .map(|t| parse_time("sale_ends_at", t))
+            .transpose()?,
+    })?;
     let event = NewEvent {
         id: EventId::generate(),
         organizer: user.id,
@@ -196,6 +287,9 @@ pub async fn create(
         starts_at,
         ticket_types,
         refund_policy: req.refund_policy,
+        description: text("description", &req.description, DESCRIPTION_MAX, false)?,
+        category: req.category.as_deref().map(parse_category).transpose()?,
+        sale,
     };
     let created = state.backend().create_event(event).await?;
     tracing::info!(event = %created.id, organizer = %user.id, "event created");
@@ -206,20 +300,83 @@ pub async fn create(
     Ok((StatusCode::CREATED, headers, Json(event_json(&created))))
 }
 
-pub async fn list(
-    State(state): State<AppState>,
-    page: Result<Query<Page>, QueryRejection>,
-) -> Result<Json<Value>, Problem> {
-    let Query(page) = page.map_err(|e| Problem::invalid(e.body_text()))?;
-    let limit = page.limit.unwrap_or(50);
+/// A page's `limit` (default 50, 1 to 200) and `offset`.
+fn page_bounds(limit: Option<u32>, offset: Option<u32>) -> Result<(u32, u32), Problem> {
+    let limit = limit.unwrap_or(50);
     if !(1..=200).contains(&limit) {
         return Err(Problem::invalid("limit must be between 1 and 200"));
     }
-    let events = state
-        .backend()
-        .events(limit, page.offset.unwrap_or(0))
-        .await?;
+    Ok((limit, offset.unwrap_or(0)))
+}
+
+fn event_query(q: ListQuery) -> Result<EventQuery, Problem> {
+    let (limit, offset) = page_bounds(q.limit, q.offset)?;
+    let text = match q.q.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(t) if t.chars().count() > SEARCH_MAX => {
+            return Err(Problem::invalid(format!(
+                "q must be at most {SEARCH_MAX} characters"
+            )));
+        }
+        Some(t) => Some(t.to_owned()),
+    };
+    let from = q
+        .from
+        .as_deref()
+        .map(|t| parse_time("from", t))
+        .transpose()?;
+    let to = q.to.as_deref().map(|t| parse_time("to", t)).transpose()?;
+    if let (Some(from), Some(to)) = (from, to)
+        && to < from
+    {
+        return Err(Problem::invalid("to must not be before from"));
+    }
+    Ok(EventQuery {
+        organizer: None,
+        category: q.category.as_deref().map(parse_category).transpose()?,
+        text,
+        from,
+        to,
+        limit,
+        offset,
+    })
+}
+
+/// `GET /v1/events`: public, filtered by category, text and start time.
+pub async fn list(
+    State(state): State<AppState>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Value>, Problem> {
+    let Query(query) = query.map_err(|e| Problem::invalid(e.body_text()))?;
+    let events = state.backend().events(&event_query(query)?).await?;
     Ok(Json(Value::Array(events.iter().map(event_json).collect())))
+}
+
+/// `GET /v1/organizer/events`: the caller's own events, with the public list's filters.
+pub async fn list_own(
+    State(state): State<AppState>,
+    user: AuthUser,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Value>, Problem> {
+    user.require(&[Role::Organizer, Role::Admin])?;
+    let Query(query) = query.map_err(|e| Problem::invalid(e.body_text()))?;
+    let query = EventQuery {
+        organizer: Some(user.id),
+        ..event_query(query)?
+    };
+    let events = state.backend().events(&query).await?;
+    Ok(Json(Value::Array(events.iter().map(event_json).collect())))
+}
+
+/// `GET /v1/categories`: what events may be filed under.
+pub async fn categories(State(state): State<AppState>) -> Result<Json<Value>, Problem> {
+    let categories = state.backend().categories().await?;
+    Ok(Json(Value::Array(
+        categories
+            .iter()
+            .map(|c| json!({"slug": c.slug, "name": c.name}))
+            .collect(),
+    )))
 }
 
 pub async fn get(

@@ -672,6 +672,13 @@ fn inventory_answers_are_steps_or_failures() {
         available: vec![(ga(), 0)],
     });
     assert!(!reheld(sold_out).unwrap());
+    // A payment that arrives after the event was cancelled or its sale closed is refunded.
+    assert!(!reheld(refused(Inv::EventCancelled)).unwrap());
+    let closed = holdfast_actors::SaleWindow {
+        starts_at: None,
+        ends_at: Some(holdfast_actors::Timestamp(0)),
+    };
+    assert!(!reheld(refused(Inv::SaleNotOpen { window: closed })).unwrap());
     assert!(reheld(Ok(())).unwrap());
     assert!(reheld(Err(InventoryError::Unavailable("moving".to_owned()))).is_err());
     assert!(!reconfirmed(gone()).unwrap());
