@@ -327,6 +327,24 @@ async fn other_organizers_get_404_for_every_write(backend: holdfast_tests::Backe
     patch(&api, &path, &admin, &json!({"venue": "Hanoi Opera House"}))
         .await
         .assert_status(200);
+    // The refund policy is edited like the rest: set, refused out of bounds, then removed.
+    let policy = json!({"until_hours_before_start": 24, "fee_percent": 5, "fee_fixed": 10000});
+    let reply = patch(&api, &path, &owner, &json!({"refund_policy": policy})).await;
+    reply.assert_status(200);
+    assert_eq!(reply.body["refund_policy"], policy);
+    assert_eq!(api.get(&path, None).await.body["refund_policy"], policy);
+    let too_much = json!({"refund_policy": {"until_hours_before_start": 24, "fee_percent": 101, "fee_fixed": 0}});
+    patch(&api, &path, &owner, &too_much)
+        .await
+        .assert_status(422);
+    assert_eq!(api.get(&path, None).await.body["refund_policy"], policy);
+    patch(&api, &path, &owner, &json!({"refund_policy": null}))
+        .await
+        .assert_status(200);
+    assert_eq!(
+        api.get(&path, None).await.body["refund_policy"],
+        Value::Null
+    );
     node.shutdown().await;
 }
 

@@ -15,6 +15,11 @@ use holdfast_bench::report::{self, CompareRow, RunResult};
 use holdfast_bench::scenario::{self, Scenario};
 use holdfast_bench::setup::EventSpec;
 
+/// The same allocator as the `holdfast` binary, so that the in-process baselines and Holdfast
+/// differ only in the reservation engine.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "holdfast-bench",

@@ -265,12 +265,6 @@ fn event_order(row: store::EventOrderRow, now_ms: i64) -> Result<EventOrder, Bac
     );
     let items: Vec<holdfast_checkout::Item> = serde_json::from_str(&row.items)
         .map_err(|e| BackendError::Internal(format!("order {} items: {e}", row.id)))?;
-    // Refunds are of the whole order so far.
-    let refunded_amount = if stored == OrderStatus::Refunded {
-        row.amount
-    } else {
-        0
-    };
     Ok(EventOrder {
         id: OrderId(row.id),
         buyer: UserId(row.user_id),
@@ -278,7 +272,7 @@ fn event_order(row: store::EventOrderRow, now_ms: i64) -> Result<EventOrder, Bac
         buyer_name: row.buyer_name,
         status: status.as_str().to_owned(),
         amount: row.amount,
-        refunded_amount,
+        refunded_amount: row.refunded_amount,
         currency: row.currency,
         items: items
             .into_iter()
@@ -464,6 +458,11 @@ impl Backend for NodeBackend {
             starts_at_ms: changes.starts_at.map(millis),
             sale_starts_at_ms: changes.sale_starts_at.map(|t| t.map(millis)),
             sale_ends_at_ms: changes.sale_ends_at.map(|t| t.map(millis)),
+            refund_policy: changes
+                .refund_policy
+                .map(|p| p.map(|p| serde_json::to_string(&p)).transpose())
+                .transpose()
+                .map_err(|e| BackendError::Internal(format!("refund policy: {e}")))?,
         };
         // Catalog first: an actor that misses the change (down, or its answer lost) takes the
         // window from the catalog when it starts.
@@ -598,10 +597,15 @@ impl Backend for NodeBackend {
         id: EventId,
         limit: u32,
     ) -> Result<Vec<OrderId>, BackendError> {
-        let confirmed = holdfast_checkout::model::OrderStatus::Confirmed.as_str();
+        use holdfast_checkout::model::OrderStatus;
+        // Partly refunded orders still have paid tickets: a cancel refunds the rest.
+        let paid = [
+            OrderStatus::Confirmed.as_str(),
+            OrderStatus::PartiallyRefunded.as_str(),
+        ];
         let ids = self
             .store
-            .event_order_ids(id.0, confirmed, limit)
+            .event_order_ids(id.0, &paid, limit)
             .await
             .map_err(unavailable)?;
         Ok(ids.into_iter().map(OrderId).collect())

@@ -691,7 +691,7 @@ async fn saga_bus(
                 },
             )
             .context("opening the in-process bus")?
-            .with_write_gate(store.write_gate());
+            .with_writer(store.write_gate(), store.write_pool().cloned());
             (Arc::new(bus.clone()), Some(bus))
         }
     })

@@ -86,6 +86,7 @@ pub struct EventChanges {
     pub starts_at: Option<OffsetDateTime>,
     pub sale_starts_at: Option<Option<OffsetDateTime>>,
     pub sale_ends_at: Option<Option<OffsetDateTime>>,
+    pub refund_policy: Option<Option<holdfast_actors::RefundPolicy>>,
 }
 
 /// What an edit of a ticket type changes; `None` keeps a field.

@@ -67,6 +67,8 @@ pub struct EventPatch {
     pub starts_at_ms: Option<i64>,
     pub sale_starts_at_ms: Option<Option<i64>>,
     pub sale_ends_at_ms: Option<Option<i64>>,
+    /// The refund policy as JSON; `Some(None)` removes it.
+    pub refund_policy: Option<Option<String>>,
 }
 
 /// What [`Store::update_ticket_type`] changes; `None` leaves a field as it is.
@@ -155,7 +157,7 @@ impl Store {
                 e.into()
             }
         };
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_write(crate::Writer::Catalog).await?;
         sqlx::query(
             "INSERT INTO events (id, organizer_id, name, venue, starts_at, created_at, description, \
              category, sale_starts_at, sale_ends_at, search_text, refund_policy) \
@@ -341,6 +343,9 @@ impl Store {
         if let Some(v) = patch.sale_ends_at_ms {
             values.push(("sale_ends_at", Value::Number(v)));
         }
+        if let Some(v) = &patch.refund_policy {
+            values.push(("refund_policy", Value::Text(v.as_deref())));
+        }
         for (i, (column, _)) in values.iter().enumerate() {
             if i > 0 {
                 query_sets.push_str(", ");
@@ -358,7 +363,7 @@ impl Store {
                 Value::Number(v) => query.bind(v),
             };
         }
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_write(crate::Writer::Catalog).await?;
         let done = query.execute(&mut *tx).await?;
         if patch.name.is_some() || patch.venue.is_some() {
             let row = sqlx::query("SELECT name, venue FROM events WHERE id = $1")
@@ -378,7 +383,7 @@ impl Store {
 
     /// Adds a ticket type after the others; [`Error::Conflict`] if its code is taken.
     pub async fn add_ticket_type(&self, event_id: Uuid, t: &TicketTypeRow) -> Result<(), Error> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_write(crate::Writer::Catalog).await?;
         sqlx::query(
             "INSERT INTO ticket_types \
              (event_id, position, code, name, price, currency, capacity, per_user_limit) \
@@ -414,7 +419,7 @@ impl Store {
         patch: &TicketTypePatch,
         now_ms: i64,
     ) -> Result<bool, Error> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_write(crate::Writer::Catalog).await?;
         let current: Option<i64> =
             sqlx::query_scalar("SELECT price FROM ticket_types WHERE event_id = $1 AND code = $2")
                 .bind(uuid_text(event_id))
@@ -484,7 +489,7 @@ impl Store {
     /// Marks event `id` cancelled at `at_ms` (a second cancel keeps the first time and
     /// reason); false if there is no such event.
     pub async fn cancel_event(&self, id: Uuid, at_ms: i64, reason: &str) -> Result<bool, Error> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_write(crate::Writer::Catalog).await?;
         let done = sqlx::query(
             "UPDATE events SET cancelled_at = COALESCE(cancelled_at, $2), \
              cancel_reason = COALESCE(cancel_reason, $3) WHERE id = $1",

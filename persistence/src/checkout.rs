@@ -264,7 +264,7 @@ impl Store {
     /// Begins a service transaction.
     pub async fn checkout_tx(&self) -> Result<CheckoutTx, Error> {
         Ok(CheckoutTx {
-            tx: self.begin_write().await?,
+            tx: self.begin_write(crate::Writer::Checkout).await?,
             lock: match self.backend {
                 Backend::Sqlite => "",
                 Backend::Postgres => " FOR UPDATE",

@@ -56,7 +56,7 @@ impl Store {
     /// Creates the shard table for `shards` shards, or checks that an existing cluster has
     /// that many: the count is fixed when the cluster is created.
     pub async fn cluster_init(&self, shards: u32) -> Result<(), Error> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_write(crate::Writer::Cluster).await?;
         sqlx::query("INSERT INTO cluster_meta (name, value) VALUES ('shards', $1) ON CONFLICT (name) DO NOTHING")
             .bind(shards.to_string())
             .execute(&mut *tx)
@@ -103,7 +103,7 @@ impl Store {
 
     /// Removes a node that left cleanly and gives up its shards (a new epoch fences it).
     pub async fn node_leave(&self, node_id: &str) -> Result<u64, Error> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_write(crate::Writer::Cluster).await?;
         take_fence(&mut tx, self.backend(), node_id).await?;
         let released = sqlx::query(
             "UPDATE cluster_shards SET owner = NULL, epoch = epoch + 1 WHERE owner = $1",
@@ -163,7 +163,7 @@ impl Store {
     ) -> Result<Option<u64>, Error> {
         let shard = i64::from(shard);
         let expected = to_i64(expected_epoch, "epoch")?;
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_write(crate::Writer::Cluster).await?;
         let previous =
             sqlx::query("SELECT owner FROM cluster_shards WHERE shard = $1 AND epoch = $2")
                 .bind(shard)

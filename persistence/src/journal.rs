@@ -257,7 +257,11 @@ impl SqlJournal {
                 rows: start..rows.len(),
             });
         }
-        let mut tx = self.store.begin_write().await.map_err(storage)?;
+        let mut tx = self
+            .store
+            .begin_write(crate::Writer::Journal)
+            .await
+            .map_err(storage)?;
         let fenced = match self.write(&mut tx, &batches, &rows).await {
             Ok(fenced) => fenced,
             Err(WriteError::Fence(e)) => return Err(e),
@@ -433,7 +437,11 @@ impl Journal for SqlJournal {
                 epoch,
                 rows: 0..rows.len(),
             };
-            let mut tx = self.store.begin_write().await.map_err(storage)?;
+            let mut tx = self
+                .store
+                .begin_write(crate::Writer::Journal)
+                .await
+                .map_err(storage)?;
             // On error the dropped transaction rolls back: a batch is stored whole or not at all.
             let fenced = match self.write(&mut tx, &[batch], &rows).await {
                 Ok(fenced) => fenced,
@@ -459,7 +467,11 @@ impl Journal for SqlJournal {
             .map_err(storage)?;
         let written_at = now_ms();
 
-        let mut tx = self.store.begin_write().await.map_err(storage)?;
+        let mut tx = self
+            .store
+            .begin_write(crate::Writer::Journal)
+            .await
+            .map_err(storage)?;
         self.fence_one(&mut tx, event, epoch).await?;
         let mut seqs = seqs.into_iter();
         for chunk in records.chunks(INSERT_ROWS_MAX) {
@@ -535,7 +547,11 @@ impl Journal for SqlJournal {
         let epoch_db = to_i64(epoch, "epoch").map_err(storage)?;
         let seq = to_i64(snapshot.seq, "seq").map_err(storage)?;
 
-        let mut tx = self.store.begin_write().await.map_err(storage)?;
+        let mut tx = self
+            .store
+            .begin_write(crate::Writer::Journal)
+            .await
+            .map_err(storage)?;
         self.fence_one(&mut tx, event, epoch).await?;
         sqlx::query(
             "INSERT INTO snapshots (event_id, seq, epoch, state, taken_at) VALUES ($1, $2, $3, $4, $5) \

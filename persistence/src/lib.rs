@@ -148,10 +148,38 @@ impl Backend {
     }
 }
 
+/// Time a write transaction waited for the process's SQLite write turn, by `writer`: how the
+/// one writer is shared (the gate is first come, first served, so no writer starves).
+pub const WRITE_WAIT_METRIC: &str = "holdfast_sqlite_write_wait_seconds";
+
+/// Who asks for a write turn, as [`WRITE_WAIT_METRIC`] labels it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Writer {
+    Journal,
+    Checkout,
+    Cluster,
+    Catalog,
+    Tokens,
+}
+
+impl Writer {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Journal => "journal",
+            Self::Checkout => "checkout",
+            Self::Cluster => "cluster",
+            Self::Catalog => "catalog",
+            Self::Tokens => "tokens",
+        }
+    }
+}
+
 /// A connection pool to one database; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: AnyPool,
+    /// SQLite: the one connection every write transaction uses (`None` on PostgreSQL).
+    write_pool: Option<AnyPool>,
     backend: Backend,
     /// SQLite has one writer: write transactions of this process queue here, in order, instead
     /// of sleeping in SQLite's busy handler (1 to 100 ms steps) while another one commits.
@@ -192,23 +220,20 @@ impl Store {
     pub async fn connect(url: &str, max_connections: u32) -> Result<Store, Error> {
         sqlx::any::install_default_drivers();
         let backend = Backend::of_url(url)?;
-        let options = AnyPoolOptions::new().max_connections(max_connections.max(1));
-        let pool = match backend {
+        let (pool, write_pool) = match backend {
             Backend::Sqlite => {
-                options
-                    .after_connect(|conn, _| {
-                        Box::pin(async move {
-                            // WAL lets readers run beside the one writer; FULL makes every commit
-                            // durable, which is what an acknowledged hold promises.
-                            conn.execute("PRAGMA journal_mode = WAL").await?;
-                            conn.execute("PRAGMA synchronous = FULL").await?;
-                            conn.execute("PRAGMA busy_timeout = 5000").await?;
-                            conn.execute("PRAGMA foreign_keys = ON").await?;
-                            Ok(())
-                        })
-                    })
-                    .connect(&sqlite_create_url(url))
-                    .await?
+                let url = sqlite_create_url(url);
+                // Every write goes through one connection of its own. SQLite drops a
+                // connection's page cache whenever another connection has written, so writes
+                // spread over a pool would each begin by reading their pages back from the
+                // WAL; the one writer keeps its pages.
+                // (An in-memory database is one per connection: it keeps its one pool.)
+                let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+                let write_pool = match in_memory {
+                    true => None,
+                    false => Some(sqlite_pool(&url, 1).await?),
+                };
+                (sqlite_pool(&url, max_connections).await?, write_pool)
             }
             Backend::Postgres => {
                 // The pool retries a refused connection until its acquire timeout, then reports
@@ -222,13 +247,18 @@ impl Store {
                     secs: CONNECT_TIMEOUT_SECS,
                 })??;
                 let _ = sqlx::Connection::close(first).await;
-                options.connect(url).await?
+                let pool = AnyPoolOptions::new()
+                    .max_connections(max_connections.max(1))
+                    .connect(url)
+                    .await?;
+                (pool, None)
             }
         };
         let write_gate =
             (backend == Backend::Sqlite).then(|| Arc::new(tokio::sync::Mutex::new(())));
         Ok(Store {
             pool,
+            write_pool,
             backend,
             write_gate,
         })
@@ -278,6 +308,9 @@ impl Store {
 
     /// Closes every connection; later calls fail.
     pub async fn close(&self) {
+        if let Some(write_pool) = &self.write_pool {
+            write_pool.close().await;
+        }
         self.pool.close().await;
     }
 
@@ -286,16 +319,31 @@ impl Store {
     /// SQLite takes the write lock up front (`BEGIN IMMEDIATE`): a deferred transaction that
     /// reads and then writes fails at once with `SQLITE_BUSY`, without waiting for the busy
     /// timeout, when another connection committed in between.
-    pub(crate) async fn begin_write(&self) -> Result<WriteTx, sqlx::Error> {
+    pub(crate) async fn begin_write(&self, writer: Writer) -> Result<WriteTx, sqlx::Error> {
         let turn = match &self.write_gate {
-            Some(gate) => Some(Arc::clone(gate).lock_owned().await),
+            Some(gate) => {
+                let asked = std::time::Instant::now();
+                let turn = Arc::clone(gate).lock_owned().await;
+                metrics::histogram!(WRITE_WAIT_METRIC, "writer" => writer.as_str())
+                    .record(asked.elapsed().as_secs_f64());
+                Some(turn)
+            }
             None => None,
         };
         let tx = match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Sqlite => {
+                let pool = self.write_pool.as_ref().unwrap_or(&self.pool);
+                pool.begin_with("BEGIN IMMEDIATE").await?
+            }
             Backend::Postgres => self.pool.begin().await?,
         };
         Ok(WriteTx { tx, _turn: turn })
+    }
+
+    /// SQLite's one writing connection (`None` on PostgreSQL, or for an in-memory database),
+    /// for other crates that write to the same database (the in-process bus).
+    pub fn write_pool(&self) -> Option<&AnyPool> {
+        self.write_pool.as_ref()
     }
 
     /// The write turn of this process on SQLite (`None` on PostgreSQL), for other crates that
@@ -316,6 +364,25 @@ impl Store {
             }
         }
     }
+}
+
+/// A pool of at most `max_connections` to SQLite database `url`, each set up for WAL.
+async fn sqlite_pool(url: &str, max_connections: u32) -> Result<AnyPool, sqlx::Error> {
+    AnyPoolOptions::new()
+        .max_connections(max_connections.max(1))
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                // WAL lets readers run beside the one writer; FULL makes every commit durable,
+                // which is what an acknowledged hold promises.
+                conn.execute("PRAGMA journal_mode = WAL").await?;
+                conn.execute("PRAGMA synchronous = FULL").await?;
+                conn.execute("PRAGMA busy_timeout = 5000").await?;
+                conn.execute("PRAGMA foreign_keys = ON").await?;
+                Ok(())
+            })
+        })
+        .connect(url)
+        .await
 }
 
 /// Adds `mode=rwc` so that SQLite creates a missing database file.

@@ -19,6 +19,8 @@ pub struct EventOrderRow {
     pub buyer_name: Option<String>,
     pub status: String,
     pub amount: i64,
+    /// What its refunds pay back or have paid back (all but the failed ones).
+    pub refunded_amount: i64,
     pub currency: String,
     /// The ordered lines as JSON (`[{"ticket_type","quantity","price"}]`).
     pub items: String,
@@ -52,6 +54,9 @@ impl Store {
     ) -> Result<(Vec<EventOrderRow>, u64), Error> {
         let rows = sqlx::query(
             "SELECT o.id, o.user_id, o.email, u.name AS buyer_name, o.status, o.amount, \
+             CAST(COALESCE((SELECT SUM(r.amount) FROM refunds r \
+                            WHERE r.order_id = o.id AND r.status <> 'failed'), 0) AS BIGINT) \
+               AS refunded_amount, \
              o.currency, o.items, o.hold_expires_at, o.created_at, o.updated_at \
              FROM orders o LEFT JOIN users u ON u.id = o.user_id \
              WHERE o.event_id = $1 ORDER BY o.created_at, o.id LIMIT $2 OFFSET $3",
@@ -71,6 +76,7 @@ impl Store {
                     buyer_name: row.try_get("buyer_name")?,
                     status: row.try_get("status")?,
                     amount: row.try_get("amount")?,
+                    refunded_amount: row.try_get("refunded_amount")?,
                     currency: row.try_get("currency")?,
                     items: row.try_get("items")?,
                     hold_expires_at: row.try_get("hold_expires_at")?,
@@ -135,22 +141,27 @@ impl Store {
         Ok((attendees, u64::try_from(total).unwrap_or(0)))
     }
 
-    /// The ids of the event's orders that are `status` now, oldest first, at most `limit`.
+    /// The ids of the event's orders whose status is one of `statuses` now, oldest first, at
+    /// most `limit`.
     pub async fn event_order_ids(
         &self,
         event_id: Uuid,
-        status: &str,
+        statuses: &[&str],
         limit: u32,
     ) -> Result<Vec<Uuid>, Error> {
-        let ids: Vec<String> = sqlx::query_scalar(
-            "SELECT id FROM orders WHERE event_id = $1 AND status = $2 \
-             ORDER BY created_at, id LIMIT $3",
-        )
-        .bind(uuid_text(event_id))
-        .bind(status)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
+        let placeholders: Vec<String> =
+            (0..statuses.len()).map(|i| format!("${}", i + 2)).collect();
+        let sql = format!(
+            "SELECT id FROM orders WHERE event_id = $1 AND status IN ({}) \
+             ORDER BY created_at, id LIMIT ${}",
+            placeholders.join(", "),
+            statuses.len() + 2
+        );
+        let mut query = sqlx::query_scalar(&sql).bind(uuid_text(event_id));
+        for status in statuses {
+            query = query.bind(*status);
+        }
+        let ids: Vec<String> = query.bind(i64::from(limit)).fetch_all(&self.pool).await?;
         ids.iter().map(|id| parse_uuid("orders.id", id)).collect()
     }
 }

@@ -47,7 +47,7 @@ impl Store {
         new_expires_at_ms: i64,
         now_ms: i64,
     ) -> Result<Rotation, Error> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_write(crate::Writer::Tokens).await?;
         let lock = match self.backend() {
             crate::Backend::Postgres => " FOR UPDATE",
             crate::Backend::Sqlite => "",

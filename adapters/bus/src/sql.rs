@@ -88,8 +88,10 @@ struct Inner {
     /// Woken after every publish through this bus.
     published: Notify,
     /// The write turn shared with the other writers of this process on SQLite (see
-    /// [`SqlBus::with_write_gate`]).
+    /// [`SqlBus::with_writer`]).
     write_gate: Option<Arc<tokio::sync::Mutex<()>>>,
+    /// Where writes go, when not to `pool` (see [`SqlBus::with_writer`]).
+    write_pool: Option<AnyPool>,
 }
 
 /// Rows per `INSERT`: 1 + 3 × 300 bind parameters stay below the limits of both backends.
@@ -114,17 +116,24 @@ impl SqlBus {
                 options,
                 published: Notify::new(),
                 write_gate: None,
+                write_pool: None,
             }),
         }
     }
 
     /// Takes the write turn `gate` before each write, shared with the other writers of the
     /// same SQLite database in this process (`holdfast_persistence::Store::write_gate`), so
-    /// writers queue in order instead of sleeping in SQLite's busy handler. Set it before the
-    /// bus is cloned or subscribed to.
-    pub fn with_write_gate(mut self, gate: Option<Arc<tokio::sync::Mutex<()>>>) -> Self {
+    /// writers queue in order instead of sleeping in SQLite's busy handler, and writes through
+    /// `write_pool` (`Store::write_pool`, SQLite's one writing connection) when given. Set it
+    /// before the bus is cloned or subscribed to.
+    pub fn with_writer(
+        mut self,
+        gate: Option<Arc<tokio::sync::Mutex<()>>>,
+        write_pool: Option<AnyPool>,
+    ) -> Self {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
             inner.write_gate = gate;
+            inner.write_pool = write_pool;
         }
         self
     }
@@ -141,6 +150,10 @@ impl SqlBus {
     /// record left.
     pub async fn trim(&self, before_ms: i64) -> Result<u64, Error> {
         let prefix = format!("{}%", self.inner.options.prefix.replace('%', "\\%"));
+        let _turn = match &self.inner.write_gate {
+            Some(gate) => Some(write_turn(gate).await),
+            None => None,
+        };
         let done = sqlx::query(
             "DELETE FROM bus_records WHERE published_at < $1 AND topic LIKE $2 \
              AND seq <= (SELECT MIN(o.committed_seq) FROM bus_offsets o \
@@ -148,7 +161,7 @@ impl SqlBus {
         )
         .bind(before_ms)
         .bind(prefix)
-        .execute(&self.inner.pool)
+        .execute(self.inner.writes())
         .await
         .map_err(backend_error)?;
         Ok(done.rows_affected())
@@ -156,6 +169,11 @@ impl SqlBus {
 }
 
 impl Inner {
+    /// The pool writes go through.
+    fn writes(&self) -> &AnyPool {
+        self.write_pool.as_ref().unwrap_or(&self.pool)
+    }
+
     fn full_name(&self, name: &str) -> String {
         format!("{}{name}", self.options.prefix)
     }
@@ -167,7 +185,7 @@ impl Inner {
         topics: &[&str],
     ) -> Result<Transaction<'static, Any>, sqlx::Error> {
         match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Sqlite => self.writes().begin_with("BEGIN IMMEDIATE").await,
             Backend::Postgres => {
                 let mut tx = self.pool.begin().await?;
                 let mut keys: Vec<i64> = topics.iter().map(|t| advisory_lock_key(t)).collect();
@@ -186,6 +204,16 @@ impl Inner {
 }
 
 /// The advisory lock of `topic` (its full name): FNV-1a, 32 bits, in the bus's key space.
+/// Waits for the process's SQLite write turn, recording the wait as the store's own write
+/// transactions do (`holdfast_sqlite_write_wait_seconds{writer="bus"}`).
+async fn write_turn(gate: &tokio::sync::Mutex<()>) -> tokio::sync::MutexGuard<'_, ()> {
+    let asked = std::time::Instant::now();
+    let turn = gate.lock().await;
+    metrics::histogram!("holdfast_sqlite_write_wait_seconds", "writer" => "bus")
+        .record(asked.elapsed().as_secs_f64());
+    turn
+}
+
 fn advisory_lock_key(topic: &str) -> i64 {
     let mut hash: u32 = 0x811c_9dc5;
     for byte in topic.bytes() {
@@ -244,7 +272,7 @@ impl Bus for SqlBus {
         let topics: Vec<String> = records.iter().map(|r| inner.full_name(&r.topic)).collect();
         let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
         let _turn = match &inner.write_gate {
-            Some(gate) => Some(gate.lock().await),
+            Some(gate) => Some(write_turn(gate).await),
             None => None,
         };
         let mut tx = inner
@@ -395,7 +423,7 @@ impl Subscription for SqlSubscription {
             )));
         }
         let _turn = match &bus.write_gate {
-            Some(gate) => Some(gate.lock().await),
+            Some(gate) => Some(write_turn(gate).await),
             None => None,
         };
         // Never backwards: another member of the group may have committed further already.
@@ -410,7 +438,7 @@ impl Subscription for SqlSubscription {
         .bind(topic.as_str())
         .bind(delivery.offset)
         .bind(now_ms())
-        .execute(&bus.pool)
+        .execute(bus.writes())
         .await
         .map_err(backend_error)?;
         Ok(())

@@ -45,6 +45,9 @@ pub struct EventPatch {
     pub sale_starts_at: Option<Option<String>>,
     #[serde(default, deserialize_with = "nullable")]
     pub sale_ends_at: Option<Option<String>>,
+    /// null: buyers can no longer refund by themselves (orders already refunded stay so).
+    #[serde(default, deserialize_with = "nullable")]
+    pub refund_policy: Option<Option<holdfast_actors::RefundPolicy>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -120,6 +123,7 @@ fn event_changes(event: &EventInfo, req: EventPatch) -> Result<EventChanges, Pro
             .transpose()?,
         sale_starts_at: optional_time("sale_starts_at", req.sale_starts_at)?,
         sale_ends_at: optional_time("sale_ends_at", req.sale_ends_at)?,
+        refund_policy: req.refund_policy,
     };
     check_sale(SalePeriod {
         starts_at: changes.sale_starts_at.unwrap_or(event.sale.starts_at),
