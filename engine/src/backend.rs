@@ -203,6 +203,7 @@ fn event_info(row: EventRow) -> Result<EventInfo, BackendError> {
         created_at: datetime(row.created_at_ms)?,
         ticket_types,
         refund_policy,
+        time_zone: row.time_zone,
     })
 }
 
@@ -315,6 +316,7 @@ impl Backend for NodeBackend {
             venue: event.venue,
             starts_at_ms: millis(event.starts_at),
             created_at_ms: self.now_ms(),
+            time_zone: event.time_zone,
             refund_policy: event
                 .refund_policy
                 .map(|p| serde_json::to_string(&p).expect("a refund policy serialises")),

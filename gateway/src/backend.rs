@@ -45,6 +45,8 @@ pub struct NewEvent {
     pub ticket_types: Vec<TicketTypeSpec>,
     /// `None`: buyers cannot refund by themselves.
     pub refund_policy: Option<holdfast_actors::RefundPolicy>,
+    /// IANA name, checked at the edge.
+    pub time_zone: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,6 +59,8 @@ pub struct EventInfo {
     pub created_at: OffsetDateTime,
     pub ticket_types: Vec<TicketTypeSpec>,
     pub refund_policy: Option<holdfast_actors::RefundPolicy>,
+    /// IANA name, checked at the edge.
+    pub time_zone: String,
 }
 
 /// A response kept for an idempotency key.

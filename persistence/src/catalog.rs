@@ -28,6 +28,8 @@ pub struct EventRow {
     /// The refund policy as JSON (`{"until_hours_before_start", "fee_percent", "fee_fixed"}`);
     /// `None`: buyers cannot refund by themselves.
     pub refund_policy: Option<String>,
+    /// The IANA time zone its messages show the start in.
+    pub time_zone: String,
 }
 
 /// One ticket type of an event. `price` is in the currency's minor unit.
@@ -41,7 +43,8 @@ pub struct TicketTypeRow {
     pub per_user_limit: Option<i64>,
 }
 
-const EVENT_COLUMNS: &str = "id, organizer_id, name, venue, starts_at, created_at, refund_policy";
+const EVENT_COLUMNS: &str =
+    "id, organizer_id, name, venue, starts_at, created_at, refund_policy, time_zone";
 const TICKET_TYPE_COLUMNS: &str = "event_id, code, name, price, currency, capacity, per_user_limit";
 /// Bind parameters per ticket type row in [`Store::create_event`].
 const TICKET_TYPE_PARAMS: usize = 7;
@@ -60,6 +63,7 @@ impl EventRow {
             created_at_ms: row.try_get("created_at")?,
             ticket_types: Vec::new(),
             refund_policy: row.try_get("refund_policy")?,
+            time_zone: row.try_get("time_zone")?,
         })
     }
 }
@@ -102,8 +106,9 @@ impl Store {
         };
         let mut tx = self.begin_write().await?;
         sqlx::query(
-            "INSERT INTO events (id, organizer_id, name, venue, starts_at, created_at, refund_policy) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO events \
+             (id, organizer_id, name, venue, starts_at, created_at, refund_policy, time_zone) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(uuid_text(event.id))
         .bind(uuid_text(event.organizer_id))
@@ -112,6 +117,7 @@ impl Store {
         .bind(event.starts_at_ms)
         .bind(event.created_at_ms)
         .bind(event.refund_policy.as_deref())
+        .bind(event.time_zone.as_str())
         .execute(&mut *tx)
         .await
         .map_err(conflict)?;

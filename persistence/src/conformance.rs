@@ -390,6 +390,7 @@ fn event_row(name: &str, starts_at_ms: i64, ticket_types: &[(&str, i64, Option<i
         starts_at_ms,
         created_at_ms: 1_700_000_000_000,
         refund_policy: None,
+        time_zone: "Asia/Ho_Chi_Minh".to_owned(),
         ticket_types: ticket_types
             .iter()
             .map(|&(code, price, per_user_limit)| TicketTypeRow {
