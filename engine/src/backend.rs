@@ -164,6 +164,7 @@ fn account(row: &UserRow) -> Result<Account, BackendError> {
             BackendError::Internal(format!("user {} has role {:?}", row.id, row.role))
         })?,
         phone: row.phone.clone(),
+        language: row.language.clone(),
     })
 }
 
@@ -250,6 +251,7 @@ async fn insert_user(
         role: account.role.as_str().to_owned(),
         phone: account.phone.clone(),
         created_at_ms: now_ms,
+        language: account.language.clone(),
     };
     store.create_user(&user).await.map_err(|e| match e {
         store::Error::Conflict => BackendError::EmailTaken,

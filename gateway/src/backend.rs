@@ -15,6 +15,8 @@ pub struct Account {
     pub role: Role,
     /// Mobile number in E.164 form (`+84…`), for SMS; optional.
     pub phone: Option<String>,
+    /// `vi` or `en`: the language of the account's messages.
+    pub language: String,
 }
 
 /// An account with its password hash, for login only.

@@ -312,6 +312,7 @@ fn new_user(email: &str) -> NewUser {
         phone: None,
         organizer_id: None,
         created_at_ms: 1_700_000_000_123,
+        language: "vi".to_owned(),
     }
 }
 

@@ -276,7 +276,10 @@ impl Orders {
         let (email, phone, language) = store
             .user_by_id(user.0)
             .await?
-            .map(|u| (u.email, u.phone, Language::default()))
+            .map(|u| {
+                let language = Language::parse(&u.language).unwrap_or_default();
+                (u.email, u.phone, language)
+            })
             .unwrap_or_default();
         let order = Order {
             id: order_id,
