@@ -912,11 +912,15 @@ async fn buyers_with_a_phone_number_get_sms() {
             .all(|t| t.to == "+84901234567" && t.from.as_deref() == Some("+15005550006"))
     );
     assert!(
-        texts.iter().any(|t| t.body.contains(&url)),
+        texts
+            .iter()
+            .any(|t| t.body.contains(&url) && t.body.contains("New Year Live")),
         "the payment link: {texts:?}"
     );
     assert!(
-        texts.iter().any(|t| t.body.contains("ticket")),
+        texts
+            .iter()
+            .any(|t| t.body.contains("vé New Year Live") && t.body.contains("My Dinh")),
         "the tickets: {texts:?}"
     );
     assert!(

@@ -47,7 +47,7 @@ fn grouped(n: u64, sep: char) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(sep);
         }
         out.push(c);
@@ -293,7 +293,7 @@ pub fn render(kind: Kind, about: &OrderAbout, facts: &Facts) -> Result<Rendered,
     Ok(Rendered {
         subject,
         body: body.trim_start_matches('\n').to_owned(),
-        sms: sms.trim().split_whitespace().collect::<Vec<_>>().join(" "),
+        sms: sms.split_whitespace().collect::<Vec<_>>().join(" "),
     })
 }
 
