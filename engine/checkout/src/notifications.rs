@@ -42,6 +42,9 @@ pub struct NotifySettings {
 struct QrAttachment {
     filename: String,
     code: String,
+    /// Written under the code: the event's name (absent in rows queued before).
+    #[serde(default)]
+    label: String,
 }
 
 pub(crate) struct Notifications {
@@ -170,6 +173,7 @@ impl Notifications {
                             i + 1
                         ),
                         code: t.code.clone(),
+                        label: about.event_name.clone(),
                     })
                     .collect();
                 (Kind::TicketsIssued, email, phone)
@@ -370,7 +374,7 @@ fn email(n: &NotificationRow) -> anyhow::Result<Email> {
             Ok(Attachment {
                 filename: a.filename,
                 content_type: "image/png".to_owned(),
-                bytes: holdfast_tickets::qr_png(&a.code)?,
+                bytes: holdfast_tickets::qr_png_labelled(&a.code, &a.label)?,
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
