@@ -385,18 +385,32 @@ async fn buyers_get_their_payment_link_and_tickets_by_email() {
         2,
         "one payment link and one tickets e-mail: {mail:?}"
     );
+    // Accounts read Vietnamese unless they chose English; the event is in Vietnam's time zone.
     let link = mail
         .iter()
-        .find(|m| m.subject == "Complete your payment")
+        .find(|m| m.subject == "Thanh toán đơn hàng New Year Live")
         .expect("the payment link e-mail");
+    let text = link.text_body.as_deref().unwrap_or("");
+    assert!(text.contains(&url), "{link:?}");
+    assert!(text.contains("Địa điểm: My Dinh"), "{text}");
     assert!(
-        link.text_body.as_deref().unwrap_or("").contains(&url),
-        "{link:?}"
+        text.contains("Thời gian: 03:00 Thứ Tư, 01/01/2031 (GMT+07:00)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("2 × GA seats: 500.000 ₫ mỗi vé, 1.000.000 ₫"),
+        "{text}"
     );
     let with_tickets = mail
         .iter()
-        .find(|m| m.subject.starts_with("Your tickets"))
+        .find(|m| m.subject == "Vé của bạn: New Year Live")
         .expect("the tickets e-mail");
+    let text = with_tickets.text_body.as_deref().unwrap_or("");
+    assert!(
+        text.contains("My Dinh") && text.contains("03:00 Thứ Tư, 01/01/2031"),
+        "{text}"
+    );
+    assert_opens_in_a_browser(text).await;
     assert_eq!(with_tickets.to, link.to);
     assert_eq!(with_tickets.attachments.len(), 2);
     let mut decoded: Vec<String> = with_tickets
@@ -414,6 +428,13 @@ async fn buyers_get_their_payment_link_and_tickets_by_email() {
     decoded.sort();
     codes.sort();
     assert_eq!(decoded, codes, "the attached QR codes are the tickets");
+    for a in &with_tickets.attachments {
+        assert!(
+            a.filename.starts_with("New-Year-Live-GA-seats-"),
+            "{}",
+            a.filename
+        );
+    }
 
     // The SMTP server goes away: the next message waits, with its error, for another attempt.
     drop(smtp);
@@ -432,6 +453,125 @@ async fn buyers_get_their_payment_link_and_tickets_by_email() {
     .await
     .expect("failed attempts are recorded and retried");
     assert!(row >= 2);
+    shop.node.shutdown().await;
+}
+
+/// The first `http://` link of an e-mail's text answers 200 with HTML, without signing in.
+async fn assert_opens_in_a_browser(text: &str) {
+    let link = text
+        .split_whitespace()
+        .find(|w| w.starts_with("http://") && !w.contains("vpcpay"))
+        .unwrap_or_else(|| panic!("a link in {text}"));
+    let page = reqwest::get(link).await.expect("the link answers");
+    assert_eq!(page.status(), 200, "{link}");
+    let html = page
+        .headers()
+        .get("content-type")
+        .and_then(|c| c.to_str().ok())
+        .is_some_and(|c| c.starts_with("text/html"));
+    assert!(html, "{link} is not HTML");
+    let body = page.text().await.expect("a page");
+    assert!(body.starts_with("<!doctype html>"), "{body}");
+}
+
+/// An English buyer of an event in Paris: every e-mail names the event, the venue and the local
+/// start in the buyer's language, and its link opens a page; bad zones and languages are 422s.
+async fn emails_name_the_event_in_the_buyers_language(backend: Backend) {
+    let smtp = holdfast_notify::testing::SmtpServer::start().await;
+    let smtp_url = format!("smtp://{}", smtp.addr());
+    let shop = Shop::open(backend, 10, |c| {
+        c.smtp_url = Some(smtp_url.clone());
+        c.notify_backoff_secs = 1;
+    })
+    .await;
+    let shown = shop
+        .client()
+        .get(&format!("/v1/events/{}", shop.event), None)
+        .await;
+    assert_eq!(shown.body["time_zone"], "Asia/Ho_Chi_Minh", "{shown}");
+    let event = |zone: &str| {
+        json!({"name": "Paris", "venue": "Olympia", "starts_at": "2030-12-31T20:00:00Z",
+               "time_zone": zone, "ticket_types": [TicketType::new("GA", 5, None).json()]})
+    };
+    let reply = shop
+        .client()
+        .post(
+            "/v1/events",
+            Some(&shop.organizer),
+            &event("Europe/Atlantis"),
+        )
+        .await;
+    reply.assert_status(422);
+    assert_eq!(
+        reply.header("content-type"),
+        Some("application/problem+json")
+    );
+    let reply = shop
+        .client()
+        .post("/v1/events", Some(&shop.organizer), &event("Europe/Paris"))
+        .await;
+    reply.assert_status(201);
+    assert_eq!(reply.body["time_zone"], "Europe/Paris", "{reply}");
+    let register = |email: &str, language: &str| json!({"email": email, "password": holdfast_tests::PASSWORD, "name": "Ann", "language": language});
+    let email = holdfast_tests::unique_email("english");
+    shop.client()
+        .post("/v1/auth/register", None, &register(&email, "fr"))
+        .await
+        .assert_status(422);
+    let reply = shop
+        .client()
+        .post("/v1/auth/register", None, &register(&email, "en"))
+        .await;
+    reply.assert_status(201);
+    assert_eq!(reply.body["language"], "en", "{reply}");
+    let buyer = shop
+        .client()
+        .login_token(&email, holdfast_tests::PASSWORD)
+        .await;
+
+    shop.execute(&format!(
+        "UPDATE events SET time_zone = 'Europe/Paris' WHERE id = '{}'",
+        shop.event
+    ))
+    .await;
+    let hold = shop.client().hold(&buyer, &shop.event, &[("GA", 2)]).await;
+    hold.assert_status(201);
+    let order = shop
+        .order(&buyer, hold.body["id"].as_str().expect("hold"), "k")
+        .await;
+    let id = order["id"].as_str().expect("order id").to_owned();
+    shop.press(order["payment_url"].as_str().expect("payment URL"), true)
+        .await;
+    shop.wait_status(&buyer, &id, "confirmed").await;
+    let mail = poll_until(WAIT, Duration::from_millis(100), || async {
+        let mail = smtp.messages().await;
+        (mail.len() >= 2).then_some(mail)
+    })
+    .await
+    .expect("two e-mails arrive");
+    let starts = "Tuesday 31 December 2030, 21:00 (GMT+01:00)";
+    for (subject, says) in [
+        (
+            "Complete your payment for New Year Live",
+            "Total: 1,000,000 VND",
+        ),
+        ("Your tickets for New Year Live", "2 × GA seats"),
+    ] {
+        let m = mail
+            .iter()
+            .find(|m| m.subject == subject)
+            .unwrap_or_else(|| panic!("{subject}: {mail:?}"));
+        assert!(m.to.contains(&email), "{m:?}");
+        let text = m.text_body.as_deref().unwrap_or("");
+        assert!(text.contains("Event: New Year Live"), "{text}");
+        assert!(text.contains("Venue: My Dinh"), "{text}");
+        assert!(text.contains(&format!("Starts: {starts}")), "{text}");
+        assert!(text.contains(says), "{text}");
+        if subject.starts_with("Your tickets") {
+            assert_opens_in_a_browser(text).await;
+            assert_eq!(m.attachments.len(), 2);
+        }
+    }
     shop.node.shutdown().await;
 }
 
@@ -772,11 +912,15 @@ async fn buyers_with_a_phone_number_get_sms() {
             .all(|t| t.to == "+84901234567" && t.from.as_deref() == Some("+15005550006"))
     );
     assert!(
-        texts.iter().any(|t| t.body.contains(&url)),
+        texts
+            .iter()
+            .any(|t| t.body.contains(&url) && t.body.contains("New Year Live")),
         "the payment link: {texts:?}"
     );
     assert!(
-        texts.iter().any(|t| t.body.contains("ticket")),
+        texts
+            .iter()
+            .any(|t| t.body.contains("vé New Year Live") && t.body.contains("My Dinh")),
         "the tickets: {texts:?}"
     );
     assert!(
@@ -838,6 +982,7 @@ on_both_backends!(
     poison_messages_park_and_the_consumer_moves_on,
     buyers_refund_within_the_policy_ticket_by_ticket,
     every_refund_is_paid_back_once_though_vnpay_fails_or_times_out,
+    emails_name_the_event_in_the_buyers_language,
 );
 
 async fn purchase_end_to_end(backend: Backend) {

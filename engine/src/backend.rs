@@ -184,6 +184,7 @@ fn account(row: &UserRow) -> Result<Account, BackendError> {
             BackendError::Internal(format!("user {} has role {:?}", row.id, row.role))
         })?,
         phone: row.phone.clone(),
+        language: row.language.clone(),
     })
 }
 
@@ -231,6 +232,7 @@ fn event_info(row: EventRow) -> Result<EventInfo, BackendError> {
             ends_at: optional(row.sale_ends_at_ms)?,
         },
         cancelled_at: optional(row.cancelled_at_ms)?,
+        time_zone: row.time_zone,
     })
 }
 
@@ -342,6 +344,7 @@ async fn insert_user(
         role: account.role.as_str().to_owned(),
         phone: account.phone.clone(),
         created_at_ms: now_ms,
+        language: account.language.clone(),
     };
     store.create_user(&user).await.map_err(|e| match e {
         store::Error::Conflict => BackendError::EmailTaken,
@@ -411,6 +414,7 @@ impl Backend for NodeBackend {
             venue: event.venue,
             starts_at_ms: millis(event.starts_at),
             created_at_ms: self.now_ms(),
+            time_zone: event.time_zone,
             refund_policy: event
                 .refund_policy
                 .map(|p| serde_json::to_string(&p).expect("a refund policy serialises")),

@@ -267,6 +267,7 @@ async fn add_user(
         name,
         role,
         phone: None,
+        language: "vi".to_owned(),
     };
     let now = holdfast_actors::actor::Clock::now(&holdfast_actors::actor::SystemClock).as_millis();
     let added = match organizer {

@@ -412,10 +412,21 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
         Arc::clone(&clock),
         config.hold_ttl,
     ));
+    // Links in the buyers' messages: the public URL, else the address served (port 0 bound).
+    let public_url = match &config.public_url {
+        Some(_) => config.public_url(),
+        None => served_url(&config.http_addr, addr),
+    };
     let checkout = Arc::new(crate::saga::SagaCheckout(
-        start_checkout(&config, &store, Arc::clone(&backend), Arc::clone(&clock))
-            .await
-            .context("starting the checkout services")?,
+        start_checkout(
+            &config,
+            &store,
+            Arc::clone(&backend),
+            Arc::clone(&clock),
+            public_url,
+        )
+        .await
+        .context("starting the checkout services")?,
     ));
     let metrics = metrics_handle();
     let mut gateway_options = config.gateway_options();
@@ -725,6 +736,7 @@ async fn start_checkout(
     store: &Store,
     backend: Arc<NodeBackend>,
     clock: Arc<dyn Clock>,
+    public_url: String,
 ) -> anyhow::Result<CheckoutNode> {
     let roles = config.roles().map_err(anyhow::Error::msg)?;
     let (vnpay, api_url) = if roles.saga.payments {
@@ -783,7 +795,7 @@ async fn start_checkout(
             attempts_max: config.notify_attempts_max,
             backoff_min: Duration::from_secs(config.notify_backoff_secs),
             backoff_max: Duration::from_secs(3600),
-            public_url: config.public_url(),
+            public_url,
         },
         signer,
         verifier: Arc::new(verifier),

@@ -40,6 +40,11 @@ impl Inventory for NodeBackend {
         let Some(event) = self.event(event).await.map_err(inventory_error)? else {
             return Ok(None);
         };
+        let ticket_type_names = event
+            .ticket_types
+            .iter()
+            .map(|t| (t.code.as_str().to_owned(), t.name.clone()))
+            .collect();
         let prices = event
             .ticket_types
             .into_iter()
@@ -52,6 +57,10 @@ impl Inventory for NodeBackend {
             .collect::<Result<_, InventoryError>>()?;
         Ok(Some(EventTerms {
             starts_at_ms: crate::backend::millis(event.starts_at),
+            name: event.name,
+            venue: event.venue,
+            time_zone: event.time_zone,
+            ticket_type_names,
             prices,
             refund_policy: event.refund_policy,
         }))

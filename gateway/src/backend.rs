@@ -17,6 +17,8 @@ pub struct Account {
     pub role: Role,
     /// Mobile number in E.164 form (`+84…`), for SMS; optional.
     pub phone: Option<String>,
+    /// `vi` or `en`: the language of the account's messages.
+    pub language: String,
 }
 
 /// An account with its password hash, for login only.
@@ -58,6 +60,8 @@ pub struct NewEvent {
     /// A slug of [`Backend::categories`].
     pub category: Option<String>,
     pub sale: SalePeriod,
+    /// IANA name, checked at the edge.
+    pub time_zone: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -74,6 +78,7 @@ pub struct EventInfo {
     pub category: Option<String>,
     pub sale: SalePeriod,
     pub cancelled_at: Option<OffsetDateTime>,
+    pub time_zone: String,
 }
 
 /// What an edit of an event changes; `None` keeps a field, `Some(None)` clears it.

@@ -19,6 +19,8 @@ pub struct NewUser {
     /// The organizer a staff account works for; `None` for other roles.
     pub organizer_id: Option<Uuid>,
     pub created_at_ms: i64,
+    /// `vi` or `en`: the language of the account's messages.
+    pub language: String,
 }
 
 /// A stored user.
@@ -33,9 +35,12 @@ pub struct UserRow {
     pub phone: Option<String>,
     pub organizer_id: Option<Uuid>,
     pub created_at_ms: i64,
+    /// `vi` or `en`: the language of the account's messages.
+    pub language: String,
 }
 
-const USER_COLUMNS: &str = "id, email, name, password_hash, role, phone, organizer_id, created_at";
+const USER_COLUMNS: &str =
+    "id, email, name, password_hash, role, phone, organizer_id, created_at, language";
 
 impl UserRow {
     fn from_row(row: &AnyRow) -> Result<Self, Error> {
@@ -51,6 +56,7 @@ impl UserRow {
                 .map(|id| parse_uuid("users.organizer_id", &id))
                 .transpose()?,
             created_at_ms: row.try_get("created_at")?,
+            language: row.try_get("language")?,
         })
     }
 }
@@ -59,8 +65,9 @@ impl Store {
     /// Registers `user`; [`Error::Conflict`] if the email (in any case) or the id is taken.
     pub async fn create_user(&self, user: &NewUser) -> Result<(), Error> {
         sqlx::query(
-            "INSERT INTO users (id, email, name, password_hash, role, created_at, phone, organizer_id) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO users \
+             (id, email, name, password_hash, role, created_at, phone, organizer_id, language) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(uuid_text(user.id))
         .bind(user.email.as_str())
@@ -70,9 +77,16 @@ impl Store {
         .bind(user.created_at_ms)
         .bind(user.phone.as_deref())
         .bind(user.organizer_id.map(uuid_text))
+        .bind(user.language.as_str())
         .execute(&self.pool)
         .await
-        .map_err(|e| if is_unique_violation(&e) { Error::Conflict } else { e.into() })?;
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                Error::Conflict
+            } else {
+                e.into()
+            }
+        })?;
         Ok(())
     }
 

@@ -35,6 +35,8 @@ pub struct EventRow {
     pub sale_ends_at_ms: Option<i64>,
     pub cancelled_at_ms: Option<i64>,
     pub cancel_reason: Option<String>,
+    /// The IANA time zone its messages show the start in.
+    pub time_zone: String,
 }
 
 /// A category events are filed under.
@@ -92,7 +94,7 @@ pub struct TicketTypeRow {
 }
 
 const EVENT_COLUMNS: &str = "id, organizer_id, name, venue, starts_at, created_at, description, \
-     category, sale_starts_at, sale_ends_at, cancelled_at, cancel_reason, refund_policy";
+     category, sale_starts_at, sale_ends_at, cancelled_at, cancel_reason, refund_policy, time_zone";
 const TICKET_TYPE_COLUMNS: &str = "event_id, code, name, price, currency, capacity, per_user_limit";
 /// Bind parameters per ticket type row in [`Store::create_event`].
 const TICKET_TYPE_PARAMS: usize = 7;
@@ -117,6 +119,7 @@ impl EventRow {
             sale_ends_at_ms: row.try_get("sale_ends_at")?,
             cancelled_at_ms: row.try_get("cancelled_at")?,
             cancel_reason: row.try_get("cancel_reason")?,
+            time_zone: row.try_get("time_zone")?,
         })
     }
 }
@@ -160,8 +163,8 @@ impl Store {
         let mut tx = self.begin_write(crate::Writer::Catalog).await?;
         sqlx::query(
             "INSERT INTO events (id, organizer_id, name, venue, starts_at, created_at, description, \
-             category, sale_starts_at, sale_ends_at, search_text, refund_policy) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+             category, sale_starts_at, sale_ends_at, search_text, refund_policy, time_zone) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         )
         .bind(uuid_text(event.id))
         .bind(uuid_text(event.organizer_id))
@@ -175,6 +178,7 @@ impl Store {
         .bind(event.sale_ends_at_ms)
         .bind(search_text(&event.name, &event.venue))
         .bind(event.refund_policy.as_deref())
+        .bind(event.time_zone.as_str())
         .execute(&mut *tx)
         .await
         .map_err(conflict)?;

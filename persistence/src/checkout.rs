@@ -759,6 +759,35 @@ impl CheckoutTx {
         Ok(done.rows_affected())
     }
 
+    /// Keeps what the notifications service's messages say about an order (its JSON); the
+    /// first one stays.
+    pub async fn put_notification_order(
+        &mut self,
+        order_id: Uuid,
+        about: &str,
+    ) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT INTO notification_orders (order_id, about) VALUES ($1, $2) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(uuid_text(order_id))
+        .bind(about)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    /// What [`CheckoutTx::put_notification_order`] kept about an order.
+    pub async fn notification_order(&mut self, order_id: Uuid) -> Result<Option<String>, Error> {
+        let row = sqlx::query("SELECT about FROM notification_orders WHERE order_id = $1")
+            .bind(uuid_text(order_id))
+            .fetch_optional(&mut *self.tx)
+            .await?;
+        row.map(|r| r.try_get::<String, _>("about"))
+            .transpose()
+            .map_err(Error::from)
+    }
+
     /// Queues a notification; false if one with its id exists.
     pub async fn insert_notification(&mut self, n: &NotificationRow) -> Result<bool, Error> {
         let sql = format!(

@@ -312,6 +312,7 @@ fn new_user(email: &str) -> NewUser {
         phone: None,
         organizer_id: None,
         created_at_ms: 1_700_000_000_123,
+        language: "vi".to_owned(),
     }
 }
 
@@ -396,6 +397,7 @@ fn event_row(name: &str, starts_at_ms: i64, ticket_types: &[(&str, i64, Option<i
         sale_ends_at_ms: None,
         cancelled_at_ms: None,
         cancel_reason: None,
+        time_zone: "Asia/Ho_Chi_Minh".to_owned(),
         ticket_types: ticket_types
             .iter()
             .map(|&(code, price, per_user_limit)| TicketTypeRow {

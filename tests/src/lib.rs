@@ -407,6 +407,7 @@ impl InProcessNode {
             name: role.as_str().to_owned(),
             role,
             phone: None,
+            language: "vi".to_owned(),
         };
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

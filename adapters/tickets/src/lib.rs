@@ -11,9 +11,11 @@
 //! Signing and verifying are pure; check-in state (admitted once, refunded) is the caller's.
 
 mod code;
+mod label;
 mod qr;
 
 pub use code::{
     Error, InvalidTicket, KEY_ID_MAX, PREFIX, Signer, TICKET_TYPE_MAX, TicketPayload, Verifier,
 };
-pub use qr::{MODULE_PX, QUIET_ZONE_MODULES, QrError, qr_png};
+pub use label::fold as label_text;
+pub use qr::{MODULE_PX, QUIET_ZONE_MODULES, QrError, qr_png, qr_png_labelled};

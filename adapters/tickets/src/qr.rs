@@ -15,6 +15,12 @@ pub struct QrError(String);
 /// A 1-bit grayscale PNG of `code` as a QR code (error correction level M, byte mode), with a
 /// quiet zone of [`QUIET_ZONE_MODULES`] and [`MODULE_PX`] pixels per module.
 pub fn qr_png(code: &str) -> Result<Vec<u8>, QrError> {
+    qr_png_labelled(code, "")
+}
+
+/// [`qr_png`] with `label` (the event's name) written under the code in capitals, Vietnamese
+/// letters without their marks; no label: the square image alone.
+pub fn qr_png_labelled(code: &str, label: &str) -> Result<Vec<u8>, QrError> {
     let qr = QrCode::with_error_correction_level(code.as_bytes(), EcLevel::M)
         .map_err(|e| QrError(e.to_string()))?;
     let modules = qr.width();
@@ -41,8 +47,13 @@ pub fn qr_png(code: &str) -> Result<Vec<u8>, QrError> {
         }
     }
     let side = u32::try_from(side_px).expect("a QR code is at most 177 modules wide");
+    let mut height = side;
+    if !label.trim().is_empty() {
+        pixels.extend(crate::label::strip(label, side_px));
+        height += u32::try_from(crate::label::STRIP_PX).expect("a small strip");
+    }
     let mut png = Vec::new();
-    let mut encoder = png::Encoder::new(&mut png, side, side);
+    let mut encoder = png::Encoder::new(&mut png, side, height);
     encoder.set_color(png::ColorType::Grayscale);
     encoder.set_depth(png::BitDepth::One);
     let mut writer = encoder
@@ -73,6 +84,19 @@ mod tests {
         // "HF1.test" is a version 1 symbol: 21 modules.
         let side = ((21 + 2 * QUIET_ZONE_MODULES) * MODULE_PX) as u32;
         assert_eq!((info.width, info.height), (side, side));
+    }
+
+    #[test]
+    fn a_label_adds_a_strip_under_the_code() {
+        let png = qr_png_labelled("HF1.test", "Đêm nhạc Trịnh").unwrap();
+        let decoder = png::Decoder::new(std::io::Cursor::new(png));
+        let reader = decoder.read_info().unwrap();
+        let info = reader.info();
+        let side = ((21 + 2 * QUIET_ZONE_MODULES) * MODULE_PX) as u32;
+        assert_eq!(
+            (info.width, info.height),
+            (side, side + crate::label::STRIP_PX as u32)
+        );
     }
 
     #[test]

@@ -5,6 +5,8 @@ use holdfast_persistence::OutboxRecord;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub use crate::messages::OrderAbout;
+
 /// One ordered line, with its unit price.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Item {
@@ -38,6 +40,10 @@ pub enum SagaEvent {
         currency: String,
         hold_expires_at: i64,
         items: Vec<Item>,
+        /// The event and ticket type names the buyer's messages show; absent in records
+        /// written before messages named them.
+        #[serde(default)]
+        about: Option<OrderAbout>,
     },
     /// Payments: the VNPAY payment page is ready.
     PaymentRequested {
@@ -49,6 +55,11 @@ pub enum SagaEvent {
         expires_at: i64,
         amount: i64,
         currency: String,
+        /// Copied from the order's `OrderCreated`, for the payment link's message.
+        #[serde(default)]
+        about: Option<OrderAbout>,
+        #[serde(default)]
+        items: Vec<Item>,
     },
     /// Payments: VNPAY reported the money paid (checked signature, amount and state).
     PaymentSucceeded {

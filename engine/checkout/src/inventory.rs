@@ -36,6 +36,12 @@ impl InventoryError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EventTerms {
     pub starts_at_ms: i64,
+    /// The event's name, venue and IANA time zone, and its ticket types' names (code, name),
+    /// for the buyer's messages.
+    pub name: String,
+    pub venue: String,
+    pub time_zone: String,
+    pub ticket_type_names: Vec<(String, String)>,
     /// The unit price of each ticket type on sale.
     pub prices: Vec<(TicketCode, Money)>,
     /// `None`: buyers cannot refund by themselves.

@@ -16,6 +16,7 @@ pub mod decide;
 pub mod error;
 pub mod events;
 pub mod inventory;
+pub mod messages;
 pub mod model;
 pub mod notifications;
 pub mod order;

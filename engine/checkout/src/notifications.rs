@@ -14,7 +14,8 @@ use tokio::sync::{Notify, watch};
 use uuid::Uuid;
 
 use crate::error::Error;
-use crate::events::{Envelope, SagaEvent};
+use crate::events::{Envelope, Item, SagaEvent};
+use crate::messages::{self, Facts, Kind, Line, OrderAbout};
 use crate::runner::Consumer;
 use crate::service::Ctx;
 
@@ -41,6 +42,9 @@ pub struct NotifySettings {
 struct QrAttachment {
     filename: String,
     code: String,
+    /// Written under the code: the event's name (absent in rows queued before).
+    #[serde(default)]
+    label: String,
 }
 
 pub(crate) struct Notifications {
@@ -87,24 +91,33 @@ impl Notifications {
         })
     }
 
-    fn message(&self, env: &Envelope) -> Option<Message> {
+    /// The buyer's message for `env`, rendered from the templates (`crate::messages`) with
+    /// what `kept` says about the order's event; `None` for events that tell the buyer nothing.
+    fn message(&self, env: &Envelope, kept: Kept) -> anyhow::Result<Option<Message>> {
         let order = env.order_id;
-        let orders_url = format!(
-            "{}/v1/orders/{order}",
+        // The return page: a page any browser shows, without signing in.
+        let link = format!(
+            "{}/v1/payments/vnpay/return",
             self.settings.public_url.trim_end_matches('/')
         );
-        let message =
-            |email: &String, phone: &Option<String>, subject: String, body: String, sms: String| {
-                Message {
-                    email: email.clone(),
-                    phone: phone.clone(),
-                    subject,
-                    body,
-                    sms,
-                    attachments: vec![],
-                }
-            };
-        match &env.event {
+        let mut facts = Facts {
+            order_id: order.to_string(),
+            link,
+            ..Facts::default()
+        };
+        let lines = |items: &[Item]| {
+            items
+                .iter()
+                .map(|i| Line {
+                    ticket_type: i.ticket_type.clone(),
+                    quantity: i.quantity,
+                    price: i.price,
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut about = kept.about;
+        let mut attachments = vec![];
+        let (kind, email, phone) = match &env.event {
             SagaEvent::PaymentRequested {
                 email,
                 phone,
@@ -112,62 +125,67 @@ impl Notifications {
                 amount,
                 currency,
                 expires_at,
+                about: carried,
+                items,
             } => {
-                let before = holdfast_actors::domain::rfc3339_millis(*expires_at);
-                Some(message(
-                    email,
-                    phone,
-                    "Complete your payment".to_owned(),
-                    format!(
-                        "Your seats are held for order {order}.\n\nPay {amount} {currency} with \
-                         VNPAY before {before}:\n{payment_url}\n\nUnpaid holds are released when \
-                         they expire."
-                    ),
-                    format!("Holdfast: pay {amount} {currency} before {before}: {payment_url}"),
-                ))
+                if let Some(carried) = carried {
+                    about = carried.clone();
+                }
+                facts.payment_url = payment_url.clone();
+                facts.amount = *amount;
+                facts.currency = currency.clone();
+                facts.expires_at_ms = Some(*expires_at);
+                facts.lines = lines(if items.is_empty() { &kept.items } else { items });
+                (Kind::PaymentLink, email, phone)
             }
             SagaEvent::TicketsIssued {
                 email,
                 phone,
                 tickets,
                 ..
-            } => Some(Message {
-                attachments: tickets
+            } => {
+                facts.tickets = tickets.len();
+                for t in tickets {
+                    match facts
+                        .lines
+                        .iter_mut()
+                        .find(|l| l.ticket_type == t.ticket_type)
+                    {
+                        Some(line) => line.quantity += 1,
+                        None => facts.lines.push(Line {
+                            ticket_type: t.ticket_type.clone(),
+                            quantity: 1,
+                            price: 0,
+                        }),
+                    }
+                }
+                let event = match file_name_part(&about.event_name) {
+                    name if name.is_empty() => "ticket".to_owned(),
+                    name => name,
+                };
+                attachments = tickets
                     .iter()
                     .enumerate()
                     .map(|(i, t)| QrAttachment {
-                        filename: format!("ticket-{}-{}.png", t.ticket_type, i + 1),
+                        filename: format!(
+                            "{event}-{}-{}.png",
+                            file_name_part(&type_name(&about, &t.ticket_type)),
+                            i + 1
+                        ),
                         code: t.code.clone(),
+                        label: about.event_name.clone(),
                     })
-                    .collect(),
-                ..message(
-                    email,
-                    phone,
-                    format!("Your tickets for order {order}"),
-                    format!(
-                        "Thank you for your purchase. Your {} ticket(s) are attached as QR codes; \
-                         show one at the door per person.\n\nYou can also find them at \
-                         {orders_url}/tickets.",
-                        tickets.len()
-                    ),
-                    format!(
-                        "Holdfast: {} ticket(s) for order {order} are in your e-mail and at \
-                         {orders_url}/tickets",
-                        tickets.len()
-                    ),
-                )
-            }),
+                    .collect();
+                (Kind::TicketsIssued, email, phone)
+            }
             SagaEvent::OrderCancelled {
                 email,
                 phone,
                 reason,
-            } => Some(message(
-                email,
-                phone,
-                format!("Order {order} was cancelled"),
-                format!("Your order was cancelled: {reason}. The held seats are released."),
-                format!("Holdfast: order {order} was cancelled: {reason}."),
-            )),
+            } => {
+                facts.reason = reason.clone();
+                (Kind::OrderCancelled, email, phone)
+            }
             SagaEvent::OrderRefunded {
                 email,
                 phone,
@@ -176,29 +194,50 @@ impl Notifications {
                 reason,
                 automatic,
                 ..
-            } => Some(message(
-                email,
-                phone,
-                format!("Order {order} was refunded"),
-                if *automatic {
-                    format!(
-                        "We are sorry: {reason}. {amount} {currency} is on its way back to you \
-                         through VNPAY; you do not need to do anything."
-                    )
+            } => {
+                facts.reason = reason.clone();
+                facts.amount = *amount;
+                facts.currency = currency.clone();
+                let kind = if *automatic {
+                    Kind::RefundAutomatic
                 } else {
-                    format!(
-                        "Your refund of {amount} {currency} is on its way ({reason}). Its tickets \
-                         no longer admit."
-                    )
-                },
-                format!("Holdfast: order {order} is refunded, {amount} {currency} ({reason})."),
-            )),
-            _ => None,
-        }
+                    Kind::OrderRefunded
+                };
+                (kind, email, phone)
+            }
+            _ => return Ok(None),
+        };
+        let rendered = messages::render(kind, &about, &facts)
+            .map_err(|e| anyhow::anyhow!("rendering the {kind:?} message: {e}"))?;
+        Ok(Some(Message {
+            email: email.clone(),
+            phone: phone.clone(),
+            subject: rendered.subject,
+            body: rendered.body,
+            sms: rendered.sms,
+            attachments,
+        }))
     }
 
     async fn queue(&self, tx: &mut CheckoutTx, env: &Envelope) -> anyhow::Result<()> {
-        let Some(message) = self.message(env) else {
+        if let SagaEvent::OrderCreated { about, items, .. } = &env.event {
+            if let Some(about) = about
+                && tx.first_time(CONSUMER, env.id).await?
+            {
+                let kept = Kept {
+                    about: about.clone(),
+                    items: items.clone(),
+                };
+                tx.put_notification_order(env.order_id, &serde_json::to_string(&kept)?)
+                    .await?;
+            }
+            return Ok(());
+        }
+        let kept = match tx.notification_order(env.order_id).await? {
+            Some(json) => serde_json::from_str(&json).unwrap_or_default(),
+            None => Kept::default(),
+        };
+        let Some(message) = self.message(env, kept)? else {
             return Ok(());
         };
         let now = self.ctx.now_ms();
@@ -335,7 +374,7 @@ fn email(n: &NotificationRow) -> anyhow::Result<Email> {
             Ok(Attachment {
                 filename: a.filename,
                 content_type: "image/png".to_owned(),
-                bytes: holdfast_tickets::qr_png(&a.code)?,
+                bytes: holdfast_tickets::qr_png_labelled(&a.code, &a.label)?,
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
@@ -348,6 +387,37 @@ fn email(n: &NotificationRow) -> anyhow::Result<Email> {
         message_id: Some(n.id.simple().to_string()),
         ..Email::default()
     })
+}
+
+/// What the notifications service keeps about an order from its `OrderCreated`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Kept {
+    about: OrderAbout,
+    #[serde(default)]
+    items: Vec<Item>,
+}
+
+/// A ticket type's display name, its code when the order's event is not known.
+fn type_name(about: &OrderAbout, code: &str) -> String {
+    about
+        .ticket_types
+        .iter()
+        .find(|(c, _)| c == code)
+        .map_or_else(|| code.to_owned(), |(_, name)| name.clone())
+}
+
+/// `text` as part of an attachment's file name: letters and digits (any script), the rest
+/// runs of `-`.
+fn file_name_part(text: &str) -> String {
+    let mut out = String::new();
+    for c in text.chars() {
+        if c.is_alphanumeric() {
+            out.push(c);
+        } else if !out.is_empty() && !out.ends_with('-') {
+            out.push('-');
+        }
+    }
+    out.trim_end_matches('-').chars().take(60).collect()
 }
 
 /// The deterministic id keeps a redelivered event from queueing a second message.
@@ -369,7 +439,8 @@ impl Consumer for Notifications {
     fn in_tx(&self, env: &Envelope) -> bool {
         matches!(
             env.event,
-            SagaEvent::PaymentRequested { .. }
+            SagaEvent::OrderCreated { .. }
+                | SagaEvent::PaymentRequested { .. }
                 | SagaEvent::TicketsIssued { .. }
                 | SagaEvent::OrderCancelled { .. }
                 | SagaEvent::OrderRefunded { .. }

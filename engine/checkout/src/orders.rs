@@ -15,8 +15,9 @@ use uuid::Uuid;
 use crate::api::{CheckoutError, OrderView, RefundBy, RefundView};
 use crate::decide::{self, HoldUse, RefundDecision, RefundTerms, Seats, Transition};
 use crate::error::Error;
-use crate::events::{Envelope, Item, SagaEvent, SeatCount};
+use crate::events::{Envelope, Item, OrderAbout, SagaEvent, SeatCount};
 use crate::inventory::Inventory;
+use crate::messages::Language;
 use crate::model::{Currency, Money, OrderStatus, ReadStatus, RefundStatus};
 use crate::order::Order;
 use crate::runner::Consumer;
@@ -272,10 +273,13 @@ impl Orders {
         let order_id = decide::order_id(hold_use, priced.total, asked)?;
         // The token is the authority; an account row (for the e-mail and phone the buyer is
         // told things at) may be missing, e.g. for tokens minted by the load harness.
-        let (email, phone) = store
+        let (email, phone, language) = store
             .user_by_id(user.0)
             .await?
-            .map(|u| (u.email, u.phone))
+            .map(|u| {
+                let language = Language::parse(&u.language).unwrap_or_default();
+                (u.email, u.phone, language)
+            })
             .unwrap_or_default();
         let order = Order {
             id: order_id,
@@ -308,6 +312,14 @@ impl Orders {
                 currency: order.total.currency.to_string(),
                 hold_expires_at: order.hold_expires_at,
                 items: order.items.clone(),
+                about: Some(OrderAbout {
+                    event_name: terms.name.clone(),
+                    venue: terms.venue.clone(),
+                    starts_at_ms: terms.starts_at_ms,
+                    time_zone: terms.time_zone.clone(),
+                    language,
+                    ticket_types: terms.ticket_type_names.clone(),
+                }),
             },
         );
         if let Some(existing) = self.insert_new(&order, &created).await? {

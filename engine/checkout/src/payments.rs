@@ -171,6 +171,10 @@ impl Payments {
         if !tx.first_time(CONSUMER, env.id).await? {
             return Ok(());
         }
+        let (about, items) = match &env.event {
+            SagaEvent::OrderCreated { about, items, .. } => (about.clone(), items.clone()),
+            _ => (None, vec![]),
+        };
         let (status, url, event) = match url {
             Ok(url) => (
                 PaymentStatus::Pending,
@@ -182,6 +186,8 @@ impl Payments {
                     expires_at,
                     amount,
                     currency: currency.to_owned(),
+                    about,
+                    items,
                 },
             ),
             Err(()) => (

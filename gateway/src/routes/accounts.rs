@@ -25,6 +25,9 @@ pub struct RegisterRequest {
     /// Optional mobile number for SMS notifications, E.164 (`+84901234567`).
     #[serde(default)]
     pub phone: Option<String>,
+    /// The language of the account's messages: `vi` (the default) or `en`.
+    #[serde(default)]
+    pub language: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -81,8 +84,17 @@ pub fn parse_phone(phone: &str) -> Result<String, Problem> {
     }
 }
 
+/// `vi` (the default) or `en`; a 422 otherwise.
+pub fn parse_language(language: Option<&str>) -> Result<String, Problem> {
+    match language {
+        None => Ok("vi".to_owned()),
+        Some(l @ ("vi" | "en")) => Ok(l.to_owned()),
+        Some(_) => Err(Problem::invalid("language must be vi or en")),
+    }
+}
+
 pub fn account_json(account: &Account) -> Value {
-    let mut json = json!({"id": account.id, "email": account.email, "name": account.name, "role": account.role.as_str()});
+    let mut json = json!({"id": account.id, "email": account.email, "name": account.name, "role": account.role.as_str(), "language": account.language});
     if let Some(phone) = &account.phone {
         json["phone"] = json!(phone);
     }
@@ -109,6 +121,7 @@ pub async fn new_account(
         name,
         role,
         phone,
+        language: "vi".to_owned(),
     };
     Ok((account, password_hash))
 }
@@ -123,7 +136,8 @@ pub async fn register(
         .check(Limit::Register, &client.key())
         .await?;
     let phone = req.phone.as_deref().map(parse_phone).transpose()?;
-    let (account, password_hash) = new_account(
+    let language = parse_language(req.language.as_deref())?;
+    let (mut account, password_hash) = new_account(
         &state,
         &req.email,
         &req.name,
@@ -132,6 +146,7 @@ pub async fn register(
         phone,
     )
     .await?;
+    account.language = language;
     state
         .backend()
         .create_account(&account, &password_hash)

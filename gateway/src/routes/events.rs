@@ -44,6 +44,26 @@ pub struct CreateEvent {
     pub sale_starts_at: Option<String>,
     #[serde(default)]
     pub sale_ends_at: Option<String>,
+    /// The IANA time zone its messages show the start in; Vietnam's by default.
+    #[serde(default)]
+    pub time_zone: Option<String>,
+}
+
+/// The time zone of events created without one.
+pub const DEFAULT_TIME_ZONE: &str = "Asia/Ho_Chi_Minh";
+
+/// An IANA time zone name the bundled zone database knows; a 422 otherwise.
+pub fn parse_time_zone(raw: Option<&str>) -> Result<String, Problem> {
+    let Some(raw) = raw else {
+        return Ok(DEFAULT_TIME_ZONE.to_owned());
+    };
+    match jiff::tz::TimeZone::get(raw) {
+        Ok(_) if !raw.is_empty() && raw.len() <= 64 => Ok(raw.to_owned()),
+        _ => Err(Problem::invalid(format!(
+            "time_zone must be an IANA time zone name such as Asia/Ho_Chi_Minh, not {:?}",
+            raw.chars().take(64).collect::<String>()
+        ))),
+    }
 }
 
 /// Longest event description, in characters.
@@ -237,6 +257,7 @@ pub fn event_json(e: &EventInfo) -> Value {
             "per_user_limit": t.per_user_limit,
         })).collect::<Vec<_>>(),
         "refund_policy": e.refund_policy,
+        "time_zone": e.time_zone,
     })
 }
 
@@ -247,6 +268,7 @@ pub async fn create(
 ) -> Result<(StatusCode, HeaderMap, Json<Value>), Problem> {
     user.require(&[Role::Organizer, Role::Admin])?;
     let starts_at = parse_starts_at(&req.starts_at, OffsetDateTime::now_utc())?;
+    let time_zone = parse_time_zone(req.time_zone.as_deref())?;
     if req.ticket_types.is_empty()
         || req.ticket_types.len() > holdfast_actors::inventory::TICKET_TYPES_MAX
     {
@@ -290,6 +312,7 @@ pub async fn create(
         description: text("description", &req.description, DESCRIPTION_MAX, false)?,
         category: req.category.as_deref().map(parse_category).transpose()?,
         sale,
+        time_zone,
     };
     let created = state.backend().create_event(event).await?;
     tracing::info!(event = %created.id, organizer = %user.id, "event created");

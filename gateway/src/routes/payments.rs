@@ -21,8 +21,23 @@ pub async fn ipn(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Json
     Json(json!({"RspCode": answer.rsp_code, "Message": answer.message}))
 }
 
-/// `GET /v1/payments/vnpay/return`: where VNPAY sends the buyer's browser back.
+/// `GET /v1/payments/vnpay/return`: where VNPAY sends the buyer's browser back, and where the
+/// buyers' e-mails link (without VNPAY's parameters: a page on where the tickets are).
 pub async fn return_page(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Html<String> {
+    if !raw
+        .as_deref()
+        .is_some_and(|q| q.contains("vnp_SecureHash="))
+    {
+        return Html(
+            "<!doctype html><html lang=\"vi\"><head><meta charset=\"utf-8\">\
+             <title>Holdfast</title></head><body><h1>Holdfast</h1>\
+             <p lang=\"vi\">Vé của bạn được đính kèm trong e-mail dưới dạng mã QR; mỗi người \
+             xuất trình một mã tại cửa. E-mail cũng cho biết tình trạng đơn hàng.</p>\
+             <p lang=\"en\">Your tickets are attached to our e-mail as QR codes; show one at the \
+             door per person. The e-mail also tells where your order stands.</p></body></html>"
+                .to_owned(),
+        );
+    }
     let page = state.checkout().vnpay_return(query_pairs(raw)).await;
     let (title, text) = if !page.verified {
         (

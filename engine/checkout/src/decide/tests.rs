@@ -874,6 +874,10 @@ impl Inventory for Stock {
     async fn terms(&self, _: EventId) -> Result<Option<EventTerms>, InventoryError> {
         Ok(Some(EventTerms {
             starts_at_ms: i64::MAX,
+            name: "Event".to_owned(),
+            venue: "Venue".to_owned(),
+            time_zone: "Asia/Ho_Chi_Minh".to_owned(),
+            ticket_type_names: vec![],
             prices: vec![(ga(), vnd(100))],
             refund_policy: RefundPolicy::new(0, 10, 0).ok(),
         }))
