@@ -149,7 +149,7 @@ async fn the_readme_walk_throughs_run_as_written() {
         "\"status\":\"confirmed\"",
         "\"status\":\"admitted\"",
         "/problems/ticket-admitted",
-        "\"status\":\"refunded\"",
+        "\"status\":\"processing\"",
         "\"status\":\"scheduled\"",
         "/problems/sale-not-open",
         "\"status\":\"on_sale\"",

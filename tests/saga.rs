@@ -277,6 +277,61 @@ fn note(order: &Value) -> &str {
     order["note"].as_str().unwrap_or("")
 }
 
+/// Refunds and a cancel on PostgreSQL with Kafka as the bus: a buyer's refund of one ticket,
+/// which VNPAY's stand-in fails once, then the organizer's cancel of the event, which refunds
+/// the rest of that order and every other paid order; each paid back exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refunds_and_a_cancel_over_kafka() {
+    let brokers = std::env::var("HOLDFAST_TEST_KAFKA_BROKERS")
+        .unwrap_or_else(|_| "127.0.0.1:9092".to_owned());
+    let prefix = format!("t{}-", uuid::Uuid::new_v4().simple());
+    let shop = Shop::open(Backend::Postgres, 10, |c| {
+        c.kafka_brokers = Some(brokers.clone());
+        c.bus_prefix = prefix.clone();
+        c.kafka_producer_config = Some(TANSU_PRODUCER.to_owned());
+        c.refund_backoff_ms = 200;
+    })
+    .await;
+    let api = shop.client();
+    let (a_buyer, a, a_tickets) = shop.bought(2).await;
+    let (b_buyer, b, _) = shop.bought(1).await;
+    shop.faults(json!({"fail_refunds": 1})).await;
+    let one = json!({"reason": "a friend cannot come", "ticket_ids": [a_tickets[0]["id"]]});
+    api.post(&format!("/v1/orders/{a}/refund"), Some(&a_buyer), &one)
+        .await
+        .assert_status(202);
+    let settled = shop.settled_refunds(&a_buyer, &a).await;
+    assert_eq!(settled[0]["status"], "refunded", "{settled:?}");
+    assert_eq!(shop.balance(&a).await, (1_000_000, 500_000, 1));
+    shop.wait_status(&a_buyer, &a, "partially_refunded").await;
+    shop.wait_stock(2, 8).await;
+
+    api.post(
+        &format!("/v1/events/{}/cancel", shop.event),
+        Some(&shop.organizer),
+        &json!({"reason": "the venue flooded"}),
+    )
+    .await
+    .assert_status(202);
+    shop.wait_status(&a_buyer, &a, "refunded").await;
+    shop.wait_status(&b_buyer, &b, "refunded").await;
+    for (buyer, order) in [(&a_buyer, &a), (&b_buyer, &b)] {
+        let settled = shop.settled_refunds(buyer, order).await;
+        assert!(
+            settled.iter().all(|r| r["status"] == "refunded"),
+            "{settled:?}"
+        );
+    }
+    assert_eq!(shop.balance(&a).await, (1_000_000, 1_000_000, 2));
+    assert_eq!(shop.balance(&b).await, (500_000, 500_000, 1));
+    shop.wait_stock(0, 10).await;
+    // Nothing went through the SQL bus: the saga's records went through Kafka.
+    assert_eq!(shop.count("SELECT COUNT(*) FROM bus_records").await, 0);
+    let event = api.get(&format!("/v1/events/{}", shop.event), None).await;
+    assert_eq!(event.body["status"], "cancelled");
+    shop.node.shutdown().await;
+}
+
 /// The saga on PostgreSQL with Kafka (tansu, started by tests/run) as the bus: the same
 /// purchase, then every record published again, which changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -449,8 +449,19 @@ pub fn holdfast_bin() -> PathBuf {
 
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local address").port()
+    // Drawn below the kernel's ephemeral range (32768-60999 by default): a port the kernel
+    // handed out for port 0 is as likely to be handed to the next outgoing connection (to
+    // PostgreSQL, say) before the server binds it, and the server then fails with "address in
+    // use". Ports here are only ever taken by a bind that names them.
+    const PORTS: std::ops::Range<u32> = 20_000..32_000;
+    for _ in 0..1_000 {
+        let draw = uuid::Uuid::new_v4().as_u128() % u128::from(PORTS.end - PORTS.start);
+        let port = u16::try_from(u128::from(PORTS.start) + draw).expect("ports fit in u16");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {PORTS:?} after 1,000 draws")
 }
 
 /// A `holdfast` command run in `cwd` with `env` and no stray `HOLDFAST_*` settings.
