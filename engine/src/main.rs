@@ -15,7 +15,7 @@ use tracing_subscriber::EnvFilter;
 
 /// mimalloc rather than the system allocator: a hold allocates and frees a few dozen small
 /// blocks across threads (request, actor, journal writer), where glibc's malloc spent about a
-/// fifth of the node's CPU (BENCHMARKS.md, "The hold path").
+/// quarter of the node's CPU (BENCHMARKS.md, "The hold path").
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -203,7 +203,6 @@ impl Inner {
     }
 }
 
-/// The advisory lock of `topic` (its full name): FNV-1a, 32 bits, in the bus's key space.
 /// Waits for the process's SQLite write turn, recording the wait as the store's own write
 /// transactions do (`holdfast_sqlite_write_wait_seconds{writer="bus"}`).
 async fn write_turn(gate: &tokio::sync::Mutex<()>) -> tokio::sync::MutexGuard<'_, ()> {
@@ -214,6 +213,7 @@ async fn write_turn(gate: &tokio::sync::Mutex<()>) -> tokio::sync::MutexGuard<'_
     turn
 }
 
+/// The advisory lock of `topic` (its full name): FNV-1a, 32 bits, in the bus's key space.
 fn advisory_lock_key(topic: &str) -> i64 {
     let mut hash: u32 = 0x811c_9dc5;
     for byte in topic.bytes() {
