@@ -19,6 +19,7 @@ on_both_backends!(
     catalog_filters_and_the_organizers_own_list,
     organizer_sees_orders_and_attendees_as_csv,
     a_payment_after_the_cancel_is_refunded,
+    a_cancel_cut_short_by_a_stop_is_refunded_after_the_restart,
 );
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -31,6 +32,14 @@ async fn count_in(url: &str, sql: &str) -> i64 {
     let n = row.try_get::<i64, _>(0).expect("a count");
     let _ = conn.close().await;
     n
+}
+
+async fn execute_in(url: &str, sql: &str) {
+    use sqlx::Connection;
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(url).await.expect("connect");
+    sqlx::query(sql).execute(&mut conn).await.expect(sql);
+    let _ = conn.close().await;
 }
 
 fn rfc3339(t: OffsetDateTime) -> String {
@@ -810,5 +819,103 @@ async fn a_payment_after_the_cancel_is_refunded(backend: holdfast_tests::Backend
     assert!(refunded.is_some(), "the late payment is refunded");
     let stock = api.stock(&event, "GA").await;
     assert_eq!((stock.available, stock.held, stock.sold), (10, 0, 0));
+    node.shutdown().await;
+}
+
+/// A node that stopped after storing a cancel but before refunding a single order (what a
+/// crash between the two leaves in the database) refunds every paid order when it starts
+/// again: each exactly once, the money back through VNPAY's stand-in, and the event still
+/// refuses holds.
+async fn a_cancel_cut_short_by_a_stop_is_refunded_after_the_restart(
+    backend: holdfast_tests::Backend,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the VNPAY stand-in");
+    let sim = format!("http://{}", listener.local_addr().expect("address"));
+    let mut node = InProcessNode::start_with(backend, |c| {
+        c.vnpay_pay_url = Some(format!("{sim}/paymentv2/vpcpay.html"));
+        c.vnpay_api_url = Some(format!("{sim}/merchant_webapi/api/transaction"));
+    })
+    .await;
+    holdfast_tests::serve_vnpay(
+        listener,
+        format!("{}/v1/payments/vnpay/ipn", node.base_url()),
+    );
+    let api = node.client().clone();
+    let organizer = node.organizer_token().await;
+    let event = create(&api, &organizer, &[("GA", 300_000, 20)], json!({})).await;
+    let mut paid = Vec::new();
+    for _ in 0..3 {
+        let buyer = api.customer_token().await;
+        let hold = api.hold(&buyer, &event, &[("GA", 2)]).await;
+        hold.assert_status(201);
+        let order = api
+            .post(
+                "/v1/orders",
+                Some(&buyer),
+                &json!({"hold_id": id_of(&hold)}),
+            )
+            .await;
+        order.assert_status(201);
+        let order = id_of(&order);
+        let payment_url = poll_until(WAIT, Duration::from_millis(50), || async {
+            let reply = api.get(&format!("/v1/orders/{order}"), Some(&buyer)).await;
+            reply.body["payment_url"].as_str().map(str::to_owned)
+        })
+        .await
+        .expect("the order gets its payment URL");
+        holdfast_tests::press(&sim, &payment_url, true).await;
+        let confirmed = poll_until(WAIT, Duration::from_millis(50), || async {
+            (order_status(&api, &buyer, &order).await == "confirmed").then_some(())
+        })
+        .await;
+        assert!(confirmed.is_some(), "order {order} is paid");
+        paid.push((buyer, order));
+    }
+    let url = node.sandbox().database().url().to_owned();
+    node.stop().await;
+    let now_ms = OffsetDateTime::now_utc().unix_timestamp() * 1000;
+    execute_in(
+        &url,
+        &format!(
+            "UPDATE events SET cancelled_at = {now_ms}, cancel_reason = 'storm warning' \
+             WHERE id = '{event}'"
+        ),
+    )
+    .await;
+    node.start_again().await;
+    let api = node.client().clone();
+    for (buyer, order) in &paid {
+        let refunded = poll_until(WAIT, Duration::from_millis(100), || async {
+            let reply = api
+                .get(&format!("/v1/orders/{order}/refunds"), Some(buyer))
+                .await;
+            reply.assert_status(200);
+            let items = reply.body["refunds"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            (order_status(&api, buyer, order).await == "refunded"
+                && items.iter().all(|r| r["status"] == "refunded"))
+            .then_some(items)
+        })
+        .await
+        .unwrap_or_else(|| panic!("order {order} is refunded after the restart"));
+        assert_eq!(refunded.len(), 1, "one refund of {order}: {refunded:?}");
+        assert_eq!(refunded[0]["amount"], 600_000, "{refunded:?}");
+        assert!(
+            refunded[0]["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("storm warning")),
+            "{refunded:?}"
+        );
+    }
+    let buyer = api.customer_token().await;
+    api.hold(&buyer, &event, &[("GA", 1)])
+        .await
+        .assert_problem(409, "event-cancelled");
+    let stock = api.stock(&event, "GA").await;
+    assert_eq!((stock.available, stock.held, stock.sold), (20, 0, 0));
     node.shutdown().await;
 }

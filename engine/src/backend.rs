@@ -34,6 +34,9 @@ pub struct NodeBackend {
     clock: Arc<dyn Clock>,
     hold_ttl_ms: i64,
     ready: AtomicBool,
+    /// Woken by a cancel: the refunds of cancelled events' paid orders
+    /// ([`crate::cancel_refunds`]) go on at once, not at their next round.
+    cancelled: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for NodeBackend {
@@ -61,7 +64,13 @@ impl NodeBackend {
             clock,
             hold_ttl_ms: i64::try_from(hold_ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
             ready: AtomicBool::new(false),
+            cancelled: Arc::default(),
         }
+    }
+
+    /// What a cancel wakes (see [`crate::cancel_refunds::run`]).
+    pub fn cancels(&self) -> Arc<tokio::sync::Notify> {
+        Arc::clone(&self.cancelled)
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -559,6 +568,7 @@ impl Backend for NodeBackend {
             return Err(BackendError::EventNotFound);
         }
         self.execute(id, InventoryOp::Cancel).await?;
+        self.cancelled.notify_one();
         self.event_or_missing(id).await
     }
 
@@ -594,25 +604,6 @@ impl Backend for NodeBackend {
             .map_err(unavailable)?;
         let items = rows.into_iter().map(attendee).collect::<Result<_, _>>()?;
         Ok(Page { items, total })
-    }
-
-    async fn confirmed_orders(
-        &self,
-        id: EventId,
-        limit: u32,
-    ) -> Result<Vec<OrderId>, BackendError> {
-        use holdfast_checkout::model::OrderStatus;
-        // Partly refunded orders still have paid tickets: a cancel refunds the rest.
-        let paid = [
-            OrderStatus::Confirmed.as_str(),
-            OrderStatus::PartiallyRefunded.as_str(),
-        ];
-        let ids = self
-            .store
-            .event_order_ids(id.0, &paid, limit)
-            .await
-            .map_err(unavailable)?;
-        Ok(ids.into_iter().map(OrderId).collect())
     }
 
     async fn event(&self, id: EventId) -> Result<Option<EventInfo>, BackendError> {

@@ -3,6 +3,7 @@
 
 pub mod addr;
 pub mod backend;
+pub mod cancel_refunds;
 pub mod cluster;
 pub mod config;
 pub mod deny_list;

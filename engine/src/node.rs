@@ -467,6 +467,15 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
             let _ = ops_stop.wait_for(|s| *s).await;
         },
     ));
+    let cancel_refunds = checkout.0.serves_orders().then(|| {
+        tokio::spawn(crate::cancel_refunds::run(
+            store.clone(),
+            Arc::clone(&checkout),
+            Arc::clone(&clock),
+            backend.cancels(),
+            shutdown.subscribe(),
+        ))
+    });
     let purge = tokio::spawn(purge_idempotency_keys(
         store.clone(),
         Arc::clone(&clock),
@@ -481,6 +490,9 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
         .await;
         let _ = ops_task.await;
         backend.set_ready(false);
+        if let Some(task) = cancel_refunds {
+            task.abort();
+        }
         checkout.0.stop().await;
         purge.abort();
         deny_sync.abort();

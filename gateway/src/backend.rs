@@ -361,14 +361,6 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<Page<Attendee>, BackendError> {
         Err(not_here("the organizer's view"))
     }
-    /// The event's confirmed orders, oldest first, at most `limit`.
-    async fn confirmed_orders(
-        &self,
-        _id: EventId,
-        _limit: u32,
-    ) -> Result<Vec<OrderId>, BackendError> {
-        Err(not_here("the organizer's view"))
-    }
 
     async fn availability(&self, id: EventId)
     -> Result<Vec<(TicketCode, TypeStock)>, BackendError>;

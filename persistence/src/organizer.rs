@@ -141,27 +141,35 @@ impl Store {
         Ok((attendees, u64::try_from(total).unwrap_or(0)))
     }
 
-    /// The ids of the event's orders whose status is one of `statuses` now, oldest first, at
-    /// most `limit`.
-    pub async fn event_order_ids(
+    /// Orders of events cancelled at `since_ms` or later whose status is one of `statuses` now,
+    /// oldest first, at most `limit`: what a cancel still has to refund, with the event's
+    /// cancel reason.
+    pub async fn orders_of_cancelled_events(
         &self,
-        event_id: Uuid,
+        since_ms: i64,
         statuses: &[&str],
         limit: u32,
-    ) -> Result<Vec<Uuid>, Error> {
+    ) -> Result<Vec<(Uuid, String)>, Error> {
         let placeholders: Vec<String> =
             (0..statuses.len()).map(|i| format!("${}", i + 2)).collect();
         let sql = format!(
-            "SELECT id FROM orders WHERE event_id = $1 AND status IN ({}) \
-             ORDER BY created_at, id LIMIT ${}",
+            "SELECT o.id, COALESCE(e.cancel_reason, '') FROM orders o \
+             JOIN events e ON e.id = o.event_id \
+             WHERE e.cancelled_at >= $1 AND o.status IN ({}) \
+             ORDER BY o.created_at, o.id LIMIT ${}",
             placeholders.join(", "),
             statuses.len() + 2
         );
-        let mut query = sqlx::query_scalar(&sql).bind(uuid_text(event_id));
+        let mut query = sqlx::query(&sql).bind(since_ms);
         for status in statuses {
             query = query.bind(*status);
         }
-        let ids: Vec<String> = query.bind(i64::from(limit)).fetch_all(&self.pool).await?;
-        ids.iter().map(|id| parse_uuid("orders.id", id)).collect()
+        let rows = query.bind(i64::from(limit)).fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|row| {
+                let id: String = row.try_get(0)?;
+                Ok((parse_uuid("orders.id", &id)?, row.try_get(1)?))
+            })
+            .collect()
     }
 }

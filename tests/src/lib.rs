@@ -370,9 +370,19 @@ impl InProcessNode {
 
     /// Graceful shutdown (final snapshots), then a new node on the same database and a new port.
     pub async fn restart(&mut self) {
+        self.stop().await;
+        self.start_again().await;
+    }
+
+    /// Graceful shutdown; [`start_again`](Self::start_again) starts the node once more.
+    pub async fn stop(&mut self) {
         if let Some(node) = self.node.take() {
             node.shutdown().await.expect("graceful shutdown");
         }
+    }
+
+    /// A new node on the same database and a new port, after [`stop`](Self::stop).
+    pub async fn start_again(&mut self) {
         let node = holdfast_engine::start(self.config.clone())
             .await
             .expect("restart the in-process node");

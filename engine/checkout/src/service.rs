@@ -211,6 +211,11 @@ impl CheckoutNode {
         }
     }
 
+    /// Whether the orders service runs on this node.
+    pub fn serves_orders(&self) -> bool {
+        self.orders.is_some()
+    }
+
     fn orders_service(&self) -> Result<&Orders, CheckoutError> {
         self.orders
             .as_deref()

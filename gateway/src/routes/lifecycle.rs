@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use holdfast_actors::{EventId, TicketCode};
+use holdfast_actors::TicketCode;
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -19,7 +19,6 @@ use super::events::{
 use crate::AppState;
 use crate::auth::{AuthUser, Role};
 use crate::backend::{EventChanges, EventInfo, SalePeriod, TicketTypeChanges};
-use crate::checkout::RefundBy;
 use crate::extract::ApiJson;
 use crate::problem::Problem;
 
@@ -65,12 +64,6 @@ pub struct TicketTypePatch {
 pub struct CancelRequest {
     pub reason: String,
 }
-
-/// Confirmed orders refunded per round of a cancellation.
-const REFUND_ROUND: u32 = 200;
-/// Rounds at most: a cancellation refunds at most this many times [`REFUND_ROUND`] orders in
-/// one go; cancelling again goes on with the rest.
-const REFUND_ROUNDS_MAX: u32 = 5_000;
 
 /// The event `raw` names if `user` may edit it: an admin, or the organizer who owns it.
 /// Anyone else (another organizer) finds no such event.
@@ -234,9 +227,10 @@ pub async fn update_ticket_type(
     Ok(Json(event_json(&updated)))
 }
 
-/// `POST /v1/events/{id}/cancel`: 202 once no hold can be placed and every hold is released;
-/// the confirmed orders are refunded in full right after, in the background. Cancelling again
-/// answers the same and refunds what is still confirmed.
+/// `POST /v1/events/{id}/cancel`: 202 once the cancel is stored, no hold can be placed and
+/// every hold is released. The paid orders are refunded in full right after, in the
+/// background, by the node's cancel refunds (which go on after a restart too). Cancelling
+/// again answers the same.
 pub async fn cancel(
     State(state): State<AppState>,
     user: AuthUser,
@@ -247,57 +241,5 @@ pub async fn cancel(
     let reason = text("reason", &req.reason, 500, true)?;
     let cancelled = state.backend().cancel_event(event.id, &reason).await?;
     tracing::info!(event = %event.id, by = %user.id, "event cancelled");
-    tokio::spawn(refund_all(state.clone(), event.id, reason));
     Ok((StatusCode::ACCEPTED, Json(event_json(&cancelled))))
-}
-
-/// A second sweep this long after the first refunds an order whose payment was confirmed in
-/// the actor just before the cancel but whose row still read `pending_payment` at the first.
-/// (A payment that settles later finds the hold released and the event cancelled, and is
-/// refunded by the saga itself.)
-const RESWEEP_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// Refunds every confirmed order of cancelled event `event` in full, through the checkout's
-/// refund (as its organizer: whatever the refund policy; admitted seats stay sold), now and once
-/// more after [`RESWEEP_AFTER`].
-async fn refund_all(state: AppState, event: EventId, reason: String) {
-    let reason = format!("event cancelled: {reason}");
-    refund_sweep(&state, event, &reason).await;
-    tokio::time::sleep(RESWEEP_AFTER).await;
-    refund_sweep(&state, event, &reason).await;
-}
-
-async fn refund_sweep(state: &AppState, event: EventId, reason: &str) {
-    let mut refunded = 0u64;
-    for _ in 0..REFUND_ROUNDS_MAX {
-        let orders = match state.backend().confirmed_orders(event, REFUND_ROUND).await {
-            Ok(orders) => orders,
-            Err(error) => {
-                tracing::warn!(%event, %error, "listing orders to refund failed; cancel again to go on");
-                return;
-            }
-        };
-        let mut progress = false;
-        for order in &orders {
-            match state
-                .checkout()
-                .refund(*order, reason.to_owned(), RefundBy::Organizer)
-                .await
-            {
-                Ok(_) => {
-                    progress = true;
-                    refunded += 1;
-                }
-                Err(error) => {
-                    tracing::warn!(%event, %order, %error, "refund of a cancelled event's order failed")
-                }
-            }
-        }
-        if orders.len() < REFUND_ROUND as usize || !progress {
-            break;
-        }
-    }
-    if refunded > 0 {
-        tracing::info!(%event, refunded, "cancelled event's orders refunded");
-    }
 }
