@@ -10,6 +10,7 @@ pub mod domain;
 pub mod group_commit;
 pub mod invariants;
 pub mod inventory;
+pub mod queue;
 
 pub use domain::{
     EventId, HoldId, HoldRef, Line, OrderId, Quantity, RefundPolicy, TicketCode, Timestamp, UserId,
