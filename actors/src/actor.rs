@@ -16,7 +16,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::TicketCode;
 use crate::domain::{EventId, HoldId, Timestamp};
+use crate::domain::UserId;
 use crate::inventory::{self, Command, Event, HoldView, Inventory, TypeStock};
+use crate::queue::QueueRead;
 
 /// One journaled event with its position in the event's stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -178,6 +180,8 @@ pub enum CallError {
 pub enum QueryReply {
     Stock(Vec<(TicketCode, TypeStock)>),
     Hold(Option<HoldView>),
+    /// `None`: the event has no waiting room.
+    Queue(Option<QueueRead>),
 }
 
 #[derive(Debug)]
@@ -188,6 +192,7 @@ enum Request {
     ),
     QueryStock(oneshot::Sender<QueryReply>),
     QueryHold(HoldId, oneshot::Sender<QueryReply>),
+    QueryQueue(UserId, oneshot::Sender<QueryReply>),
     Stop(oneshot::Sender<()>),
 }
 
@@ -238,7 +243,7 @@ impl Handle {
         self.admit(Request::QueryStock(tx))?;
         match rx.await.map_err(|_| CallError::Unavailable)? {
             QueryReply::Stock(stock) => Ok(stock),
-            QueryReply::Hold(_) => Err(CallError::Unavailable),
+            _ => Err(CallError::Unavailable),
         }
     }
 
@@ -247,7 +252,18 @@ impl Handle {
         self.admit(Request::QueryHold(hold_id, tx))?;
         match rx.await.map_err(|_| CallError::Unavailable)? {
             QueryReply::Hold(hold) => Ok(hold),
-            QueryReply::Stock(_) => Err(CallError::Unavailable),
+            _ => Err(CallError::Unavailable),
+        }
+    }
+
+    /// What `user` reads of the event's waiting room; `None` without one. Answered after the
+    /// batch it arrives in, like every query, but writes nothing itself.
+    pub async fn queue(&self, user: UserId) -> Result<Option<QueueRead>, CallError> {
+        let (tx, rx) = oneshot::channel();
+        self.admit(Request::QueryQueue(user, tx))?;
+        match rx.await.map_err(|_| CallError::Unavailable)? {
+            QueryReply::Queue(read) => Ok(read),
+            _ => Err(CallError::Unavailable),
         }
     }
 
@@ -294,7 +310,7 @@ pub fn decode_event(bytes: &[u8]) -> Result<Event, bincode::error::DecodeError> 
 const SNAPSHOT_MAGIC: &[u8; 3] = b"HFS";
 /// The snapshot format [`encode_state`] writes. Change it whenever [`Inventory`]'s fields change,
 /// and keep a reader of the old format in [`decode_state`].
-pub const SNAPSHOT_FORMAT: u8 = 2;
+pub const SNAPSHOT_FORMAT: u8 = 3;
 
 pub fn encode_state(inventory: &Inventory) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(1024);
@@ -313,6 +329,9 @@ pub fn decode_state(bytes: &[u8]) -> Result<Inventory, String> {
             SNAPSHOT_FORMAT => bincode::serde::decode_from_slice(state, config)
                 .map(|(inv, _)| inv)
                 .map_err(|e| e.to_string()),
+            2 => bincode::serde::decode_from_slice::<inventory::InventoryV2, _>(state, config)
+                .map(|(inv, _)| inv.into())
+                .map_err(|e| format!("format 2: {e}")),
             other => Err(format!("unknown snapshot format {other}")),
         },
         legacy => bincode::serde::decode_from_slice::<inventory::InventoryV1, _>(legacy, config)
@@ -447,7 +466,7 @@ impl Actor {
         let idle_after = Duration::from_secs(self.options.idle_passivate_secs);
         let mut last_message = Instant::now();
         while stop.is_none() {
-            let expiry = self.inventory.next_expiry().map(|at| {
+            let expiry = self.inventory.next_timer(self.clock.now()).map(|at| {
                 let wait_ms = at
                     .as_millis()
                     .saturating_sub(self.clock.now().as_millis())
@@ -506,6 +525,12 @@ impl Actor {
                         replies.push(Deferred::Query(
                             reply,
                             QueryReply::Hold(self.inventory.hold(id)),
+                        ));
+                    }
+                    Request::QueryQueue(user, reply) => {
+                        replies.push(Deferred::Query(
+                            reply,
+                            QueryReply::Queue(self.inventory.queue_read(user, now)),
                         ));
                     }
                     Request::Stop(reply) => stop = Some(reply),
@@ -676,6 +701,7 @@ mod tests {
                 quantity: Quantity::new(3).expect("q"),
             }],
             ttl_ms: 60_000,
+            admission: None,
         };
         inv.apply(Timestamp(1), hold).expect("hold");
         inv
@@ -684,11 +710,11 @@ mod tests {
     #[test]
     fn snapshots_of_format_1_still_recover() {
         let inv = busy_inventory();
-        // Format 1 was the bare bincode of the state without its last two fields, which encode
-        // as three zero bytes while they hold their defaults.
+        // Format 1 was the bare bincode of the state without its last three fields, which
+        // encode as four zero bytes while they hold their defaults.
         let mut legacy =
             bincode::serde::encode_to_vec(&inv, bincode::config::standard()).expect("encode");
-        assert_eq!(legacy.split_off(legacy.len() - 3), [0, 0, 0]);
+        assert_eq!(legacy.split_off(legacy.len() - 4), [0, 0, 0, 0]);
         assert_eq!(legacy[0], 16, "format 1 starts with the event id's length");
         assert_eq!(decode_state(&legacy), Ok(inv.clone()));
         assert_eq!(decode_state(&encode_state(&inv)), Ok(inv));
@@ -711,5 +737,35 @@ mod tests {
         let mut future = encode_state(&inv);
         future[3] = SNAPSHOT_FORMAT + 1;
         assert!(decode_state(&future).is_err());
+    }
+
+    #[test]
+    fn snapshots_of_format_2_still_recover_and_keep_the_queue() {
+        let mut inv = busy_inventory();
+        // Format 2 was format 3 without the waiting room, the last field (`None`: one zero).
+        let mut format_2 = encode_state(&inv);
+        assert_eq!(format_2.pop(), Some(0));
+        format_2[3] = 2;
+        assert_eq!(decode_state(&format_2), Ok(inv.clone()));
+        let setup = crate::inventory::QueueSetup {
+            settings: crate::queue::QueueSettings {
+                admit_per_minute: 60,
+                active_max: 10,
+                admission_ttl_ms: 60_000,
+            },
+            opens_at: Timestamp(10),
+            seed: [3; 32],
+        };
+        inv.apply(Timestamp(2), Command::SetQueue { queue: Some(setup) })
+            .expect("queue");
+        let buyer = UserId::generate();
+        inv.apply(Timestamp(3), Command::JoinQueue { user: buyer })
+            .expect("join");
+        let back = decode_state(&encode_state(&inv)).expect("decode");
+        assert_eq!(back, inv);
+        assert!(matches!(
+            back.queue_status(buyer, Timestamp(3)),
+            Some(Some(crate::queue::QueueStatus::Waiting { position: None }))
+        ));
     }
 }

@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::{EventId, HoldId, Line, OrderId, Quantity, TicketCode, Timestamp, UserId};
 use crate::invariants;
+use crate::queue::{
+    Queue, QueueCommand, QueueError, QueueEvent, QueueRead, QueueSettings, QueueStatus,
+};
 
 /// At most this many ticket types per event.
 pub const TICKET_TYPES_MAX: usize = 64;
@@ -93,12 +96,14 @@ pub enum Command {
         ticket_type: TicketCode,
         capacity: u32,
     },
-    /// Holds seats for `ttl_ms`, all lines or none. Idempotent by `hold_id`.
+    /// Holds seats for `ttl_ms`, all lines or none. Idempotent by `hold_id`. On an event with
+    /// a waiting room, `admission` must be the number of the buyer's admission, still running.
     Hold {
         hold_id: HoldId,
         user: UserId,
         items: Vec<Line>,
         ttl_ms: i64,
+        admission: Option<u64>,
     },
     /// Gives an active hold's seats back. Idempotent.
     Release { hold_id: HoldId },
@@ -124,6 +129,20 @@ pub enum Command {
         ticket_type: TicketCode,
         per_user_limit: Option<u32>,
     },
+    /// Sets up (or changes, or with `None` removes) the event's waiting room: holds need an
+    /// admission from it. `seed` orders the pre-queue; it counts only when the queue is new.
+    SetQueue { queue: Option<QueueSetup> },
+    /// Joins the waiting room; joining again keeps the place.
+    JoinQueue { user: UserId },
+}
+
+/// A waiting room as [`Command::SetQueue`] sets it up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueSetup {
+    pub settings: QueueSettings,
+    /// When the pre-queue is drawn and admissions start: the sale's start.
+    pub opens_at: Timestamp,
+    pub seed: [u8; 32],
 }
 
 /// What happened; the journal stores these and replay applies them.
@@ -184,6 +203,11 @@ pub enum Event {
         ticket_type: TicketCode,
         per_user_limit: Option<u32>,
     },
+    // New variants go last: the journal stores events in bincode.
+    QueueSet {
+        queue: Option<QueueSetup>,
+    },
+    Queue(QueueEvent),
 }
 
 /// Why a command was refused. A refused command changes nothing.
@@ -225,6 +249,12 @@ pub enum Error {
     EventCancelled,
     #[error("a buyer holds or bought {most} seats of this type already")]
     LimitBelowHeld { most: u32 },
+    #[error("the event sells only to buyers admitted from its waiting room")]
+    NotAdmitted,
+    #[error("the event has no waiting room")]
+    NoQueue,
+    #[error("the waiting room is full")]
+    QueueFull,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -264,6 +294,41 @@ pub struct Inventory {
     pub(crate) sale: SaleWindow,
     /// When the event was cancelled; no hold is placed after.
     pub(crate) cancelled_at: Option<Timestamp>,
+    /// The waiting room, if the event sells through one.
+    pub(crate) queue: Option<Queue>,
+}
+
+/// [`Inventory`] as snapshots stored it before the waiting room (snapshot format 2).
+#[derive(Deserialize)]
+pub(crate) struct InventoryV2 {
+    event_id: EventId,
+    seq: u64,
+    types: BTreeMap<TicketCode, TypeStock>,
+    holds: HashMap<HoldId, HoldRecord>,
+    expiries: BTreeSet<(Timestamp, HoldId)>,
+    ended: BTreeSet<(Timestamp, HoldId)>,
+    per_user: HashMap<UserId, BTreeMap<TicketCode, u32>>,
+    orders: HashMap<OrderId, OrderRecord>,
+    sale: SaleWindow,
+    cancelled_at: Option<Timestamp>,
+}
+
+impl From<InventoryV2> for Inventory {
+    fn from(v: InventoryV2) -> Self {
+        Self {
+            event_id: v.event_id,
+            seq: v.seq,
+            types: v.types,
+            holds: v.holds,
+            expiries: v.expiries,
+            ended: v.ended,
+            per_user: v.per_user,
+            orders: v.orders,
+            sale: v.sale,
+            cancelled_at: v.cancelled_at,
+            queue: None,
+        }
+    }
 }
 
 /// [`Inventory`] as snapshots stored it before the sale window and cancellation (snapshot
@@ -293,6 +358,7 @@ impl From<InventoryV1> for Inventory {
             orders: v.orders,
             sale: SaleWindow::default(),
             cancelled_at: None,
+            queue: None,
         }
     }
 }
@@ -310,6 +376,62 @@ impl Inventory {
             orders: HashMap::new(),
             sale: SaleWindow::default(),
             cancelled_at: None,
+            queue: None,
+        }
+    }
+
+    /// The waiting room, if the event has one.
+    pub fn queue(&self) -> Option<&Queue> {
+        self.queue.as_ref()
+    }
+
+    /// Whether no seat of any type is left to hold.
+    pub fn sold_out(&self) -> bool {
+        self.types.values().all(|t| t.available == 0)
+    }
+
+    /// What `user` reads of the waiting room at `now`: `None` without a queue, `Some(None)`
+    /// if they have not joined.
+    pub fn queue_status(&self, user: UserId, now: Timestamp) -> Option<Option<QueueStatus>> {
+        let queue = self.queue.as_ref()?;
+        Some(queue.status(user, now, self.sold_out()))
+    }
+
+    /// What `user` reads of the waiting room at `now`, with the estimated wait; `None`
+    /// without a queue.
+    pub fn queue_read(&self, user: UserId, now: Timestamp) -> Option<QueueRead> {
+        let queue = self.queue.as_ref()?;
+        let status = queue.status(user, now, self.sold_out());
+        let estimated_wait_secs = match status {
+            Some(QueueStatus::Waiting {
+                position: Some(position),
+            }) => Some(queue.estimated_wait_secs(position)),
+            // The pre-queue's places are drawn at the opening: the wait of the middle one.
+            Some(QueueStatus::Waiting { position: None }) => {
+                let until_open = (queue.opens_at().0 - now.0).max(0) / 1000;
+                Some(
+                    u64::try_from(until_open).unwrap_or(0)
+                        + queue.estimated_wait_secs(queue.waiting() as u64 / 2),
+                )
+            }
+            _ => None,
+        };
+        Some(QueueRead {
+            status,
+            estimated_wait_secs,
+        })
+    }
+
+    /// When the actor must wake next at or after `now`: the earliest hold expiry, or the
+    /// waiting room's next step.
+    pub fn next_timer(&self, now: Timestamp) -> Option<Timestamp> {
+        let queue = self
+            .queue
+            .as_ref()
+            .and_then(|q| q.next_due(now, self.sold_out()));
+        match (self.next_expiry(), queue) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
@@ -374,11 +496,59 @@ impl Inventory {
 
     /// Decides `command` at `now`. On success the returned events are already applied.
     pub fn apply(&mut self, now: Timestamp, command: Command) -> Result<Vec<Event>, Error> {
+        let queued = match &command {
+            Command::JoinQueue { user } => {
+                return self.apply_queue(now, &QueueCommand::Join { user: *user });
+            }
+            Command::Expire => None,
+            Command::Confirm { hold_id, .. } => self.holds.get(hold_id).map(|h| h.user),
+            _ => return self.apply_decided(now, command),
+        };
+        let is_expire = matches!(command, Command::Expire);
+        let mut events = self.apply_decided(now, command)?;
+        if self.queue.is_some() {
+            // Expiry also moves the queue on (seats that came back count at once); a buyer
+            // who bought is done with their admission.
+            let step = if is_expire {
+                Some(QueueCommand::Admit {
+                    sold_out: self.sold_out(),
+                })
+            } else {
+                queued
+                    .filter(|user| {
+                        matches!(
+                            self.queue_status(*user, now),
+                            Some(Some(QueueStatus::Admitted { .. }))
+                        )
+                    })
+                    .map(|user| QueueCommand::Done { user })
+            };
+            if let Some(step) = step {
+                events.extend(self.apply_queue(now, &step)?);
+            }
+        }
+        Ok(events)
+    }
+
+    fn apply_decided(&mut self, now: Timestamp, command: Command) -> Result<Vec<Event>, Error> {
         let events = self.decide(now, command)?;
         for event in &events {
             self.replay(event);
         }
         Ok(events)
+    }
+
+    /// Runs `command` in the waiting room, which applies its events itself; each becomes an
+    /// [`Event::Queue`] of the journal.
+    fn apply_queue(&mut self, now: Timestamp, command: &QueueCommand) -> Result<Vec<Event>, Error> {
+        let queue = self.queue.as_mut().ok_or(Error::NoQueue)?;
+        let events = queue.apply(now, command).map_err(|e| match e {
+            QueueError::Full => Error::QueueFull,
+            QueueError::NotAdmitted => Error::NotAdmitted,
+            QueueError::InvalidSettings(why) => Error::Invalid(why.to_owned()),
+        })?;
+        self.seq += events.len() as u64;
+        Ok(events.into_iter().map(Event::Queue).collect())
     }
 
     fn decide(&self, now: Timestamp, command: Command) -> Result<Vec<Event>, Error> {
@@ -428,7 +598,8 @@ impl Inventory {
                 user,
                 items,
                 ttl_ms,
-            } => self.decide_hold(now, hold_id, user, items, ttl_ms),
+                admission,
+            } => self.decide_hold(now, hold_id, user, items, ttl_ms, admission),
             Command::Release { hold_id } => {
                 let hold = self.holds.get(&hold_id).ok_or(Error::HoldNotFound)?;
                 match hold.status {
@@ -479,6 +650,27 @@ impl Inventory {
                 Ok(vec![Event::SaleWindowSet { window }])
             }
             Command::Cancel => Ok(self.decide_cancel(now)),
+            Command::SetQueue { queue } => {
+                if let Some(setup) = &queue {
+                    setup
+                        .settings
+                        .check()
+                        .map_err(|e| Error::Invalid(e.to_string()))?;
+                }
+                let same = match (&self.queue, &queue) {
+                    (None, None) => true,
+                    (Some(q), Some(setup)) => {
+                        q.settings() == setup.settings && q.opens_at() == setup.opens_at
+                    }
+                    _ => false,
+                };
+                Ok(if same {
+                    vec![]
+                } else {
+                    vec![Event::QueueSet { queue }]
+                })
+            }
+            Command::JoinQueue { .. } => Err(Error::NoQueue),
             Command::SetPerUserLimit {
                 ticket_type,
                 per_user_limit,
@@ -574,6 +766,7 @@ impl Inventory {
         user: UserId,
         items: Vec<Line>,
         ttl_ms: i64,
+        admission: Option<u64>,
     ) -> Result<Vec<Event>, Error> {
         if let Some(existing) = self.holds.get(&hold_id) {
             // A retry of a hold that was placed: same answer, no new seats.
@@ -591,6 +784,15 @@ impl Inventory {
         }
         if !self.sale.is_open(now) {
             return Err(Error::SaleNotOpen { window: self.sale });
+        }
+        if let Some(queue) = &self.queue {
+            let admitted = match queue.status(user, now, false) {
+                Some(QueueStatus::Admitted { number, .. }) => Some(number),
+                _ => None,
+            };
+            if admitted.is_none() || admitted != admission {
+                return Err(Error::NotAdmitted);
+            }
         }
         let items = merge_lines(items)?;
         let mut short = false;
@@ -797,6 +999,23 @@ impl Inventory {
                     self.holds.remove(&hold_id);
                 }
             }
+            Event::QueueSet { queue } => match (queue, self.queue.as_mut()) {
+                (None, _) => self.queue = None,
+                (Some(setup), Some(existing)) => {
+                    existing.reconfigure(setup.settings, setup.opens_at);
+                }
+                (Some(setup), None) => {
+                    self.queue = Some(
+                        Queue::new(setup.settings, setup.opens_at, setup.seed)
+                            .expect("queue settings checked when decided"),
+                    );
+                }
+            },
+            Event::Queue(event) => self
+                .queue
+                .as_mut()
+                .expect("a queue event without a queue")
+                .replay(event),
         }
         debug_assert_eq!(invariants::check_stock(self), Ok(()));
     }

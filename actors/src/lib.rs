@@ -16,5 +16,5 @@ pub use domain::{
     EventId, HoldId, HoldRef, Line, OrderId, Quantity, RefundPolicy, TicketCode, Timestamp, UserId,
 };
 pub use inventory::{
-    Command, Error, Event, HoldStatus, HoldView, Inventory, SaleWindow, TypeStock,
+    Command, Error, Event, HoldStatus, HoldView, Inventory, QueueSetup, SaleWindow, TypeStock,
 };

@@ -78,11 +78,9 @@ pub enum QueueEvent {
     },
     /// The sale opened: the pre-queue was put in its random order ahead of later joins.
     Opened { at: Timestamp },
-    /// These buyers, from the front, were admitted until `expires_at` (none while
-    /// `sold_out`).
+    /// These buyers, from the front, were admitted until `expires_at`.
     Admitted {
         users: Vec<UserId>,
-        sold_out: bool,
         at: Timestamp,
         expires_at: Timestamp,
     },
@@ -91,7 +89,7 @@ pub enum QueueEvent {
 }
 
 /// A buyer's place as they read it (`GET /v1/events/{id}/queue/me`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum QueueStatus {
     /// Before the opening the place is not drawn yet (`position` is `None`).
     Waiting {
@@ -109,6 +107,14 @@ pub enum QueueStatus {
     Ended {
         expired: bool,
     },
+}
+
+/// What a buyer reads of the queue: their status (`None`: not joined) and about how long
+/// they still wait.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueRead {
+    pub status: Option<QueueStatus>,
+    pub estimated_wait_secs: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -153,7 +159,6 @@ pub struct Queue {
     /// Admissions banked, in thousandths, as of `credit_at`.
     credit_milli: i64,
     credit_at: Timestamp,
-    sold_out: bool,
     admitted_total: u64,
 }
 
@@ -178,13 +183,17 @@ impl Queue {
             active: VecDeque::new(),
             credit_milli: 0,
             credit_at: opens_at,
-            sold_out: false,
             admitted_total: 0,
         })
     }
 
     pub fn settings(&self) -> QueueSettings {
         self.settings
+    }
+
+    /// When the pre-queue is drawn and admissions start.
+    pub fn opens_at(&self) -> Timestamp {
+        self.opens_at
     }
 
     /// Buyers admitted and not done.
@@ -244,10 +253,12 @@ impl Queue {
                 }
             }
             QueueCommand::Admit { sold_out } => {
+                // Admissions run out in the order they were given (one TTL for all; after a
+                // change of TTL, one may wait for those before it).
                 let expired: Vec<UserId> = self
                     .active
                     .iter()
-                    .filter(|(_, expires_at)| *expires_at <= now)
+                    .take_while(|(_, expires_at)| *expires_at <= now)
                     .map(|(user, _)| *user)
                     .collect();
                 if !expired.is_empty() {
@@ -266,15 +277,17 @@ impl Queue {
                     } else {
                         due.min(room).min(self.waiting.len())
                     };
-                    let users: Vec<UserId> = self.waiting.iter().take(count).copied().collect();
-                    // Banks the credit up to `now` even when nobody is admitted.
-                    let event = QueueEvent::Admitted {
-                        users,
-                        sold_out: *sold_out,
-                        at: now,
-                        expires_at: Timestamp(now.0.saturating_add(self.settings.admission_ttl_ms)),
-                    };
-                    self.emit(&mut events, event);
+                    if count > 0 {
+                        let users: Vec<UserId> = self.waiting.iter().take(count).copied().collect();
+                        let event = QueueEvent::Admitted {
+                            users,
+                            at: now,
+                            expires_at: Timestamp(
+                                now.0.saturating_add(self.settings.admission_ttl_ms),
+                            ),
+                        };
+                        self.emit(&mut events, event);
+                    }
                 }
             }
             QueueCommand::Done { user } => {
@@ -351,11 +364,9 @@ impl Queue {
             }
             QueueEvent::Admitted {
                 users,
-                sold_out,
                 at,
                 expires_at,
             } => {
-                self.sold_out = *sold_out;
                 let used = i64::try_from(users.len()).unwrap_or(i64::MAX);
                 self.credit_milli = self.credit(*at).saturating_sub(used.saturating_mul(1000));
                 self.credit_at = *at;
@@ -383,15 +394,16 @@ impl Queue {
         }
     }
 
-    /// What `user` reads at `now`; `None` if they never joined.
-    pub fn status(&self, user: UserId, now: Timestamp) -> Option<QueueStatus> {
+    /// What `user` reads at `now` (`sold_out`: the event has no seat to sell now); `None` if
+    /// they never joined.
+    pub fn status(&self, user: UserId, now: Timestamp, sold_out: bool) -> Option<QueueStatus> {
         let entry = self.entries.get(&user)?;
         Some(match entry.place {
             Place::Pre => QueueStatus::Waiting { position: None },
             Place::Waiting { rank } => {
                 let front = self.next_rank - self.waiting.len() as u64;
                 let position = rank - front + 1;
-                if self.sold_out {
+                if sold_out {
                     QueueStatus::SoldOut { position }
                 } else {
                     QueueStatus::Waiting {
@@ -406,6 +418,39 @@ impl Queue {
             Place::Admitted { .. } => QueueStatus::Ended { expired: true },
             Place::Ended { expired } => QueueStatus::Ended { expired },
         })
+    }
+
+    /// When the queue next has something to do at or after `now`: the opening (when someone
+    /// waits for it), the first admission running out, or the next admission the rate allows
+    /// (when someone waits, there is room and seats are left).
+    pub fn next_due(&self, now: Timestamp, sold_out: bool) -> Option<Timestamp> {
+        if !self.opened {
+            return (!self.pre.is_empty()).then_some(self.opens_at);
+        }
+        let expiry = self.active.front().map(|(_, at)| *at);
+        let admission = (!sold_out
+            && !self.waiting.is_empty()
+            && self.active.len() < self.settings.active_max as usize)
+            .then(|| {
+                let short = 1000 - self.credit(now).min(1000);
+                let rate = i64::from(self.settings.admit_per_minute);
+                // ceil(short thousandths × 60 / rate) ms.
+                Timestamp(now.0.saturating_add((short * 60 + rate - 1) / rate))
+            });
+        match (expiry, admission) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// New settings and opening time for a queue that exists; the buyers keep their places.
+    /// The opening time counts only until the queue has opened.
+    pub fn reconfigure(&mut self, settings: QueueSettings, opens_at: Timestamp) {
+        self.settings = settings;
+        if !self.opened {
+            self.opens_at = opens_at;
+            self.credit_at = opens_at;
+        }
     }
 
     /// About how long a buyer at `position` waits, in seconds, at the admission rate.
@@ -483,7 +528,7 @@ mod tests {
                 .is_empty()
         );
         assert_eq!(
-            q.status(user(1), at),
+            q.status(user(1), at, false),
             Some(QueueStatus::Waiting { position: Some(1) })
         );
     }
@@ -538,7 +583,7 @@ mod tests {
             .unwrap();
         assert!(admitted(&events).is_empty());
         assert_eq!(
-            q.status(user(1), at),
+            q.status(user(1), at, true),
             Some(QueueStatus::SoldOut { position: 1 })
         );
         let events = q
@@ -547,7 +592,7 @@ mod tests {
         assert_eq!(admitted(&events), [user(1), user(2)]);
         let later = Timestamp(at.0 + 60_000);
         assert_eq!(
-            q.status(user(1), later),
+            q.status(user(1), later, false),
             Some(QueueStatus::Ended { expired: true })
         );
         let events = q
@@ -562,7 +607,7 @@ mod tests {
         q.apply(later, &QueueCommand::Join { user: user(1) })
             .unwrap();
         assert_eq!(
-            q.status(user(1), later),
+            q.status(user(1), later, false),
             Some(QueueStatus::Waiting { position: Some(1) })
         );
     }
@@ -576,7 +621,7 @@ mod tests {
                 .unwrap();
         }
         assert_eq!(
-            q.status(user(0), before),
+            q.status(user(0), before, false),
             Some(QueueStatus::Waiting { position: None })
         );
         let events = q
@@ -584,7 +629,7 @@ mod tests {
             .unwrap();
         assert!(matches!(events[0], QueueEvent::Opened { .. }));
         let positions: Vec<u64> = (0..=100)
-            .map(|n| match q.status(user(n), OPEN) {
+            .map(|n| match q.status(user(n), OPEN, false) {
                 Some(QueueStatus::Waiting { position: Some(p) }) => p,
                 other => panic!("{other:?}"),
             })

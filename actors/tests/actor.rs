@@ -86,6 +86,7 @@ fn hold(ttl_ms: i64) -> Command {
             quantity: Quantity::new(1).expect("q"),
         }],
         ttl_ms,
+        admission: None,
     }
 }
 

@@ -382,6 +382,7 @@ fn to_command(now: i64, op: &Op) -> Command {
                 })
                 .collect(),
             ttl_ms: *ttl,
+            admission: None,
         },
         Op::Release { hold } => Command::Release {
             hold_id: HoldId(id(*hold)),
@@ -509,6 +510,7 @@ fn a_hold_is_all_or_nothing() {
             user: UserId(id(1)),
             items,
             ttl_ms: 1000,
+            admission: None,
         },
     );
     assert_eq!(
@@ -538,6 +540,7 @@ fn expiry_frees_seats_at_the_deadline_and_not_before() {
             user: UserId(id(1)),
             items,
             ttl_ms: 900_000,
+            admission: None,
         },
     )
     .expect("hold");
@@ -575,6 +578,7 @@ fn retried_hold_returns_the_same_hold_without_new_seats() {
                 user: UserId(id(1)),
                 items,
                 ttl_ms: 1000,
+                admission: None,
             },
         )
     };
@@ -600,6 +604,7 @@ fn successive_partial_returns_of_one_order_never_return_a_seat_twice() {
             user: UserId(id(1)),
             items: vec![b(3)],
             ttl_ms: 1000,
+            admission: None,
         },
     )
     .expect("hold");
@@ -655,6 +660,7 @@ fn cancel_releases_holds_keeps_sales_and_refuses_new_holds() {
             quantity: Quantity::new(q).expect("q"),
         }],
         ttl_ms: 60_000,
+        admission: None,
     };
     inv.apply(Timestamp(1), hold(1, 2)).expect("hold 1");
     inv.apply(Timestamp(1), hold(2, 3)).expect("hold 2");
@@ -710,6 +716,7 @@ fn holds_only_inside_the_sale_window() {
             quantity: Quantity::new(1).expect("q"),
         }],
         ttl_ms: 60_000,
+        admission: None,
     };
     let closed = Err(Error::SaleNotOpen { window });
     assert_eq!(inv.apply(Timestamp(99), hold(1)), closed);

@@ -111,7 +111,7 @@ proptest! {
             }
             // Waiting positions are 1..=n, no gaps, no repeats.
             let mut positions: Vec<u64> = (0..40u8)
-                .filter_map(|n| match queue.status(user(n), Timestamp(now)) {
+                .filter_map(|n| match queue.status(user(n), Timestamp(now), false) {
                     Some(QueueStatus::Waiting { position: Some(p) } | QueueStatus::SoldOut { position: p }) => Some(p),
                     _ => None,
                 })
@@ -175,7 +175,7 @@ fn the_pre_queue_order_is_independent_of_arrival() {
         .expect("open");
     let ranks: Vec<f64> = users
         .iter()
-        .map(|u| match queue.status(*u, Timestamp(OPEN)) {
+        .map(|u| match queue.status(*u, Timestamp(OPEN), false) {
             Some(QueueStatus::Waiting { position: Some(p) }) => p as f64,
             other => panic!("{other:?}"),
         })
@@ -188,4 +188,112 @@ fn the_pre_queue_order_is_independent_of_arrival() {
         .sum();
     let rho = 1.0 - 6.0 * d2 / (nf * (nf * nf - 1.0));
     assert!(rho.abs() <= 0.05, "Spearman rho {rho}");
+}
+
+#[derive(Clone, Debug)]
+enum EventOp {
+    Join(u8),
+    /// `forged`: the buyer presents an admission number that is not theirs (or none).
+    Hold {
+        user: u8,
+        hold: u8,
+        seats: u32,
+        forged: bool,
+    },
+    Confirm {
+        hold: u8,
+    },
+    Release {
+        hold: u8,
+    },
+    /// Lets time pass and runs the actor's timer step.
+    Tick(i64),
+}
+
+fn event_op() -> impl Strategy<Value = EventOp> {
+    prop_oneof![
+        3 => (0u8..12).prop_map(EventOp::Join),
+        4 => (0u8..12, 0u8..16, 1u32..4, prop::bool::weighted(0.2)).prop_map(|(user, hold, seats, forged)| EventOp::Hold { user, hold, seats, forged }),
+        2 => (0u8..16).prop_map(|hold| EventOp::Confirm { hold }),
+        1 => (0u8..16).prop_map(|hold| EventOp::Release { hold }),
+        3 => (1i64..30_000).prop_map(EventOp::Tick),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// A queued event's inventory: only buyers admitted at that moment place holds; a
+    /// purchase ends the admission; the stock invariants hold; the journal replays to the live
+    /// state.
+    #[test]
+    fn a_queued_event_sells_only_to_admitted_buyers(
+        capacity in 1u32..12,
+        active_max in 1u32..4,
+        ops in prop::collection::vec(event_op(), 1..100),
+    ) {
+        use holdfast_actors::{Command, Error, Event, EventId, HoldId, Inventory, Line, OrderId, Quantity, QueueSetup, TicketCode, invariants};
+        let ga = TicketCode::parse("GA").expect("code");
+        let mut inv = Inventory::new(EventId(Uuid::from_u128(99)));
+        let mut journal: Vec<Event> = Vec::new();
+        let mut now = OPEN - 10_000;
+        journal.extend(inv.apply(Timestamp(now), Command::DefineTicketType { code: ga.clone(), capacity, per_user_limit: None }).expect("define"));
+        let setup = QueueSetup {
+            settings: QueueSettings { admit_per_minute: 120, active_max, admission_ttl_ms: 20_000 },
+            opens_at: Timestamp(OPEN),
+            seed: [9; 32],
+        };
+        journal.extend(inv.apply(Timestamp(now), Command::SetQueue { queue: Some(setup) }).expect("queue"));
+        let hold_id = |n: u8| HoldId(Uuid::from_u128(1_000 + u128::from(n)));
+        for op in &ops {
+            let command = match op {
+                EventOp::Tick(ms) => { now += ms; Command::Expire }
+                EventOp::Join(u) => Command::JoinQueue { user: user(*u) },
+                EventOp::Hold { user: u, hold, seats, forged } => Command::Hold {
+                    hold_id: hold_id(*hold),
+                    user: user(*u),
+                    items: vec![Line { ticket_type: ga.clone(), quantity: Quantity::new(*seats).expect("q") }],
+                    ttl_ms: 60_000,
+                    // The admission the buyer holds, as their token would say (a stale or
+                    // missing one for some: `forged`).
+                    admission: match inv.queue_status(user(*u), Timestamp(now)) {
+                        Some(Some(QueueStatus::Admitted { number, .. })) if !*forged => Some(number),
+                        Some(Some(QueueStatus::Admitted { number, .. })) if *hold % 2 == 0 => Some(number + 1),
+                        _ if *hold % 3 == 0 => Some(u64::from(*hold)),
+                        _ => None,
+                    },
+                },
+                EventOp::Confirm { hold } => Command::Confirm { hold_id: hold_id(*hold), order_id: OrderId(Uuid::from_u128(5_000 + u128::from(*hold))) },
+                EventOp::Release { hold } => Command::Release { hold_id: hold_id(*hold) },
+            };
+            let buyer = match op { EventOp::Hold { user: u, .. } => Some(user(*u)), _ => None };
+            let forged = matches!(op, EventOp::Hold { forged: true, .. });
+            let admitted_before = buyer.map(|b| matches!(inv.queue_status(b, Timestamp(now)), Some(Some(QueueStatus::Admitted { .. }))));
+            let known_hold = match op { EventOp::Hold { hold, .. } => inv.hold(hold_id(*hold)).is_some(), _ => false };
+            match inv.apply(Timestamp(now), command) {
+                Ok(events) => {
+                    let placed = events.iter().any(|e| matches!(e, Event::HoldPlaced { .. }));
+                    if placed {
+                        prop_assert_eq!(admitted_before, Some(true), "a hold by a buyer not admitted");
+                        prop_assert!(!forged, "a hold with an admission not the buyer's");
+                    }
+                    if events.iter().any(|e| matches!(e, Event::HoldConfirmed { .. })) {
+                        // The buyer's admission ended with the purchase.
+                        let ended = events.iter().any(|e| matches!(e, Event::Queue(QueueEvent::AdmissionsEnded { expired: false, .. })));
+                        let confirmed_user = events.iter().find_map(|e| match e { Event::HoldConfirmed { hold_id, .. } => inv.hold(*hold_id).map(|h| h.user), _ => None });
+                        let still = confirmed_user.is_some_and(|u| matches!(inv.queue_status(u, Timestamp(now)), Some(Some(QueueStatus::Admitted { .. }))));
+                        prop_assert!(!still, "an admission outlived its purchase (ended event: {})", ended);
+                    }
+                    journal.extend(events);
+                }
+                Err(Error::NotAdmitted) => prop_assert!((admitted_before == Some(false) || forged) && !known_hold),
+                Err(_) => {}
+            }
+            prop_assert!(inv.queue().expect("queue").active() <= active_max as usize);
+            prop_assert_eq!(invariants::check(&inv), Ok(()));
+        }
+        let mut replayed = Inventory::new(inv.event_id());
+        for event in &journal { replayed.replay(event); }
+        prop_assert_eq!(&replayed, &inv);
+    }
 }

@@ -82,6 +82,7 @@ async fn round_trips(handles: &[Handle], holds: u64) -> Duration {
                             user,
                             items: vec![line.clone()],
                             ttl_ms: 900_000,
+                            admission: None,
                         })
                         .await;
                     assert!(placed.is_ok(), "hold refused: {placed:?}");

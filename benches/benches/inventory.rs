@@ -37,6 +37,7 @@ fn holds(users: usize) -> Vec<Command> {
             user: users[i % users.len()],
             items: vec![line.clone()],
             ttl_ms: 900_000,
+            admission: None,
         })
         .collect()
 }

@@ -47,6 +47,7 @@ fn journal(event_id: EventId, events: usize) -> Stored {
                 user: users[i % users.len()],
                 items: vec![line.clone()],
                 ttl_ms: 3_600_000,
+                admission: None,
             },
         );
         if i.is_multiple_of(10) && inventory.seq() < events as u64 {

@@ -153,6 +153,7 @@ impl Inventories {
                         user,
                         items,
                         ttl_ms,
+                        admission: None,
                     })
                     .await
                     .map_err(call_error)?,

@@ -221,6 +221,26 @@ impl From<inventory::Error> for Problem {
                 "Event cancelled",
                 "the event is cancelled: nothing is sold or changed any more",
             ),
+            E::NotAdmitted => Self::new(
+                StatusCode::FORBIDDEN,
+                "not-admitted",
+                "Not admitted",
+                "this event sells only to buyers admitted from its waiting room: join it with \
+                 POST /v1/events/{id}/queue and send the admission token of GET \
+                 /v1/events/{id}/queue/me in the Holdfast-Admission header",
+            ),
+            E::NoQueue => Self::new(
+                StatusCode::NOT_FOUND,
+                "queue-not-found",
+                "No waiting room",
+                "this event sells without a waiting room: place holds directly",
+            ),
+            E::QueueFull => Self::new(
+                StatusCode::CONFLICT,
+                "queue-full",
+                "Waiting room full",
+                detail,
+            ),
         }
     }
 }

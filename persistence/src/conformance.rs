@@ -251,6 +251,7 @@ async fn journal_recovers_an_inventory(store: &Store) {
             user: UserId::generate(),
             items: vec![line("GA", 3), line("VIP", 1)],
             ttl_ms: 60_000 * (i as i64 + 1),
+            admission: None,
         };
         apply_and_append(&journal, &mut inventory, t0.plus_millis(i as i64), hold).await;
     }

@@ -893,6 +893,7 @@ impl Inventory for Stock {
             user,
             items,
             ttl_ms: HOLD_TTL,
+            admission: None,
         })
     }
     async fn confirm(&self, hold: HoldRef, order: OrderId) -> Result<(), InventoryError> {
