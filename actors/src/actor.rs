@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::TicketCode;
-use crate::domain::{EventId, HoldId, Timestamp};
 use crate::domain::UserId;
+use crate::domain::{EventId, HoldId, Timestamp};
 use crate::inventory::{self, Command, Event, HoldView, Inventory, TypeStock};
 use crate::queue::QueueRead;
 

@@ -46,6 +46,33 @@ impl QueueSettings {
     }
 }
 
+/// An event's `queue` as the API and the catalog write it: whole seconds for the TTL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    pub admit_per_minute: u32,
+    pub active_max: u32,
+    #[serde(default = "QueueConfig::default_ttl_secs")]
+    pub admission_ttl_secs: u32,
+}
+
+impl QueueConfig {
+    /// An admission lasts ten minutes unless the event says otherwise.
+    pub const DEFAULT_TTL_SECS: u32 = 600;
+
+    fn default_ttl_secs() -> u32 {
+        Self::DEFAULT_TTL_SECS
+    }
+
+    pub fn settings(&self) -> QueueSettings {
+        QueueSettings {
+            admit_per_minute: self.admit_per_minute,
+            active_max: self.active_max,
+            admission_ttl_ms: i64::from(self.admission_ttl_secs) * 1000,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum QueueError {
     #[error("invalid queue settings: {0}")]

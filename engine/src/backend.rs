@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use holdfast_actors::actor::Clock;
+use holdfast_actors::queue::{QueueConfig, QueueRead};
 use holdfast_actors::{
     EventId, HoldRef, HoldView, Line, OrderId, SaleWindow, TicketCode, Timestamp, TypeStock, UserId,
 };
@@ -224,6 +225,14 @@ fn event_info(row: EventRow) -> Result<EventInfo, BackendError> {
         .map_err(|e| {
             BackendError::Internal(format!("event {} has a bad refund policy: {e}", row.id))
         })?;
+    let queue = row
+        .queue
+        .as_deref()
+        .map(serde_json::from_str)
+        .transpose()
+        .map_err(|e| {
+            BackendError::Internal(format!("event {} has bad queue settings: {e}", row.id))
+        })?;
     let optional = |ms: Option<i64>| ms.map(datetime).transpose();
     Ok(EventInfo {
         id: EventId(row.id),
@@ -242,7 +251,13 @@ fn event_info(row: EventRow) -> Result<EventInfo, BackendError> {
         },
         cancelled_at: optional(row.cancelled_at_ms)?,
         time_zone: row.time_zone,
+        queue,
     })
+}
+
+/// An event's `queue` as the catalog stores it.
+fn queue_json(queue: &QueueConfig) -> String {
+    serde_json::to_string(queue).expect("queue settings serialise")
 }
 
 fn ticket_type_row(t: TicketTypeSpec) -> TicketTypeRow {
@@ -438,6 +453,7 @@ impl Backend for NodeBackend {
             sale_ends_at_ms: event.sale.ends_at.map(millis),
             cancelled_at_ms: None,
             cancel_reason: None,
+            queue: event.queue.map(|q| queue_json(&q)),
         };
         self.store.create_event(&row).await.map_err(unavailable)?;
         event_info(row)
@@ -463,6 +479,7 @@ impl Backend for NodeBackend {
             self.check_category(category).await?;
         }
         let window_changed = changes.sale_starts_at.is_some() || changes.sale_ends_at.is_some();
+        let queue_changed = changes.queue.is_some();
         let patch = EventPatch {
             name: changes.name,
             venue: changes.venue,
@@ -476,6 +493,7 @@ impl Backend for NodeBackend {
                 .map(|p| p.map(|p| serde_json::to_string(&p)).transpose())
                 .transpose()
                 .map_err(|e| BackendError::Internal(format!("refund policy: {e}")))?,
+            queue: changes.queue.map(|q| q.map(|q| queue_json(&q))),
         };
         // Catalog first: an actor that misses the change (down, or its answer lost) takes the
         // window from the catalog when it starts.
@@ -491,6 +509,16 @@ impl Backend for NodeBackend {
         if window_changed {
             self.execute(id, InventoryOp::SetSaleWindow(sale_window(event.sale)))
                 .await?;
+        }
+        if queue_changed || window_changed {
+            let row = self
+                .store
+                .event(id.0)
+                .await
+                .map_err(unavailable)?
+                .ok_or(BackendError::EventNotFound)?;
+            let queue = crate::inventories::queue_setup(&row).map_err(BackendError::from)?;
+            self.execute(id, InventoryOp::SetQueue(queue)).await?;
         }
         Ok(event)
     }
@@ -647,15 +675,45 @@ impl Backend for NodeBackend {
         hold: HoldRef,
         user: UserId,
         items: Vec<Line>,
+        admission: Option<u64>,
     ) -> Result<HoldView, BackendError> {
-        let op = InventoryOp::Hold {
-            hold_id: hold.hold_id,
-            user,
-            items,
-            ttl_ms: self.hold_ttl_ms,
+        let op = match admission {
+            None => InventoryOp::Hold {
+                hold_id: hold.hold_id,
+                user,
+                items,
+                ttl_ms: self.hold_ttl_ms,
+            },
+            Some(admission) => InventoryOp::HoldAdmitted {
+                hold_id: hold.hold_id,
+                user,
+                items,
+                ttl_ms: self.hold_ttl_ms,
+                admission,
+            },
         };
         match self.execute(hold.event_id, op).await? {
             InventoryReply::Hold(Some(view)) => Ok(view),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn queue_join(&self, event: EventId, user: UserId) -> Result<QueueRead, BackendError> {
+        match self.execute(event, InventoryOp::JoinQueue { user }).await? {
+            InventoryReply::Queue(Some(read)) => Ok(read),
+            InventoryReply::Queue(None) => {
+                Err(BackendError::Inventory(holdfast_actors::Error::NoQueue))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn queue_read(&self, event: EventId, user: UserId) -> Result<QueueRead, BackendError> {
+        match self.execute(event, InventoryOp::ReadQueue { user }).await? {
+            InventoryReply::Queue(Some(read)) => Ok(read),
+            InventoryReply::Queue(None) => {
+                Err(BackendError::Inventory(holdfast_actors::Error::NoQueue))
+            }
             other => Err(unexpected(other)),
         }
     }

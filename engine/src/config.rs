@@ -164,7 +164,7 @@ pub struct Config {
     pub rate_limit_redis_timeout_ms: u64,
     /// Rate limits: so many per minute (per second for a whole event's holds), at most
     /// `…_burst` at once; 0 turns that limit off. Login, register and refresh count per client
-    /// IP (a failed login counts double), holds and orders per user.
+    /// IP (a failed login counts double), holds, orders and queue joins per user.
     pub rate_limit_login_per_minute: u32,
     pub rate_limit_login_burst: u32,
     pub rate_limit_register_per_minute: u32,
@@ -177,6 +177,8 @@ pub struct Config {
     pub rate_limit_orders_burst: u32,
     pub rate_limit_event_holds_per_second: u32,
     pub rate_limit_event_holds_burst: u32,
+    pub rate_limit_queue_joins_per_minute: u32,
+    pub rate_limit_queue_joins_burst: u32,
     /// `text` or `json`.
     pub log_format: LogFormat,
     /// A tracing filter such as `info,holdfast=debug`; `RUST_LOG` is used when unset.
@@ -287,6 +289,8 @@ impl Default for Config {
             rate_limit_orders_burst: limits.orders.burst,
             rate_limit_event_holds_per_second: limits.event_holds.rate,
             rate_limit_event_holds_burst: limits.event_holds.burst,
+            rate_limit_queue_joins_per_minute: limits.queue_joins.rate,
+            rate_limit_queue_joins_burst: limits.queue_joins.burst,
             log_format: LogFormat::Text,
             log: None,
         }
@@ -547,6 +551,10 @@ impl Config {
             event_holds: Quota::per_second(
                 self.rate_limit_event_holds_per_second,
                 self.rate_limit_event_holds_burst,
+            ),
+            queue_joins: Quota::per_minute(
+                self.rate_limit_queue_joins_per_minute,
+                self.rate_limit_queue_joins_burst,
             ),
         }
     }

@@ -6,8 +6,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use holdfast_actors::actor::{self, CallError, Clock, Handle, Journal, StartError};
-use holdfast_actors::{Command, EventId, SaleWindow, TicketCode, Timestamp};
+use holdfast_actors::queue::QueueConfig;
+use holdfast_actors::{Command, EventId, QueueSetup, SaleWindow, TicketCode, Timestamp};
 use holdfast_persistence::Store;
+use rand::RngCore;
 
 use crate::ops::{InventoryOp, InventoryReply, OpError};
 
@@ -107,6 +109,9 @@ impl Inventories {
                 ends_at: event.sale_ends_at_ms.map(Timestamp),
             },
         });
+        definitions.push(Command::SetQueue {
+            queue: queue_setup(&event)?,
+        });
         if event.cancelled_at_ms.is_some() {
             definitions.push(Command::Cancel);
         }
@@ -158,6 +163,34 @@ impl Inventories {
                     .await
                     .map_err(call_error)?,
             ),
+            InventoryOp::HoldAdmitted {
+                hold_id,
+                user,
+                items,
+                ttl_ms,
+                admission,
+            } => InventoryReply::Hold(
+                actor
+                    .call(Command::Hold {
+                        hold_id,
+                        user,
+                        items,
+                        ttl_ms,
+                        admission: Some(admission),
+                    })
+                    .await
+                    .map_err(call_error)?,
+            ),
+            InventoryOp::JoinQueue { user } => {
+                actor
+                    .call(Command::JoinQueue { user })
+                    .await
+                    .map_err(call_error)?;
+                InventoryReply::Queue(actor.queue(user).await.map_err(call_error)?)
+            }
+            InventoryOp::ReadQueue { user } => {
+                InventoryReply::Queue(actor.queue(user).await.map_err(call_error)?)
+            }
             InventoryOp::GetHold(hold_id) => {
                 InventoryReply::Hold(actor.hold(hold_id).await.map_err(call_error)?)
             }
@@ -203,6 +236,25 @@ impl Inventories {
     }
 }
 
+/// The waiting room the catalog gives `event`, opening at the start of its sale. The seed of
+/// its pre-queue is drawn here, from the operating system's CSPRNG, and counts only when the
+/// queue is new (the actor journals it with the queue); a running queue keeps its own.
+pub fn queue_setup(event: &holdfast_persistence::EventRow) -> Result<Option<QueueSetup>, OpError> {
+    let Some(raw) = event.queue.as_deref() else {
+        return Ok(None);
+    };
+    let config: QueueConfig = serde_json::from_str(raw).map_err(|e| {
+        OpError::Internal(format!("event {} has bad queue settings: {e}", event.id))
+    })?;
+    let mut seed = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut seed);
+    Ok(Some(QueueSetup {
+        settings: config.settings(),
+        opens_at: Timestamp(event.sale_starts_at_ms.unwrap_or(event.created_at_ms)),
+        seed,
+    }))
+}
+
 /// The command of an operation answered with [`InventoryReply::Done`].
 fn done_command(op: InventoryOp) -> Command {
     match op {
@@ -235,7 +287,13 @@ fn done_command(op: InventoryOp) -> Command {
             ticket_type,
             per_user_limit,
         },
-        InventoryOp::Hold { .. } | InventoryOp::GetHold(_) | InventoryOp::Stock => {
+        InventoryOp::SetQueue(queue) => Command::SetQueue { queue },
+        InventoryOp::Hold { .. }
+        | InventoryOp::HoldAdmitted { .. }
+        | InventoryOp::GetHold(_)
+        | InventoryOp::Stock
+        | InventoryOp::JoinQueue { .. }
+        | InventoryOp::ReadQueue { .. } => {
             unreachable!("answered with more than Done")
         }
     }

@@ -1,8 +1,10 @@
 //! Inventory operations as values, so one node can run them for another: the same enum is
 //! executed locally and sent over the internal API.
 
+use holdfast_actors::queue::QueueRead;
 use holdfast_actors::{
-    HoldId, HoldView, Line, OrderId, SaleWindow, TicketCode, TypeStock, UserId, inventory,
+    HoldId, HoldView, Line, OrderId, QueueSetup, SaleWindow, TicketCode, TypeStock, UserId,
+    inventory,
 };
 use holdfast_gateway::backend::BackendError;
 use serde::{Deserialize, Serialize};
@@ -54,6 +56,24 @@ pub enum InventoryOp {
         ticket_type: TicketCode,
         per_user_limit: Option<u32>,
     },
+    /// A hold on a queued event, with the number of the buyer's admission.
+    HoldAdmitted {
+        hold_id: HoldId,
+        user: UserId,
+        items: Vec<Line>,
+        ttl_ms: i64,
+        admission: u64,
+    },
+    /// Sets up, changes or (`None`) removes the waiting room.
+    SetQueue(Option<QueueSetup>),
+    /// Joins the waiting room (idempotent) and answers what the buyer reads after it.
+    JoinQueue {
+        user: UserId,
+    },
+    /// What the buyer reads of the waiting room; writes nothing.
+    ReadQueue {
+        user: UserId,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,6 +81,8 @@ pub enum InventoryReply {
     Hold(Option<HoldView>),
     Stock(Vec<(TicketCode, TypeStock)>),
     Done,
+    /// `None`: the event has no waiting room.
+    Queue(Option<QueueRead>),
 }
 
 /// Why an operation failed, in a form that crosses the wire.

@@ -93,7 +93,7 @@ impl Inventory for NodeBackend {
         user: UserId,
         items: Vec<Line>,
     ) -> Result<(), InventoryError> {
-        Backend::hold(self, hold, user, items)
+        Backend::hold(self, hold, user, items, None)
             .await
             .map(|_| ())
             .map_err(inventory_error)

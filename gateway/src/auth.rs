@@ -210,6 +210,8 @@ impl Key {
 #[derive(Clone)]
 pub struct TokenKeys {
     keys: std::sync::Arc<Vec<Key>>,
+    /// The waiting room's admission tokens, from the same secrets under their own label.
+    admissions: crate::admission::AdmissionKeys,
     validation: Validation,
     pub access_ttl_secs: u64,
 }
@@ -246,9 +248,17 @@ impl TokenKeys {
             .collect();
         Self {
             keys: std::sync::Arc::new(keys),
+            admissions: crate::admission::AdmissionKeys::new(
+                std::iter::once(secret).chain(previous),
+            ),
             validation,
             access_ttl_secs,
         }
+    }
+
+    /// The keys of the waiting room's admission tokens.
+    pub fn admissions(&self) -> &crate::admission::AdmissionKeys {
+        &self.admissions
     }
 
     /// The id of the key new tokens are signed with.

@@ -2,6 +2,7 @@
 //! gateway never depends on the engine, storage or the actor runtime.
 
 use async_trait::async_trait;
+use holdfast_actors::queue::{QueueConfig, QueueRead};
 use holdfast_actors::{
     EventId, HoldRef, HoldView, Line, OrderId, TicketCode, TypeStock, UserId, inventory,
 };
@@ -62,6 +63,8 @@ pub struct NewEvent {
     pub sale: SalePeriod,
     /// IANA name, checked at the edge.
     pub time_zone: String,
+    /// The waiting room; `None`: sold without one.
+    pub queue: Option<QueueConfig>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -79,6 +82,7 @@ pub struct EventInfo {
     pub sale: SalePeriod,
     pub cancelled_at: Option<OffsetDateTime>,
     pub time_zone: String,
+    pub queue: Option<QueueConfig>,
 }
 
 /// What an edit of an event changes; `None` keeps a field, `Some(None)` clears it.
@@ -92,6 +96,7 @@ pub struct EventChanges {
     pub sale_starts_at: Option<Option<OffsetDateTime>>,
     pub sale_ends_at: Option<Option<OffsetDateTime>>,
     pub refund_policy: Option<Option<holdfast_actors::RefundPolicy>>,
+    pub queue: Option<Option<QueueConfig>>,
 }
 
 /// What an edit of a ticket type changes; `None` keeps a field.
@@ -364,13 +369,25 @@ pub trait Backend: Send + Sync + 'static {
 
     async fn availability(&self, id: EventId)
     -> Result<Vec<(TicketCode, TypeStock)>, BackendError>;
-    /// Places hold `hold` for `user`; idempotent by the hold id.
+    /// Places hold `hold` for `user`; idempotent by the hold id. `admission`: the number of
+    /// the buyer's admission from the event's waiting room (a queued event needs it).
     async fn hold(
         &self,
         hold: HoldRef,
         user: UserId,
         items: Vec<Line>,
+        admission: Option<u64>,
     ) -> Result<HoldView, BackendError>;
+
+    /// Joins `user` to the event's waiting room (idempotent) and answers what they read then.
+    async fn queue_join(&self, _event: EventId, _user: UserId) -> Result<QueueRead, BackendError> {
+        Err(not_here("the waiting room"))
+    }
+
+    /// What `user` reads of the event's waiting room (`status: None`: not in it).
+    async fn queue_read(&self, _event: EventId, _user: UserId) -> Result<QueueRead, BackendError> {
+        Err(not_here("the waiting room"))
+    }
     async fn get_hold(&self, hold: HoldRef) -> Result<Option<HoldView>, BackendError>;
     async fn release(&self, hold: HoldRef) -> Result<(), BackendError>;
 

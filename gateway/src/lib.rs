@@ -3,6 +3,7 @@
 //!
 //! The gateway reaches the rest of the node only through [`backend::Backend`].
 
+pub mod admission;
 pub mod auth;
 pub mod backend;
 pub mod checkout;
@@ -233,6 +234,8 @@ pub fn router(state: AppState) -> Router {
             get(routes::events::availability),
         )
         .route("/v1/events/{event_id}/holds", post(routes::holds::create))
+        .route("/v1/events/{event_id}/queue", post(routes::queue::join))
+        .route("/v1/events/{event_id}/queue/me", get(routes::queue::me))
         .route(
             "/v1/holds/{hold_id}",
             get(routes::holds::get).delete(routes::holds::release),

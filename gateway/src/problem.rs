@@ -91,6 +91,16 @@ impl Problem {
         )
     }
 
+    /// 403 `not-admitted`: a queued event's hold without a running admission of the buyer.
+    pub fn not_admitted(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "not-admitted",
+            "Not admitted",
+            detail,
+        )
+    }
+
     pub fn hold_not_found() -> Self {
         Self::new(
             StatusCode::NOT_FOUND,
@@ -221,10 +231,7 @@ impl From<inventory::Error> for Problem {
                 "Event cancelled",
                 "the event is cancelled: nothing is sold or changed any more",
             ),
-            E::NotAdmitted => Self::new(
-                StatusCode::FORBIDDEN,
-                "not-admitted",
-                "Not admitted",
+            E::NotAdmitted => Self::not_admitted(
                 "this event sells only to buyers admitted from its waiting room: join it with \
                  POST /v1/events/{id}/queue and send the admission token of GET \
                  /v1/events/{id}/queue/me in the Holdfast-Admission header",

@@ -37,6 +37,9 @@ pub struct EventRow {
     pub cancel_reason: Option<String>,
     /// The IANA time zone its messages show the start in.
     pub time_zone: String,
+    /// The waiting room's settings as JSON (`{"admit_per_minute", "active_max",
+    /// "admission_ttl_secs"}`); `None`: sold without a queue.
+    pub queue: Option<String>,
 }
 
 /// A category events are filed under.
@@ -71,6 +74,8 @@ pub struct EventPatch {
     pub sale_ends_at_ms: Option<Option<i64>>,
     /// The refund policy as JSON; `Some(None)` removes it.
     pub refund_policy: Option<Option<String>>,
+    /// The waiting room's settings as JSON; `Some(None)` removes it.
+    pub queue: Option<Option<String>>,
 }
 
 /// What [`Store::update_ticket_type`] changes; `None` leaves a field as it is.
@@ -94,7 +99,8 @@ pub struct TicketTypeRow {
 }
 
 const EVENT_COLUMNS: &str = "id, organizer_id, name, venue, starts_at, created_at, description, \
-     category, sale_starts_at, sale_ends_at, cancelled_at, cancel_reason, refund_policy, time_zone";
+     category, sale_starts_at, sale_ends_at, cancelled_at, cancel_reason, refund_policy, time_zone, \
+     queue";
 const TICKET_TYPE_COLUMNS: &str = "event_id, code, name, price, currency, capacity, per_user_limit";
 /// Bind parameters per ticket type row in [`Store::create_event`].
 const TICKET_TYPE_PARAMS: usize = 7;
@@ -120,6 +126,7 @@ impl EventRow {
             cancelled_at_ms: row.try_get("cancelled_at")?,
             cancel_reason: row.try_get("cancel_reason")?,
             time_zone: row.try_get("time_zone")?,
+            queue: row.try_get("queue")?,
         })
     }
 }
@@ -163,8 +170,8 @@ impl Store {
         let mut tx = self.begin_write(crate::Writer::Catalog).await?;
         sqlx::query(
             "INSERT INTO events (id, organizer_id, name, venue, starts_at, created_at, description, \
-             category, sale_starts_at, sale_ends_at, search_text, refund_policy, time_zone) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+             category, sale_starts_at, sale_ends_at, search_text, refund_policy, time_zone, queue) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
         )
         .bind(uuid_text(event.id))
         .bind(uuid_text(event.organizer_id))
@@ -179,6 +186,7 @@ impl Store {
         .bind(search_text(&event.name, &event.venue))
         .bind(event.refund_policy.as_deref())
         .bind(event.time_zone.as_str())
+        .bind(event.queue.as_deref())
         .execute(&mut *tx)
         .await
         .map_err(conflict)?;
@@ -349,6 +357,9 @@ impl Store {
         }
         if let Some(v) = &patch.refund_policy {
             values.push(("refund_policy", Value::Text(v.as_deref())));
+        }
+        if let Some(v) = &patch.queue {
+            values.push(("queue", Value::Text(v.as_deref())));
         }
         for (i, (column, _)) in values.iter().enumerate() {
             if i > 0 {

@@ -399,6 +399,7 @@ fn event_row(name: &str, starts_at_ms: i64, ticket_types: &[(&str, i64, Option<i
         cancelled_at_ms: None,
         cancel_reason: None,
         time_zone: "Asia/Ho_Chi_Minh".to_owned(),
+        queue: None,
         ticket_types: ticket_types
             .iter()
             .map(|&(code, price, per_user_limit)| TicketTypeRow {

@@ -178,6 +178,7 @@ impl Backend for BaselineBackend {
         hold: HoldRef,
         user: UserId,
         items: Vec<Line>,
+        _admission: Option<u64>,
     ) -> Result<HoldView, BackendError> {
         let items = merge_lines(items)?;
         let now = self.clock.now();

@@ -54,16 +54,19 @@ pub enum Limit {
     Orders,
     /// `POST /v1/events/{id}/holds` per event, all users together.
     EventHolds,
+    /// `POST /v1/events/{id}/queue` per user.
+    QueueJoins,
 }
 
 impl Limit {
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::Login,
         Self::Register,
         Self::Refresh,
         Self::Holds,
         Self::Orders,
         Self::EventHolds,
+        Self::QueueJoins,
     ];
 
     /// The policy name in `RateLimit-Policy` and in shared-store keys.
@@ -75,6 +78,7 @@ impl Limit {
             Self::Holds => "holds",
             Self::Orders => "orders",
             Self::EventHolds => "event-holds",
+            Self::QueueJoins => "queue-joins",
         }
     }
 
@@ -99,6 +103,7 @@ pub struct Options {
     pub holds: Quota,
     pub orders: Quota,
     pub event_holds: Quota,
+    pub queue_joins: Quota,
 }
 
 impl Default for Options {
@@ -113,6 +118,7 @@ impl Default for Options {
             holds: Quota::per_minute(60, 20),
             orders: Quota::per_minute(30, 10),
             event_holds: Quota::per_second(20_000, 20_000),
+            queue_joins: Quota::per_minute(30, 10),
         }
     }
 }
@@ -126,6 +132,7 @@ impl Options {
             Limit::Holds => self.holds,
             Limit::Orders => self.orders,
             Limit::EventHolds => self.event_holds,
+            Limit::QueueJoins => self.queue_joins,
         }
     }
 }

@@ -7,6 +7,7 @@ use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use holdfast_actors::queue::QueueConfig;
 use holdfast_actors::{EventId, TicketCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -47,6 +48,33 @@ pub struct CreateEvent {
     /// The IANA time zone its messages show the start in; Vietnam's by default.
     #[serde(default)]
     pub time_zone: Option<String>,
+    /// The waiting room: holds only by buyers it admits.
+    #[serde(default)]
+    pub queue: Option<QueueConfig>,
+}
+
+/// The most a queue setting may say: a million admissions a minute or at once, a day's TTL.
+const QUEUE_RATE_MAX: u32 = 1_000_000;
+const QUEUE_TTL_MAX_SECS: u32 = 86_400;
+
+/// Queue settings that admit someone, within bounds; a 422 otherwise.
+pub fn check_queue(queue: QueueConfig) -> Result<QueueConfig, Problem> {
+    if !(1..=QUEUE_RATE_MAX).contains(&queue.admit_per_minute) {
+        return Err(Problem::invalid(format!(
+            "queue.admit_per_minute must be between 1 and {QUEUE_RATE_MAX}"
+        )));
+    }
+    if !(1..=QUEUE_RATE_MAX).contains(&queue.active_max) {
+        return Err(Problem::invalid(format!(
+            "queue.active_max must be between 1 and {QUEUE_RATE_MAX}"
+        )));
+    }
+    if !(1..=QUEUE_TTL_MAX_SECS).contains(&queue.admission_ttl_secs) {
+        return Err(Problem::invalid(format!(
+            "queue.admission_ttl_secs must be between 1 and {QUEUE_TTL_MAX_SECS}"
+        )));
+    }
+    Ok(queue)
 }
 
 /// The time zone of events created without one.
@@ -258,6 +286,7 @@ pub fn event_json(e: &EventInfo) -> Value {
         })).collect::<Vec<_>>(),
         "refund_policy": e.refund_policy,
         "time_zone": e.time_zone,
+        "queue": e.queue,
     })
 }
 
@@ -313,6 +342,7 @@ pub async fn create(
         category: req.category.as_deref().map(parse_category).transpose()?,
         sale,
         time_zone,
+        queue: req.queue.map(check_queue).transpose()?,
     };
     let created = state.backend().create_event(event).await?;
     tracing::info!(event = %created.id, organizer = %user.id, "event created");

@@ -93,12 +93,44 @@ pub async fn create(
         None => HoldId::generate(),
     };
     let hold_ref = HoldRef { event_id, hold_id };
-    let hold = state.backend().hold(hold_ref, user.id, items).await?;
+    let admission = admission_of(&state, &request_headers, event_id, &user)?;
+    let hold = state
+        .backend()
+        .hold(hold_ref, user.id, items, admission)
+        .await?;
     let mut headers = HeaderMap::new();
     if let Ok(location) = HeaderValue::from_str(&format!("/v1/holds/{hold_ref}")) {
         headers.insert(header::LOCATION, location);
     }
     Ok((StatusCode::CREATED, headers, Json(hold_json(&hold))))
+}
+
+/// The header a hold on a queued event carries the buyer's admission token in.
+pub const ADMISSION_HEADER: &str = "holdfast-admission";
+
+/// The number of the admission `Holdfast-Admission` grants the caller on `event`, if the
+/// header is there; a token that is not valid for them and this event now is 403
+/// `not-admitted` at once. (Whether the event needs one, and whether that admission still
+/// runs, its actor decides.)
+fn admission_of(
+    state: &AppState,
+    headers: &HeaderMap,
+    event: holdfast_actors::EventId,
+    user: &AuthUser,
+) -> Result<Option<u64>, Problem> {
+    let Some(raw) = headers.get(ADMISSION_HEADER) else {
+        return Ok(None);
+    };
+    let token = raw
+        .to_str()
+        .map_err(|_| Problem::not_admitted("the admission token is malformed"))?;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    state
+        .tokens()
+        .admissions()
+        .verify(token, event, user.id, now)
+        .map(|a| Some(a.n))
+        .map_err(|e| Problem::not_admitted(e.to_string()))
 }
 
 /// The caller's hold; another user's hold is reported as missing, not forbidden.

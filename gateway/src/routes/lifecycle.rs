@@ -47,6 +47,9 @@ pub struct EventPatch {
     /// null: buyers can no longer refund by themselves (orders already refunded stay so).
     #[serde(default, deserialize_with = "nullable")]
     pub refund_policy: Option<Option<holdfast_actors::RefundPolicy>>,
+    /// null: sold without a waiting room from now on.
+    #[serde(default, deserialize_with = "nullable")]
+    pub queue: Option<Option<holdfast_actors::queue::QueueConfig>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -117,6 +120,10 @@ fn event_changes(event: &EventInfo, req: EventPatch) -> Result<EventChanges, Pro
         sale_starts_at: optional_time("sale_starts_at", req.sale_starts_at)?,
         sale_ends_at: optional_time("sale_ends_at", req.sale_ends_at)?,
         refund_policy: req.refund_policy,
+        queue: req
+            .queue
+            .map(|q| q.map(super::events::check_queue).transpose())
+            .transpose()?,
     };
     check_sale(SalePeriod {
         starts_at: changes.sale_starts_at.unwrap_or(event.sale.starts_at),

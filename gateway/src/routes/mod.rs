@@ -9,6 +9,7 @@ pub mod ops;
 pub mod orders;
 pub mod organizer;
 pub mod payments;
+pub mod queue;
 pub mod saga;
 pub mod staff;
 pub mod tickets;

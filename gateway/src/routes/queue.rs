@@ -1,0 +1,107 @@
+//! API.md "Waiting room": joining an event's queue and reading one's place. The queue lives
+//! in the event's actor; these routes ask it and, once the buyer is admitted, sign the
+//! admission token that holds on the event need (`crate::admission`).
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use holdfast_actors::EventId;
+use holdfast_actors::queue::{QueueRead, QueueStatus};
+use serde_json::{Value, json};
+
+use super::events::parse_event_id;
+use super::rfc3339_millis;
+use crate::AppState;
+use crate::auth::AuthUser;
+use crate::problem::Problem;
+use crate::rate_limit::Limit;
+
+/// What a buyer reads: status, position and wait while waiting; the admission token and its
+/// expiry once admitted.
+fn read_json(state: &AppState, event: EventId, user: &AuthUser, read: &QueueRead) -> Value {
+    let wait = read.estimated_wait_secs;
+    match read.status {
+        Some(QueueStatus::Waiting { position }) => json!({
+            "status": "waiting", "position": position, "estimated_wait_secs": wait,
+        }),
+        Some(QueueStatus::SoldOut { position }) => json!({
+            "status": "sold_out", "position": position, "estimated_wait_secs": null,
+        }),
+        Some(QueueStatus::Admitted { number, expires_at }) => {
+            let secs = expires_at.as_millis().div_euclid(1000);
+            let token = state
+                .tokens()
+                .admissions()
+                .issue(event, user.id, number, secs);
+            json!({
+                "status": "admitted", "position": 0, "estimated_wait_secs": 0,
+                "admission_token": token,
+                "expires_at": rfc3339_millis(expires_at.as_millis()),
+            })
+        }
+        Some(QueueStatus::Ended { .. }) => json!({
+            "status": "expired", "position": null, "estimated_wait_secs": null,
+        }),
+        // Answered as 404 by the routes before it gets here.
+        None => json!({"status": "not_joined"}),
+    }
+}
+
+fn not_in_queue() -> Problem {
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        "not-in-queue",
+        "Not in the waiting room",
+        "you have not joined this event's waiting room: POST /v1/events/{id}/queue",
+    )
+}
+
+/// `POST /v1/events/{id}/queue`: 201 on joining, 200 when already in the queue (the same
+/// place, or the running admission).
+pub async fn join(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(raw): Path<String>,
+) -> Result<(StatusCode, Json<Value>), Problem> {
+    state
+        .rate_limits()
+        .check(Limit::QueueJoins, &user.id.to_string())
+        .await?;
+    let event = parse_event_id(&raw)?;
+    let before = state.backend().queue_read(event, user.id).await?;
+    let already = matches!(
+        before.status,
+        Some(
+            QueueStatus::Waiting { .. }
+                | QueueStatus::SoldOut { .. }
+                | QueueStatus::Admitted { .. }
+        )
+    );
+    let read = if already {
+        before
+    } else {
+        let read = state.backend().queue_join(event, user.id).await?;
+        tracing::info!(%event, user = %user.id, "joined the waiting room");
+        read
+    };
+    let status = if already {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, Json(read_json(&state, event, &user, &read))))
+}
+
+/// `GET /v1/events/{id}/queue/me`: the caller's place; writes nothing.
+pub async fn me(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(raw): Path<String>,
+) -> Result<Json<Value>, Problem> {
+    let event = parse_event_id(&raw)?;
+    let read = state.backend().queue_read(event, user.id).await?;
+    if read.status.is_none() {
+        return Err(not_in_queue());
+    }
+    Ok(Json(read_json(&state, event, &user, &read)))
+}
