@@ -1038,6 +1038,7 @@ on_both_backends!(
     buyers_refund_within_the_policy_ticket_by_ticket,
     every_refund_is_paid_back_once_though_vnpay_fails_or_times_out,
     emails_name_the_event_in_the_buyers_language,
+    vnpay_failing_opens_the_circuit_and_refunds_complete_once_it_recovers,
 );
 
 async fn purchase_end_to_end(backend: Backend) {
@@ -2095,6 +2096,8 @@ async fn every_refund_is_paid_back_once_though_vnpay_fails_or_times_out(backend:
         c.refund_backoff_ms = 200;
         c.refund_timeout_secs = 1;
         c.refund_attempts_max = 6;
+        // VNPAY keeps refusing below: its breaker opens after five and probes again soon.
+        c.circuit_open_ms = 300;
     })
     .await;
     let api = shop.client();
@@ -2195,3 +2198,131 @@ async fn every_refund_is_paid_back_once_though_vnpay_fails_or_times_out(backend:
     assert_eq!(shop.balance(&d).await, (500_000, 500_000, 1));
     shop.node.shutdown().await;
 }
+
+/// The metrics text of the test process's nodes (one recorder per process: every test of
+/// this file counts into it).
+async fn metrics_text(shop: &Shop) -> String {
+    let metrics = shop.node.ops_client().get("/metrics", None).await;
+    metrics.assert_status(200);
+    metrics.body.as_str().unwrap_or_default().to_owned()
+}
+
+/// VNPAY's refund API fails three times in a row (`99`): the breaker opens, and while it is
+/// open no refund is sent, neither the failed one nor a new one (each round is refused at
+/// once, spending no attempt). VNPAY is back meanwhile; after the cool-down one probe goes out,
+/// succeeds and closes the breaker, and both refunds are paid back, once each.
+async fn vnpay_failing_opens_the_circuit_and_refunds_complete_once_it_recovers(backend: Backend) {
+    const OPEN_MS: u64 = 3_000;
+    let shop = Shop::open(backend, 10, |c| {
+        c.refund_backoff_ms = 100;
+        c.refund_attempts_max = 10;
+        c.circuit_failures_max = 3;
+        c.circuit_open_ms = OPEN_MS;
+    })
+    .await;
+    let api = shop.client();
+    let reason = json!({"reason": "cannot come"});
+    let (a_buyer, a, _) = shop.bought(1).await;
+    let (b_buyer, b, _) = shop.bought(1).await;
+    let attempts = |order: &str| {
+        format!("SELECT COALESCE(SUM(attempts), 0) FROM payment_refunds WHERE order_id = '{order}'")
+    };
+
+    shop.faults(json!({"fail_refunds": 3})).await;
+    api.post(&format!("/v1/orders/{a}/refund"), Some(&a_buyer), &reason)
+        .await
+        .assert_status(202);
+    poll_until(WAIT, Duration::from_millis(20), || async {
+        (shop.count(&attempts(&a)).await >= 3).then_some(())
+    })
+    .await
+    .expect("three refund attempts");
+    let opened = std::time::Instant::now();
+
+    // Open: VNPAY answers again, yet nothing is sent to it.
+    api.post(&format!("/v1/orders/{b}/refund"), Some(&b_buyer), &reason)
+        .await
+        .assert_status(202);
+    tokio::time::sleep(Duration::from_millis(OPEN_MS / 2)).await;
+    assert!(opened.elapsed() < Duration::from_millis(OPEN_MS), "the check came too late");
+    assert_eq!(shop.count(&attempts(&a)).await, 3, "no attempt while open");
+    assert_eq!(shop.count(&attempts(&b)).await, 0, "no attempt while open");
+    assert_eq!(shop.balance(&a).await, (500_000, 0, 0));
+    assert_eq!(shop.balance(&b).await, (500_000, 0, 0));
+    let text = metrics_text(&shop).await;
+    assert!(
+        text.contains(r#"holdfast_circuit_state{breaker="vnpay_refund"}"#)
+            && text.contains(r#"holdfast_circuit_rejected_total{breaker="vnpay_refund"}"#)
+            && text.contains(r#"holdfast_circuit_opened_total{breaker="vnpay_refund"}"#),
+        "{text}"
+    );
+
+    // The probe after the cool-down closes it; both are paid back once.
+    for (buyer, order) in [(&a_buyer, &a), (&b_buyer, &b)] {
+        let settled = shop.settled_refunds(buyer, order).await;
+        assert_eq!(settled[0]["status"], "refunded", "{settled:?}");
+        assert_eq!(shop.balance(order).await, (500_000, 500_000, 1));
+    }
+    assert!(
+        opened.elapsed() >= Duration::from_millis(OPEN_MS - 500),
+        "refunded after {:?}, before the cool-down ended",
+        opened.elapsed()
+    );
+    assert_eq!(shop.count(&attempts(&a)).await, 4, "three failures and the probe");
+    assert_eq!(shop.count(&attempts(&b)).await, 1, "sent once the breaker closed");
+    shop.node.shutdown().await;
+}
+
+/// The SMTP server is down (connections refused): after two failures in a row the breaker
+/// opens and the other messages fail at once, without a connection attempt, as transient
+/// failures that are retried. The server comes up on the same address; a probe after the
+/// cool-down closes the breaker and every payment link is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_smtp_server_opens_the_circuit_and_mail_flows_once_it_is_back() {
+    let addr = holdfast_notify::testing::SmtpServer::free_addr();
+    let shop = Shop::open(Backend::Sqlite, 10, |c| {
+        c.smtp_url = Some(format!("smtp://{addr}"));
+        c.notify_backoff_secs = 1;
+        c.notify_attempts_max = 10;
+        c.circuit_failures_max = 2;
+        c.circuit_open_ms = 5_000;
+    })
+    .await;
+    let mut orders = Vec::new();
+    for i in 0..4 {
+        let (buyer, hold) = shop.buyer_with_hold(1).await;
+        orders.push(shop.order(&buyer, &hold, &format!("k{i}")).await);
+    }
+    let failed_fast = "SELECT COUNT(*) FROM notifications WHERE channel = 'email' AND \
+                       last_error LIKE '%circuit to smtp is open%'";
+    poll_until(WAIT, Duration::from_millis(50), || async {
+        (shop.count(failed_fast).await > 0).then_some(())
+    })
+    .await
+    .expect("messages refused at once by the open breaker");
+    let pending = shop
+        .count("SELECT COUNT(*) FROM notifications WHERE channel = 'email' AND status = 'pending'")
+        .await;
+    assert_eq!(pending, 4, "every payment link waits to be retried");
+
+    let smtp = holdfast_notify::testing::SmtpServer::start_on(addr).await;
+    let mail = poll_until(WAIT, Duration::from_millis(100), || async {
+        let mail = smtp.messages().await;
+        (mail.len() >= 4).then_some(mail)
+    })
+    .await
+    .expect("every payment link arrives once the server is back");
+    assert_eq!(mail.len(), 4, "each message once: {mail:?}");
+    let sent = shop
+        .count("SELECT COUNT(*) FROM notifications WHERE channel = 'email' AND status = 'sent'")
+        .await;
+    assert_eq!(sent, 4);
+    let text = metrics_text(&shop).await;
+    assert!(
+        text.contains(r#"holdfast_circuit_rejected_total{breaker="smtp"}"#),
+        "{text}"
+    );
+    assert_eq!(orders.len(), 4);
+    shop.node.shutdown().await;
+}
+

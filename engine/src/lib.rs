@@ -3,6 +3,7 @@
 
 pub mod addr;
 pub mod backend;
+pub mod backup;
 pub mod cluster;
 pub mod config;
 pub mod deny_list;

@@ -137,7 +137,8 @@ pub enum Backend {
 }
 
 impl Backend {
-    fn of_url(url: &str) -> Result<Self, Error> {
+    /// The backend a database URL names (`sqlite:…`, `postgres://…`).
+    pub fn of_url(url: &str) -> Result<Self, Error> {
         if url.starts_with("sqlite:") {
             Ok(Self::Sqlite)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
@@ -146,6 +147,20 @@ impl Backend {
             Err(Error::UnsupportedUrl)
         }
     }
+}
+
+/// The versions of the migrations this binary embeds for `backend`, in the order they run:
+/// what a database at the current schema has applied (`_sqlx_migrations`).
+pub fn migration_versions(backend: Backend) -> Vec<i64> {
+    let migrator = match backend {
+        Backend::Sqlite => &SQLITE_MIGRATIONS,
+        Backend::Postgres => &POSTGRES_MIGRATIONS,
+    };
+    migrator
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration())
+        .map(|m| m.version)
+        .collect()
 }
 
 /// Time a write transaction waited for the process's SQLite write turn, by `writer`: how the

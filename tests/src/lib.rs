@@ -509,7 +509,12 @@ impl ServerProcess {
         unset: &[&str],
         extra_env: &[(&str, &str)],
     ) -> Self {
-        let sandbox = Sandbox::new(backend).await;
+        Self::start_on(Sandbox::new(backend).await, unset, extra_env).await
+    }
+
+    /// Like [`start_without`](Self::start_without), on a sandbox made before (a database
+    /// restored from a backup).
+    pub async fn start_on(sandbox: Sandbox, unset: &[&str], extra_env: &[(&str, &str)]) -> Self {
         let port = free_port();
         let ops_port = free_port();
         let mut env = sandbox.env(port);
