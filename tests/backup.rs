@@ -91,10 +91,14 @@ async fn a_restored_backup_serves_the_same_stock_and_orders(backend: Backend) {
     let mut before = Vec::new();
     for (token, id) in &orders {
         let path = format!("/v1/orders/{id}");
-        let order = poll_until(Duration::from_secs(20), Duration::from_millis(50), || async {
-            let reply = api.get(&path, Some(token)).await;
-            reply.body["payment_url"].is_string().then_some(reply.body)
-        })
+        let order = poll_until(
+            Duration::from_secs(20),
+            Duration::from_millis(50),
+            || async {
+                let reply = api.get(&path, Some(token)).await;
+                reply.body["payment_url"].is_string().then_some(reply.body)
+            },
+        )
         .await
         .unwrap_or_else(|| panic!("order {id} never got its payment URL"));
         before.push(order_facts(&order));
@@ -106,10 +110,17 @@ async fn a_restored_backup_serves_the_same_stock_and_orders(backend: Backend) {
     let file = server.sandbox().dir().join("holdfast.backup");
     let file_arg = file.display().to_string();
     let out = server.cli(&["backup", &file_arg], "").await;
-    assert!(out.status.success(), "holdfast backup failed: {}", stderr(&out));
+    assert!(
+        out.status.success(),
+        "holdfast backup failed: {}",
+        stderr(&out)
+    );
     assert!(stderr(&out).contains("backed up"), "{}", stderr(&out));
     let again = server.cli(&["backup", &file_arg], "").await;
-    assert!(!again.status.success(), "an existing backup was overwritten");
+    assert!(
+        !again.status.success(),
+        "an existing backup was overwritten"
+    );
     assert!(stderr(&again).contains("--force"), "{}", stderr(&again));
     api.hold(&buyers[0], &event, &[("GA", 1)])
         .await
@@ -141,7 +152,11 @@ async fn a_restored_backup_serves_the_same_stock_and_orders(backend: Backend) {
     std::fs::create_dir_all(fresh.working_dir()).expect("working directory");
     let env = env_of(server.env(), &fresh);
     let out = run_cli(&env, &fresh.working_dir(), &["restore", &file_arg], "").await;
-    assert!(out.status.success(), "holdfast restore failed: {}", stderr(&out));
+    assert!(
+        out.status.success(),
+        "holdfast restore failed: {}",
+        stderr(&out)
+    );
     let said = stderr(&out);
     assert!(said.contains("check passed"), "{said}");
     assert!(

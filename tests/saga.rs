@@ -2244,7 +2244,10 @@ async fn vnpay_failing_opens_the_circuit_and_refunds_complete_once_it_recovers(b
         .await
         .assert_status(202);
     tokio::time::sleep(Duration::from_millis(OPEN_MS / 2)).await;
-    assert!(opened.elapsed() < Duration::from_millis(OPEN_MS), "the check came too late");
+    assert!(
+        opened.elapsed() < Duration::from_millis(OPEN_MS),
+        "the check came too late"
+    );
     assert_eq!(shop.count(&attempts(&a)).await, 3, "no attempt while open");
     assert_eq!(shop.count(&attempts(&b)).await, 0, "no attempt while open");
     assert_eq!(shop.balance(&a).await, (500_000, 0, 0));
@@ -2268,8 +2271,16 @@ async fn vnpay_failing_opens_the_circuit_and_refunds_complete_once_it_recovers(b
         "refunded after {:?}, before the cool-down ended",
         opened.elapsed()
     );
-    assert_eq!(shop.count(&attempts(&a)).await, 4, "three failures and the probe");
-    assert_eq!(shop.count(&attempts(&b)).await, 1, "sent once the breaker closed");
+    assert_eq!(
+        shop.count(&attempts(&a)).await,
+        4,
+        "three failures and the probe"
+    );
+    assert_eq!(
+        shop.count(&attempts(&b)).await,
+        1,
+        "sent once the breaker closed"
+    );
     shop.node.shutdown().await;
 }
 
@@ -2325,4 +2336,3 @@ async fn a_dead_smtp_server_opens_the_circuit_and_mail_flows_once_it_is_back() {
     assert_eq!(orders.len(), 4);
     shop.node.shutdown().await;
 }
-

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use holdfast_persistence::Backend;
-use sqlx::{Connection as _, Row as _};
+use holdfast_persistence::backup::Report;
 
 use crate::config::Config;
 use crate::errln;
@@ -26,22 +26,6 @@ use crate::node::redact;
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 const SQLITE_MAGIC: &[u8] = b"SQLite format 3\0";
 const PG_DUMP_MAGIC: &[u8] = b"PGDMP";
-
-/// What [`verify`] found in a database.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Report {
-    /// Migrations the database has applied, of those this binary knows.
-    pub applied: usize,
-    /// Migrations this binary embeds.
-    pub expected: usize,
-    pub journal_records: i64,
-    pub journaled_events: i64,
-    pub snapshots: i64,
-    pub events: i64,
-    pub orders: i64,
-    /// Orders by status, most first.
-    pub orders_by_status: Vec<(String, i64)>,
-}
 
 /// Writes a copy of the configured database to `out` (refused when `out` exists, unless
 /// `force`).
@@ -137,92 +121,18 @@ pub async fn restore(config: &Config, input: &Path, force: bool) -> anyhow::Resu
     Ok(report)
 }
 
-/// Checks the database at `url`: every migration it applied succeeded and is one this binary
-/// knows, none is missing (an older backup says to run `holdfast migrate`), and counts what
-/// it holds.
+/// Checks the database at `url` (`holdfast_persistence::backup::check`).
 pub async fn verify(url: &str) -> anyhow::Result<Report> {
-    let backend = Backend::of_url(url).map_err(anyhow::Error::msg)?;
-    sqlx::any::install_default_drivers();
-    let mut conn = sqlx::AnyConnection::connect(url)
+    holdfast_persistence::backup::check(url)
         .await
-        .with_context(|| format!("connecting to {}", redact(url)))?;
-    let check = async {
-        if backend == Backend::Sqlite {
-            let row = sqlx::query("PRAGMA quick_check").fetch_one(&mut conn).await?;
-            let result: String = row.try_get(0)?;
-            anyhow::ensure!(result == "ok", "SQLite's quick_check found damage: {result}");
-        }
-        let rows = sqlx::query("SELECT version, success FROM _sqlx_migrations ORDER BY version")
-            .fetch_all(&mut conn)
-            .await
-            .context("reading the applied migrations (_sqlx_migrations): is this a Holdfast database?")?;
-        let expected = holdfast_persistence::migration_versions(backend);
-        let mut applied = Vec::new();
-        for row in rows {
-            let version: i64 = row.try_get(0)?;
-            let success: bool = match row.try_get::<bool, _>(1) {
-                Ok(b) => b,
-                Err(_) => row.try_get::<i64, _>(1)? != 0,
-            };
-            anyhow::ensure!(
-                success,
-                "migration {version} did not complete in this database"
-            );
-            anyhow::ensure!(
-                expected.contains(&version),
-                "the database has migration {version}, which this binary does not know: it was \
-                 made by a newer Holdfast"
-            );
-            applied.push(version);
-        }
-        let missing: Vec<_> = expected.iter().filter(|v| !applied.contains(v)).collect();
-        if !missing.is_empty() {
-            anyhow::bail!(
-                "the database lacks migrations {missing:?} of this binary (an older schema): run \
-                 `holdfast migrate` to upgrade it"
-            );
-        }
-        let journal_records = count(&mut conn, "SELECT COUNT(*) FROM journal").await?;
-        let journaled_events =
-            count(&mut conn, "SELECT COUNT(DISTINCT event_id) FROM journal").await?;
-        let snapshots = count(&mut conn, "SELECT COUNT(*) FROM snapshots").await?;
-        let events = count(&mut conn, "SELECT COUNT(*) FROM events").await?;
-        let orders = count(&mut conn, "SELECT COUNT(*) FROM orders").await?;
-        let orders_by_status = sqlx::query(
-            "SELECT status, COUNT(*) AS n FROM orders GROUP BY status ORDER BY n DESC, status",
-        )
-        .fetch_all(&mut conn)
-        .await?
-        .iter()
-        .map(|row| Ok((row.try_get::<String, _>(0)?, row.try_get::<i64, _>(1)?)))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-        Ok(Report {
-            applied: applied.len(),
-            expected: expected.len(),
-            journal_records,
-            journaled_events,
-            snapshots,
-            events,
-            orders,
-            orders_by_status,
-        })
-    }
-    .await;
-    let _ = conn.close().await;
-    check.with_context(|| format!("checking {}", redact(url)))
-}
-
-async fn count(conn: &mut sqlx::AnyConnection, sql: &str) -> anyhow::Result<i64> {
-    let row = sqlx::query(sql).fetch_one(conn).await?;
-    Ok(row.try_get::<i64, _>(0)?)
+        .with_context(|| format!("checking {}", redact(url)))
 }
 
 fn print_report(report: &Report) {
     errln!(
-        "check passed: schema at migration {} of {}; journal: {} records of {} events, {} \
-         snapshots; catalog: {} events; orders: {}{}",
+        "check passed: every migration of this binary applied ({}); journal: {} records of {} \
+         events, {} snapshots; catalog: {} events; orders: {}{}",
         report.applied,
-        report.expected,
         report.journal_records,
         report.journaled_events,
         report.snapshots,
@@ -247,21 +157,9 @@ fn print_report(report: &Report) {
 // ---- SQLite ---------------------------------------------------------------------------------
 
 async fn sqlite_backup(url: &str, out: &Path) -> anyhow::Result<()> {
-    sqlx::any::install_default_drivers();
-    let mut conn = sqlx::AnyConnection::connect(url)
+    holdfast_persistence::backup::sqlite_vacuum_into(url, out)
         .await
-        .with_context(|| format!("opening {}", redact(url)))?;
-    let path = out
-        .to_str()
-        .ok_or_else(|| anyhow::anyhow!("{} is not valid UTF-8", out.display()))?;
-    // A literal: SQLite takes any expression here, and sqlx's Any driver prepares it either way.
-    let sql = format!("VACUUM INTO '{}'", path.replace('\'', "''"));
-    let done = sqlx::query(&sql)
-        .execute(&mut conn)
-        .await
-        .with_context(|| format!("VACUUM INTO {}", out.display()));
-    let _ = conn.close().await;
-    done.map(|_| ())
+        .with_context(|| format!("VACUUM INTO {}", out.display()))
 }
 
 async fn sqlite_restore(input: &Path, db: &Path, force: bool) -> anyhow::Result<()> {
@@ -288,9 +186,8 @@ async fn sqlite_restore(input: &Path, db: &Path, force: bool) -> anyhow::Result<
     let copy = {
         let (input, partial) = (input.to_owned(), partial.clone());
         tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-            std::fs::copy(&input, &partial).with_context(|| {
-                format!("copying {} to {}", input.display(), partial.display())
-            })?;
+            std::fs::copy(&input, &partial)
+                .with_context(|| format!("copying {} to {}", input.display(), partial.display()))?;
             std::fs::File::open(&partial)?.sync_all()?;
             Ok(())
         })
@@ -340,7 +237,11 @@ fn open_by(db: &Path) -> anyhow::Result<Option<u32>> {
     };
     let me = std::process::id();
     for proc in procs.flatten() {
-        let Some(pid) = proc.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
+        let Some(pid) = proc
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
             continue;
         };
         if pid == me {
@@ -443,30 +344,9 @@ async fn pg_dump(url: &str, out: &Path) -> anyhow::Result<()> {
 }
 
 async fn pg_restore(url: &str, input: &Path, force: bool) -> anyhow::Result<()> {
-    sqlx::any::install_default_drivers();
-    let mut conn = sqlx::AnyConnection::connect(url)
+    let (others, tables) = holdfast_persistence::backup::postgres_use(url)
         .await
-        .with_context(|| format!("connecting to {}", redact(url)))?;
-    let state = async {
-        let others: i64 = sqlx::query(
-            "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> \
-             pg_backend_pid()",
-        )
-        .fetch_one(&mut conn)
-        .await?
-        .try_get(0)?;
-        let tables: i64 = sqlx::query(
-            "SELECT COUNT(*) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', \
-             'information_schema')",
-        )
-        .fetch_one(&mut conn)
-        .await?
-        .try_get(0)?;
-        anyhow::Ok((others, tables))
-    }
-    .await;
-    let _ = conn.close().await;
-    let (others, tables) = state.with_context(|| format!("looking at {}", redact(url)))?;
+        .with_context(|| format!("looking at {}", redact(url)))?;
     if others > 0 {
         anyhow::bail!(
             "{} has {others} other connection(s) (a running node?): stop every node using it \
@@ -593,9 +473,15 @@ mod tests {
     #[test]
     fn the_password_leaves_the_url() {
         let cases = [
-            ("postgres://u:p%40ss@db:5432/h", ("postgres://u@db:5432/h", Some("p@ss"))),
+            (
+                "postgres://u:p%40ss@db:5432/h",
+                ("postgres://u@db:5432/h", Some("p@ss")),
+            ),
             ("postgres://u@db/h", ("postgres://u@db/h", None)),
-            ("postgres://db/h?sslmode=require", ("postgres://db/h?sslmode=require", None)),
+            (
+                "postgres://db/h?sslmode=require",
+                ("postgres://db/h?sslmode=require", None),
+            ),
         ];
         for (url, (conninfo, password)) in cases {
             let (c, p) = libpq_url(url);

@@ -449,9 +449,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Backup { file, force } => {
             holdfast_engine::backup::backup(&load()?, &file, force).await
         }
-        Command::Restore { file, force } => holdfast_engine::backup::restore(&load()?, &file, force)
-            .await
-            .map(|_| ()),
+        Command::Restore { file, force } => {
+            holdfast_engine::backup::restore(&load()?, &file, force)
+                .await
+                .map(|_| ())
+        }
         Command::Users {
             command:
                 UsersCommand::Add {

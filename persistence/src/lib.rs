@@ -17,6 +17,7 @@ use sqlx::{AnyPool, Executor, Transaction};
 use uuid::Uuid;
 
 mod accounts;
+pub mod backup;
 mod catalog;
 mod checkout;
 mod cluster;
@@ -77,6 +78,9 @@ pub enum Error {
     Database(#[from] sqlx::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A database that is not what it should be (the check after a restore).
+    #[error("{0}")]
+    Check(String),
 }
 
 impl Error {
@@ -91,7 +95,8 @@ impl Error {
             | Error::OutOfRange(_)
             | Error::Corrupt(_)
             | Error::ShardCountMismatch { .. }
-            | Error::Migrate(_) => false,
+            | Error::Migrate(_)
+            | Error::Check(_) => false,
         }
     }
 }

@@ -93,11 +93,10 @@ impl Breaker {
     pub fn admit(&mut self, now_ms: i64) -> Admit {
         match self.state {
             State::Closed { .. } => Admit::Call,
-            State::Open { until_ms } | State::HalfOpen { probe_at_ms: until_ms }
-                if now_ms < self.probe_due(until_ms) =>
-            {
-                Admit::Reject
-            }
+            State::Open { until_ms }
+            | State::HalfOpen {
+                probe_at_ms: until_ms,
+            } if now_ms < self.probe_due(until_ms) => Admit::Reject,
             State::Open { .. } | State::HalfOpen { .. } => {
                 self.state = State::HalfOpen {
                     probe_at_ms: now_ms,
@@ -197,7 +196,8 @@ impl Circuit {
                 Ok(self.permit())
             }
             Admit::Reject => {
-                metrics::counter!("holdfast_circuit_rejected_total", "breaker" => self.name).increment(1);
+                metrics::counter!("holdfast_circuit_rejected_total", "breaker" => self.name)
+                    .increment(1);
                 Err(Open { breaker: self.name })
             }
         }
@@ -251,7 +251,10 @@ impl Permit {
             (was, b.state())
         });
         if was != now && !matches!(was, State::Closed { .. }) {
-            tracing::info!(breaker = self.circuit.name, "circuit closed: the call succeeded");
+            tracing::info!(
+                breaker = self.circuit.name,
+                "circuit closed: the call succeeded"
+            );
         }
         self.circuit.export(now);
     }
@@ -259,8 +262,12 @@ impl Permit {
     pub fn failed(self, now_ms: i64) {
         let (opened, state) = self.circuit.with(|b| (b.failed(now_ms), b.state()));
         if opened {
-            metrics::counter!("holdfast_circuit_opened_total", "breaker" => self.circuit.name).increment(1);
-            tracing::warn!(breaker = self.circuit.name, "circuit open: calls fail at once until a probe succeeds");
+            metrics::counter!("holdfast_circuit_opened_total", "breaker" => self.circuit.name)
+                .increment(1);
+            tracing::warn!(
+                breaker = self.circuit.name,
+                "circuit open: calls fail at once until a probe succeeds"
+            );
         }
         self.circuit.export(state);
     }
@@ -288,7 +295,7 @@ mod tests {
     #[derive(Clone, Copy, Debug)]
     enum Step {
         /// Ask at this time; then report this outcome if let out.
-        Call(i64, bool),
+        Try(i64, bool),
         /// Ask at this time and never report (a cancelled call).
         Lost(i64),
     }
@@ -300,7 +307,7 @@ mod tests {
             .iter()
             .map(|step| {
                 let (now, outcome) = match *step {
-                    Step::Call(now, ok) => (now, Some(ok)),
+                    Step::Try(now, ok) => (now, Some(ok)),
                     Step::Lost(now) => (now, None),
                 };
                 let admit = b.admit(now);
@@ -320,10 +327,11 @@ mod tests {
     fn opens_fails_fast_half_opens_and_closes() {
         use Admit::*;
         use Step::*;
-        let cases: &[(&str, Vec<Step>, Vec<(Admit, State)>)] = &[
+        type Case = (&'static str, Vec<Step>, Vec<(Admit, State)>);
+        let cases: &[Case] = &[
             (
                 "a success in between resets the count",
-                vec![Call(0, false), Call(1, false), Call(2, true), Call(3, false)],
+                vec![Try(0, false), Try(1, false), Try(2, true), Try(3, false)],
                 vec![
                     (Call, State::Closed { failures: 1 }),
                     (Call, State::Closed { failures: 2 }),
@@ -334,12 +342,12 @@ mod tests {
             (
                 "three failures open it; refused until the cool-down ends; the probe closes it",
                 vec![
-                    Call(0, false),
-                    Call(1, false),
-                    Call(2, false),
-                    Call(500, true),
-                    Call(1_001, true),
-                    Call(1_002, true),
+                    Try(0, false),
+                    Try(1, false),
+                    Try(2, false),
+                    Try(500, true),
+                    Try(1_001, true),
+                    Try(1_002, true),
                 ],
                 vec![
                     (Call, State::Closed { failures: 1 }),
@@ -353,12 +361,12 @@ mod tests {
             (
                 "a failed probe opens it again for a whole cool-down",
                 vec![
-                    Call(0, false),
-                    Call(0, false),
-                    Call(0, false),
-                    Call(1_000, false),
-                    Call(1_999, true),
-                    Call(2_000, true),
+                    Try(0, false),
+                    Try(0, false),
+                    Try(0, false),
+                    Try(1_000, false),
+                    Try(1_999, true),
+                    Try(2_000, true),
                 ],
                 vec![
                     (Call, State::Closed { failures: 1 }),
@@ -372,12 +380,12 @@ mod tests {
             (
                 "one probe at a time; a lost probe is replaced after the cool-down",
                 vec![
-                    Call(0, false),
-                    Call(0, false),
-                    Call(0, false),
+                    Try(0, false),
+                    Try(0, false),
+                    Try(0, false),
                     Lost(1_000),
-                    Call(1_500, true),
-                    Call(2_000, true),
+                    Try(1_500, true),
+                    Try(2_000, true),
                 ],
                 vec![
                     (Call, State::Closed { failures: 1 }),

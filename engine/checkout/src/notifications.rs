@@ -13,11 +13,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 use uuid::Uuid;
 
+use crate::breaker::{self, Circuit};
 use crate::error::Error;
 use crate::events::{Envelope, Item, SagaEvent};
 use crate::messages::{self, Facts, Kind, Line, OrderAbout};
 use crate::runner::Consumer;
-use crate::breaker::{self, Circuit};
 use crate::service::Ctx;
 
 const CONSUMER: &str = "notifications";
@@ -324,11 +324,12 @@ impl Notifications {
         circuit: &Circuit,
         send: impl std::future::Future<Output = Result<T, holdfast_notify::Error>>,
     ) -> Result<T, holdfast_notify::Error> {
-        let permit = circuit
-            .admit(self.ctx.now_ms())
-            .map_err(|open| holdfast_notify::Error::Transient {
-                reason: open.to_string(),
-            })?;
+        let permit =
+            circuit
+                .admit(self.ctx.now_ms())
+                .map_err(|open| holdfast_notify::Error::Transient {
+                    reason: open.to_string(),
+                })?;
         let result = send.await;
         permit.record(
             !matches!(&result, Err(e) if e.is_transient()),
@@ -349,10 +350,7 @@ impl Notifications {
             }
             let result = match (n.channel.as_str(), &self.mailer, &self.sms) {
                 ("email", Some(mailer), _) => match email(&n) {
-                    Ok(email) => {
-                        self.through(&self.smtp_circuit, mailer.send(&email))
-                            .await
-                    }
+                    Ok(email) => self.through(&self.smtp_circuit, mailer.send(&email)).await,
                     Err(e) => Err(holdfast_notify::Error::Permanent {
                         reason: e.to_string(),
                     }),
