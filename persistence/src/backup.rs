@@ -90,7 +90,7 @@ async fn check_on(conn: &mut sqlx::AnyConnection, backend: Backend) -> Result<Re
             )));
         }
     }
-    let rows = sqlx::query("SELECT version, success FROM _sqlx_migrations ORDER BY version")
+    let rows = sqlx::query("SELECT version, CASE WHEN success THEN 1 ELSE 0 END FROM _sqlx_migrations ORDER BY version")
         .fetch_all(&mut *conn)
         .await
         .map_err(|e| {
@@ -103,11 +103,9 @@ async fn check_on(conn: &mut sqlx::AnyConnection, backend: Backend) -> Result<Re
     let mut applied = Vec::new();
     for row in rows {
         let version: i64 = row.try_get(0)?;
-        let success = match row.try_get::<bool, _>(1) {
-            Ok(b) => b,
-            Err(_) => row.try_get::<i64, _>(1)? != 0,
-        };
-        if !success {
+        // As an integer: sqlx's Any driver maps no boolean of SQLite.
+        let success: i64 = row.try_get(1)?;
+        if success == 0 {
             return Err(Error::Check(format!(
                 "migration {version} did not complete in this database"
             )));
