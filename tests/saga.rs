@@ -2225,7 +2225,9 @@ async fn vnpay_failing_opens_the_circuit_and_refunds_complete_once_it_recovers(b
     let (a_buyer, a, _) = shop.bought(1).await;
     let (b_buyer, b, _) = shop.bought(1).await;
     let attempts = |order: &str| {
-        format!("SELECT CAST(COALESCE(SUM(attempts), 0) AS BIGINT) FROM payment_refunds WHERE order_id = '{order}'")
+        format!(
+            "SELECT CAST(COALESCE(SUM(attempts), 0) AS BIGINT) FROM payment_refunds WHERE order_id = '{order}'"
+        )
     };
 
     shop.faults(json!({"fail_refunds": 3})).await;
