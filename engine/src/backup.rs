@@ -41,6 +41,15 @@ pub async fn backup(config: &Config, out: &Path, force: bool) -> anyhow::Result<
     if out.is_dir() {
         anyhow::bail!("{} is a directory: name a file", out.display());
     }
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.is_dir()
+    {
+        anyhow::bail!(
+            "{} does not exist: create the directory for {} first",
+            dir.display(),
+            out.display()
+        );
+    }
     let partial = partial_path(out);
     let _ = std::fs::remove_file(&partial);
     errln!("backing up {} to {}", redact(&url), out.display());
