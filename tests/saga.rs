@@ -2212,7 +2212,7 @@ async fn metrics_text(shop: &Shop) -> String {
 /// once, spending no attempt). VNPAY is back meanwhile; after the cool-down one probe goes out,
 /// succeeds and closes the breaker, and both refunds are paid back, once each.
 async fn vnpay_failing_opens_the_circuit_and_refunds_complete_once_it_recovers(backend: Backend) {
-    const OPEN_MS: u64 = 3_000;
+    const OPEN_MS: u64 = 4_000;
     let shop = Shop::open(backend, 10, |c| {
         c.refund_backoff_ms = 100;
         c.refund_attempts_max = 10;
@@ -2245,7 +2245,7 @@ async fn vnpay_failing_opens_the_circuit_and_refunds_complete_once_it_recovers(b
     api.post(&format!("/v1/orders/{b}/refund"), Some(&b_buyer), &reason)
         .await
         .assert_status(202);
-    tokio::time::sleep(Duration::from_millis(OPEN_MS / 2)).await;
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
     assert!(
         opened.elapsed() < Duration::from_millis(OPEN_MS),
         "the check came too late"
@@ -2313,10 +2313,13 @@ async fn a_dead_smtp_server_opens_the_circuit_and_mail_flows_once_it_is_back() {
     })
     .await
     .expect("messages refused at once by the open breaker");
-    let pending = shop
-        .count("SELECT COUNT(*) FROM notifications WHERE channel = 'email' AND status = 'pending'")
-        .await;
-    assert_eq!(pending, 4, "every payment link waits to be retried");
+    let pending =
+        "SELECT COUNT(*) FROM notifications WHERE channel = 'email' AND status = 'pending'";
+    poll_until(WAIT, Duration::from_millis(50), || async {
+        (shop.count(pending).await == 4).then_some(())
+    })
+    .await
+    .expect("every payment link waits to be retried");
 
     let smtp = holdfast_notify::testing::SmtpServer::start_on(addr).await;
     let mail = poll_until(WAIT, Duration::from_millis(100), || async {
