@@ -2341,3 +2341,75 @@ async fn a_dead_smtp_server_opens_the_circuit_and_mail_flows_once_it_is_back() {
     assert_eq!(orders.len(), 4);
     shop.node.shutdown().await;
 }
+
+/// The SMS provider's stand-in fails two sends in a row (500): the `sms` breaker opens, the
+/// other messages fail at once and wait for their retries; the probe after the cool-down
+/// succeeds and every payment link is sent, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_sms_provider_opens_the_circuit_and_texts_flow_once_it_recovers() {
+    let sms = holdfast_notify::sim::SmsSim::new(holdfast_notify::sim::SimConfig {
+        account_sid: "AC00000000000000000000000000000001".to_owned(),
+        auth_token: "sms-test-token".to_owned(),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the SMS stand-in");
+    let sms_url = format!("http://{}", listener.local_addr().expect("address"));
+    let router = sms.router();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    sms.fail_next(2);
+    let shop = Shop::open(Backend::Sqlite, 10, |c| {
+        c.sms_base_url = Some(sms_url.clone());
+        c.sms_account_sid = Some("AC00000000000000000000000000000001".to_owned());
+        c.sms_auth_token = Some("sms-test-token".to_owned());
+        c.sms_from = Some("+15005550006".to_owned());
+        c.notify_backoff_secs = 1;
+        c.notify_attempts_max = 10;
+        c.circuit_failures_max = 2;
+        c.circuit_open_ms = 3_000;
+    })
+    .await;
+    for i in 0..4 {
+        let email = holdfast_tests::unique_email("sms");
+        shop.client()
+            .post(
+                "/v1/auth/register",
+                None,
+                &json!({"email": email, "password": holdfast_tests::PASSWORD, "name": "Lan", "phone": format!("+84 901 234 56{i}")}),
+            )
+            .await
+            .assert_status(201);
+        let buyer = shop
+            .client()
+            .login_token(&email, holdfast_tests::PASSWORD)
+            .await;
+        let hold = shop.client().hold(&buyer, &shop.event, &[("GA", 1)]).await;
+        hold.assert_status(201);
+        shop.order(&buyer, hold.body["id"].as_str().unwrap(), "k")
+            .await;
+    }
+    let failed_fast = "SELECT COUNT(*) FROM notifications WHERE channel = 'sms' AND \
+                       last_error LIKE '%circuit to sms is open%'";
+    poll_until(WAIT, Duration::from_millis(50), || async {
+        (shop.count(failed_fast).await > 0).then_some(())
+    })
+    .await
+    .expect("texts refused at once by the open breaker");
+    let texts = poll_until(WAIT, Duration::from_millis(100), || async {
+        let texts = sms.messages();
+        (texts.len() >= 4).then_some(texts)
+    })
+    .await
+    .expect("every payment link is sent once the provider recovers");
+    assert_eq!(texts.len(), 4, "each text once: {texts:?}");
+    let sent = shop
+        .count("SELECT COUNT(*) FROM notifications WHERE channel = 'sms' AND status = 'sent'")
+        .await;
+    assert_eq!(sent, 4);
+    let text = metrics_text(&shop).await;
+    assert!(
+        text.contains(r#"holdfast_circuit_rejected_total{breaker="sms"}"#),
+        "{text}"
+    );
+    shop.node.shutdown().await;
+}
