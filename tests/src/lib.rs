@@ -719,10 +719,14 @@ pub async fn run_cli(env: &[(String, String)], cwd: &Path, args: &[&str], stdin:
         .spawn()
         .unwrap_or_else(|e| panic!("spawn {}: {e}", holdfast_bin().display()));
     if let Some(mut input) = child.stdin.take() {
-        input
-            .write_all(stdin.as_bytes())
-            .await
-            .expect("write the CLI's stdin");
+        // A command that refuses before it reads its input (no database) closes the pipe
+        // first: what it said is in its output.
+        match input.write_all(stdin.as_bytes()).await {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                panic!("write the CLI's stdin: {e}")
+            }
+            _ => {}
+        }
     }
     tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
         .await
