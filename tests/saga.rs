@@ -1038,6 +1038,7 @@ on_both_backends!(
     buyers_refund_within_the_policy_ticket_by_ticket,
     every_refund_is_paid_back_once_though_vnpay_fails_or_times_out,
     emails_name_the_event_in_the_buyers_language,
+    vnpay_failing_opens_the_circuit_and_refunds_complete_once_it_recovers,
 );
 
 async fn purchase_end_to_end(backend: Backend) {
@@ -2095,6 +2096,8 @@ async fn every_refund_is_paid_back_once_though_vnpay_fails_or_times_out(backend:
         c.refund_backoff_ms = 200;
         c.refund_timeout_secs = 1;
         c.refund_attempts_max = 6;
+        // VNPAY keeps refusing below: its breaker opens after five and probes again soon.
+        c.circuit_open_ms = 300;
     })
     .await;
     let api = shop.client();
@@ -2193,5 +2196,220 @@ async fn every_refund_is_paid_back_once_though_vnpay_fails_or_times_out(backend:
     .await
     .expect("the retried refund is paid back");
     assert_eq!(shop.balance(&d).await, (500_000, 500_000, 1));
+    shop.node.shutdown().await;
+}
+
+/// The metrics text of the test process's nodes (one recorder per process: every test of
+/// this file counts into it).
+async fn metrics_text(shop: &Shop) -> String {
+    let metrics = shop.node.ops_client().get("/metrics", None).await;
+    metrics.assert_status(200);
+    metrics.body.as_str().unwrap_or_default().to_owned()
+}
+
+/// VNPAY's refund API fails three times in a row (`99`): the breaker opens, and while it is
+/// open no refund is sent, neither the failed one nor a new one (each round is refused at
+/// once, spending no attempt). VNPAY is back meanwhile; after the cool-down one probe goes out,
+/// succeeds and closes the breaker, and both refunds are paid back, once each.
+async fn vnpay_failing_opens_the_circuit_and_refunds_complete_once_it_recovers(backend: Backend) {
+    const OPEN_MS: u64 = 4_000;
+    let shop = Shop::open(backend, 10, |c| {
+        c.refund_backoff_ms = 100;
+        c.refund_attempts_max = 10;
+        c.circuit_failures_max = 3;
+        c.circuit_open_ms = OPEN_MS;
+    })
+    .await;
+    let api = shop.client();
+    let reason = json!({"reason": "cannot come"});
+    let (a_buyer, a, _) = shop.bought(1).await;
+    let (b_buyer, b, _) = shop.bought(1).await;
+    let attempts = |order: &str| {
+        format!(
+            "SELECT CAST(COALESCE(SUM(attempts), 0) AS BIGINT) FROM payment_refunds WHERE order_id = '{order}'"
+        )
+    };
+
+    shop.faults(json!({"fail_refunds": 3})).await;
+    api.post(&format!("/v1/orders/{a}/refund"), Some(&a_buyer), &reason)
+        .await
+        .assert_status(202);
+    poll_until(WAIT, Duration::from_millis(20), || async {
+        (shop.count(&attempts(&a)).await >= 3).then_some(())
+    })
+    .await
+    .expect("three refund attempts");
+    let opened = std::time::Instant::now();
+
+    // Open: VNPAY answers again, yet nothing is sent to it.
+    api.post(&format!("/v1/orders/{b}/refund"), Some(&b_buyer), &reason)
+        .await
+        .assert_status(202);
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert!(
+        opened.elapsed() < Duration::from_millis(OPEN_MS),
+        "the check came too late"
+    );
+    assert_eq!(shop.count(&attempts(&a)).await, 3, "no attempt while open");
+    assert_eq!(shop.count(&attempts(&b)).await, 0, "no attempt while open");
+    assert_eq!(shop.balance(&a).await, (500_000, 0, 0));
+    assert_eq!(shop.balance(&b).await, (500_000, 0, 0));
+    let text = metrics_text(&shop).await;
+    assert!(
+        text.contains(r#"holdfast_circuit_state{breaker="vnpay_refund"}"#)
+            && text.contains(r#"holdfast_circuit_rejected_total{breaker="vnpay_refund"}"#)
+            && text.contains(r#"holdfast_circuit_opened_total{breaker="vnpay_refund"}"#),
+        "{text}"
+    );
+
+    // The probe after the cool-down closes it; both are paid back once.
+    for (buyer, order) in [(&a_buyer, &a), (&b_buyer, &b)] {
+        let settled = shop.settled_refunds(buyer, order).await;
+        assert_eq!(settled[0]["status"], "refunded", "{settled:?}");
+        assert_eq!(shop.balance(order).await, (500_000, 500_000, 1));
+    }
+    assert!(
+        opened.elapsed() >= Duration::from_millis(OPEN_MS - 500),
+        "refunded after {:?}, before the cool-down ended",
+        opened.elapsed()
+    );
+    assert_eq!(
+        shop.count(&attempts(&a)).await,
+        4,
+        "three failures and the probe"
+    );
+    assert_eq!(
+        shop.count(&attempts(&b)).await,
+        1,
+        "sent once the breaker closed"
+    );
+    shop.node.shutdown().await;
+}
+
+/// The SMTP server is down (connections refused): after two failures in a row the breaker
+/// opens and the other messages fail at once, without a connection attempt, as transient
+/// failures that are retried. The server comes up on the same address; a probe after the
+/// cool-down closes the breaker and every payment link is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_smtp_server_opens_the_circuit_and_mail_flows_once_it_is_back() {
+    let addr = holdfast_notify::testing::SmtpServer::free_addr();
+    let shop = Shop::open(Backend::Sqlite, 10, |c| {
+        c.smtp_url = Some(format!("smtp://{addr}"));
+        c.notify_backoff_secs = 1;
+        c.notify_attempts_max = 10;
+        c.circuit_failures_max = 2;
+        c.circuit_open_ms = 5_000;
+    })
+    .await;
+    let mut orders = Vec::new();
+    for i in 0..4 {
+        let (buyer, hold) = shop.buyer_with_hold(1).await;
+        orders.push(shop.order(&buyer, &hold, &format!("k{i}")).await);
+    }
+    let failed_fast = "SELECT COUNT(*) FROM notifications WHERE channel = 'email' AND \
+                       last_error LIKE '%circuit to smtp is open%'";
+    poll_until(WAIT, Duration::from_millis(50), || async {
+        (shop.count(failed_fast).await > 0).then_some(())
+    })
+    .await
+    .expect("messages refused at once by the open breaker");
+    let pending =
+        "SELECT COUNT(*) FROM notifications WHERE channel = 'email' AND status = 'pending'";
+    poll_until(WAIT, Duration::from_millis(50), || async {
+        (shop.count(pending).await == 4).then_some(())
+    })
+    .await
+    .expect("every payment link waits to be retried");
+
+    let smtp = holdfast_notify::testing::SmtpServer::start_on(addr).await;
+    let mail = poll_until(WAIT, Duration::from_millis(100), || async {
+        let mail = smtp.messages().await;
+        (mail.len() >= 4).then_some(mail)
+    })
+    .await
+    .expect("every payment link arrives once the server is back");
+    assert_eq!(mail.len(), 4, "each message once: {mail:?}");
+    let sent = shop
+        .count("SELECT COUNT(*) FROM notifications WHERE channel = 'email' AND status = 'sent'")
+        .await;
+    assert_eq!(sent, 4);
+    let text = metrics_text(&shop).await;
+    assert!(
+        text.contains(r#"holdfast_circuit_rejected_total{breaker="smtp"}"#),
+        "{text}"
+    );
+    assert_eq!(orders.len(), 4);
+    shop.node.shutdown().await;
+}
+
+/// The SMS provider's stand-in fails two sends in a row (500): the `sms` breaker opens, the
+/// other messages fail at once and wait for their retries; the probe after the cool-down
+/// succeeds and every payment link is sent, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_sms_provider_opens_the_circuit_and_texts_flow_once_it_recovers() {
+    let sms = holdfast_notify::sim::SmsSim::new(holdfast_notify::sim::SimConfig {
+        account_sid: "AC00000000000000000000000000000001".to_owned(),
+        auth_token: "sms-test-token".to_owned(),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the SMS stand-in");
+    let sms_url = format!("http://{}", listener.local_addr().expect("address"));
+    let router = sms.router();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    sms.fail_next(2);
+    let shop = Shop::open(Backend::Sqlite, 10, |c| {
+        c.sms_base_url = Some(sms_url.clone());
+        c.sms_account_sid = Some("AC00000000000000000000000000000001".to_owned());
+        c.sms_auth_token = Some("sms-test-token".to_owned());
+        c.sms_from = Some("+15005550006".to_owned());
+        c.notify_backoff_secs = 1;
+        c.notify_attempts_max = 10;
+        c.circuit_failures_max = 2;
+        c.circuit_open_ms = 3_000;
+    })
+    .await;
+    for i in 0..4 {
+        let email = holdfast_tests::unique_email("sms");
+        shop.client()
+            .post(
+                "/v1/auth/register",
+                None,
+                &json!({"email": email, "password": holdfast_tests::PASSWORD, "name": "Lan", "phone": format!("+84 901 234 56{i}")}),
+            )
+            .await
+            .assert_status(201);
+        let buyer = shop
+            .client()
+            .login_token(&email, holdfast_tests::PASSWORD)
+            .await;
+        let hold = shop.client().hold(&buyer, &shop.event, &[("GA", 1)]).await;
+        hold.assert_status(201);
+        shop.order(&buyer, hold.body["id"].as_str().unwrap(), "k")
+            .await;
+    }
+    let failed_fast = "SELECT COUNT(*) FROM notifications WHERE channel = 'sms' AND \
+                       last_error LIKE '%circuit to sms is open%'";
+    poll_until(WAIT, Duration::from_millis(50), || async {
+        (shop.count(failed_fast).await > 0).then_some(())
+    })
+    .await
+    .expect("texts refused at once by the open breaker");
+    let texts = poll_until(WAIT, Duration::from_millis(100), || async {
+        let texts = sms.messages();
+        (texts.len() >= 4).then_some(texts)
+    })
+    .await
+    .expect("every payment link is sent once the provider recovers");
+    assert_eq!(texts.len(), 4, "each text once: {texts:?}");
+    let sent = shop
+        .count("SELECT COUNT(*) FROM notifications WHERE channel = 'sms' AND status = 'sent'")
+        .await;
+    assert_eq!(sent, 4);
+    let text = metrics_text(&shop).await;
+    assert!(
+        text.contains(r#"holdfast_circuit_rejected_total{breaker="sms"}"#),
+        "{text}"
+    );
     shop.node.shutdown().await;
 }

@@ -149,8 +149,13 @@ pub struct Config {
     pub refund_attempts_max: u32,
     /// First retry delay of a refund in milliseconds; doubles per attempt up to ten minutes.
     pub refund_backoff_ms: u64,
-    /// How long one refund call waits for VNPAY's answer, in seconds.
+    /// How long one call of VNPAY's API (a refund, a `querydr`) waits for the answer, in
+    /// seconds.
     pub refund_timeout_secs: u64,
+    /// Failures in a row of a provider (VNPAY's API, SMTP, SMS) that open its circuit breaker.
+    pub circuit_failures_max: u32,
+    /// How long an open breaker refuses calls before one probe goes through, in milliseconds.
+    pub circuit_open_ms: u64,
     /// `off` turns every rate limit off (load tests).
     pub rate_limits: Switch,
     /// Peers whose `X-Forwarded-For` names the client (the right-most address that is not one
@@ -273,6 +278,8 @@ impl Default for Config {
             refund_attempts_max: 8,
             refund_backoff_ms: 5_000,
             refund_timeout_secs: 15,
+            circuit_failures_max: 5,
+            circuit_open_ms: 30_000,
             rate_limits: Switch::On,
             trusted_proxies: None,
             redis_url: None,
@@ -445,6 +452,9 @@ impl Config {
         if self.refund_timeout_secs == 0 {
             return bad("refund_timeout_secs must be at least 1");
         }
+        if self.circuit_failures_max == 0 {
+            return bad("circuit_failures_max must be at least 1");
+        }
         self.roles().map_err(Error::Invalid)?;
         self.trusted_proxies()
             .map_err(|e| Error::Invalid(format!("trusted_proxies: {e}")))?;
@@ -472,6 +482,14 @@ impl Config {
 
     pub fn is_embedded(&self) -> bool {
         self.database_url().starts_with("sqlite:")
+    }
+
+    /// When the circuit breakers around the providers open, and for how long.
+    pub fn circuit_options(&self) -> holdfast_checkout::breaker::Options {
+        holdfast_checkout::breaker::Options {
+            failures_max: self.circuit_failures_max,
+            open_ms: i64::try_from(self.circuit_open_ms).unwrap_or(i64::MAX),
+        }
     }
 
     pub fn actor_options(&self) -> actor::Options {

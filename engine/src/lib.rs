@@ -3,6 +3,7 @@
 
 pub mod addr;
 pub mod backend;
+pub mod backup;
 pub mod cancel_refunds;
 pub mod cluster;
 pub mod config;

@@ -44,6 +44,25 @@ enum Command {
     },
     /// Creates or upgrades the database schema, then exits.
     Migrate,
+    /// Writes a consistent copy of the server's database to FILE while it serves: SQLite's
+    /// online backup (VACUUM INTO), or pg_dump's custom format for PostgreSQL.
+    Backup {
+        /// The backup file to write (refused when it exists, unless --force).
+        file: PathBuf,
+        /// Replace FILE if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Puts a backup in place of the server's database (its node stopped), then checks it:
+    /// migrations at this binary's schema, the journal's and the orders' counts.
+    Restore {
+        /// A file made by `holdfast backup` for the same kind of database.
+        file: PathBuf,
+        /// Replace a database that exists and holds data (SQLite: the file; PostgreSQL: its
+        /// objects). A database in use by a running node is refused all the same.
+        #[arg(long)]
+        force: bool,
+    },
     /// Manages accounts.
     Users {
         #[command(subcommand)]
@@ -426,6 +445,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 node::redact(&config.database_url())
             );
             Ok(())
+        }
+        Command::Backup { file, force } => {
+            holdfast_engine::backup::backup(&load()?, &file, force).await
+        }
+        Command::Restore { file, force } => {
+            holdfast_engine::backup::restore(&load()?, &file, force)
+                .await
+                .map(|_| ())
         }
         Command::Users {
             command:

@@ -88,7 +88,7 @@ pub fn missing_sqlite_file(config: &Config) -> Option<PathBuf> {
 }
 
 /// The file of a `sqlite:` URL (`None` for other databases and in-memory SQLite).
-fn sqlite_path(url: &str) -> Option<PathBuf> {
+pub(crate) fn sqlite_path(url: &str) -> Option<PathBuf> {
     let rest = url
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))?;
@@ -800,6 +800,7 @@ async fn start_checkout(
                 every: Duration::from_millis(config.refund_backoff_ms.clamp(100, 5_000)),
                 timeout: Duration::from_secs(config.refund_timeout_secs),
             },
+            circuit: config.circuit_options(),
         },
         notify: NotifySettings {
             smtp,
@@ -808,6 +809,7 @@ async fn start_checkout(
             backoff_min: Duration::from_secs(config.notify_backoff_secs),
             backoff_max: Duration::from_secs(3600),
             public_url,
+            circuit: config.circuit_options(),
         },
         signer,
         verifier: Arc::new(verifier),

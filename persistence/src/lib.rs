@@ -17,6 +17,7 @@ use sqlx::{AnyPool, Executor, Transaction};
 use uuid::Uuid;
 
 mod accounts;
+pub mod backup;
 mod catalog;
 mod checkout;
 mod cluster;
@@ -77,6 +78,9 @@ pub enum Error {
     Database(#[from] sqlx::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A database that is not what it should be (the check after a restore).
+    #[error("{0}")]
+    Check(String),
 }
 
 impl Error {
@@ -91,7 +95,8 @@ impl Error {
             | Error::OutOfRange(_)
             | Error::Corrupt(_)
             | Error::ShardCountMismatch { .. }
-            | Error::Migrate(_) => false,
+            | Error::Migrate(_)
+            | Error::Check(_) => false,
         }
     }
 }
@@ -137,7 +142,8 @@ pub enum Backend {
 }
 
 impl Backend {
-    fn of_url(url: &str) -> Result<Self, Error> {
+    /// The backend a database URL names (`sqlite:…`, `postgres://…`).
+    pub fn of_url(url: &str) -> Result<Self, Error> {
         if url.starts_with("sqlite:") {
             Ok(Self::Sqlite)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
@@ -146,6 +152,20 @@ impl Backend {
             Err(Error::UnsupportedUrl)
         }
     }
+}
+
+/// The versions of the migrations this binary embeds for `backend`, in the order they run:
+/// what a database at the current schema has applied (`_sqlx_migrations`).
+pub fn migration_versions(backend: Backend) -> Vec<i64> {
+    let migrator = match backend {
+        Backend::Sqlite => &SQLITE_MIGRATIONS,
+        Backend::Postgres => &POSTGRES_MIGRATIONS,
+    };
+    migrator
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration())
+        .map(|m| m.version)
+        .collect()
 }
 
 /// Time a write transaction waited for the process's SQLite write turn, by `writer`: how the

@@ -519,7 +519,12 @@ impl ServerProcess {
         unset: &[&str],
         extra_env: &[(&str, &str)],
     ) -> Self {
-        let sandbox = Sandbox::new(backend).await;
+        Self::start_on(Sandbox::new(backend).await, unset, extra_env).await
+    }
+
+    /// Like [`start_without`](Self::start_without), on a sandbox made before (a database
+    /// restored from a backup).
+    pub async fn start_on(sandbox: Sandbox, unset: &[&str], extra_env: &[(&str, &str)]) -> Self {
         let port = free_port();
         let ops_port = free_port();
         let mut env = sandbox.env(port);
@@ -724,10 +729,14 @@ pub async fn run_cli(env: &[(String, String)], cwd: &Path, args: &[&str], stdin:
         .spawn()
         .unwrap_or_else(|e| panic!("spawn {}: {e}", holdfast_bin().display()));
     if let Some(mut input) = child.stdin.take() {
-        input
-            .write_all(stdin.as_bytes())
-            .await
-            .expect("write the CLI's stdin");
+        // A command that refuses before it reads its input (no database) closes the pipe
+        // first: what it said is in its output.
+        match input.write_all(stdin.as_bytes()).await {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                panic!("write the CLI's stdin: {e}")
+            }
+            _ => {}
+        }
     }
     tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
         .await

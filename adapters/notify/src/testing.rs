@@ -126,15 +126,25 @@ json.dump(out, sys.stdout)
 impl SmtpServer {
     /// Starts aiosmtpd on a free port of 127.0.0.1 and waits until it accepts connections.
     pub async fn start() -> Self {
+        // The port is free now; aiosmtpd binds it a moment later (a race other tests could
+        // lose only by binding this exact port in between).
+        Self::start_on(Self::free_addr()).await
+    }
+
+    /// A loopback address nothing listens on now: where a server can be started later (a
+    /// provider that is down, then back).
+    pub fn free_addr() -> SocketAddr {
+        TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+    }
+
+    /// Starts aiosmtpd on `addr` and waits until it accepts connections.
+    pub async fn start_on(addr: SocketAddr) -> Self {
         let python = python();
         let dir = tempfile::tempdir().expect("a temporary directory for the maildir");
         let maildir = dir.path().join("maildir");
         let log = std::fs::File::create(dir.path().join("aiosmtpd.log")).expect("the log file");
-        // The port is free now; aiosmtpd binds it a moment later (a race other tests could
-        // lose only by binding this exact port in between).
-        let addr = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .and_then(|l| l.local_addr())
-            .expect("a free port");
         let mut child = Command::new(&python)
             .args(["-m", "aiosmtpd", "-n", "-l", &addr.to_string()])
             .args(["-c", "aiosmtpd.handlers.Mailbox"])

@@ -12,6 +12,7 @@
 //! gateway).
 
 pub mod api;
+pub mod breaker;
 pub mod decide;
 pub mod error;
 pub mod events;

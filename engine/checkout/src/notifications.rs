@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 use uuid::Uuid;
 
+use crate::breaker::{self, Circuit};
 use crate::error::Error;
 use crate::events::{Envelope, Item, SagaEvent};
 use crate::messages::{self, Facts, Kind, Line, OrderAbout};
@@ -35,6 +36,8 @@ pub struct NotifySettings {
     pub backoff_max: Duration,
     /// Where buyers see their orders, for links in messages.
     pub public_url: String,
+    /// When the breakers around SMTP and the SMS provider open, and for how long.
+    pub circuit: breaker::Options,
 }
 
 /// A QR attachment, rendered when the message is sent.
@@ -52,6 +55,8 @@ pub(crate) struct Notifications {
     settings: NotifySettings,
     mailer: Option<Mailer>,
     sms: Option<SmsSender>,
+    smtp_circuit: Circuit,
+    sms_circuit: Circuit,
     wake: Notify,
 }
 
@@ -84,6 +89,8 @@ impl Notifications {
         };
         Ok(Self {
             ctx,
+            smtp_circuit: Circuit::new("smtp", settings.circuit),
+            sms_circuit: Circuit::new("sms", settings.circuit),
             settings,
             mailer,
             sms,
@@ -309,6 +316,28 @@ impl Notifications {
         }
     }
 
+    /// Sends through `circuit`: refused at once (a transient failure, retried with the
+    /// message's backoff) while it is open. Only transient failures count against the
+    /// provider; a permanent one is the message's fault (a bad address), not the provider's.
+    async fn through<T>(
+        &self,
+        circuit: &Circuit,
+        send: impl std::future::Future<Output = Result<T, holdfast_notify::Error>>,
+    ) -> Result<T, holdfast_notify::Error> {
+        let permit =
+            circuit
+                .admit(self.ctx.now_ms())
+                .map_err(|open| holdfast_notify::Error::Transient {
+                    reason: open.to_string(),
+                })?;
+        let result = send.await;
+        permit.record(
+            !matches!(&result, Err(e) if e.is_transient()),
+            self.ctx.now_ms(),
+        );
+        result
+    }
+
     async fn send_due(&self) -> anyhow::Result<()> {
         let store = &self.ctx.store;
         let now = self.ctx.now_ms();
@@ -321,12 +350,15 @@ impl Notifications {
             }
             let result = match (n.channel.as_str(), &self.mailer, &self.sms) {
                 ("email", Some(mailer), _) => match email(&n) {
-                    Ok(email) => mailer.send(&email).await,
+                    Ok(email) => self.through(&self.smtp_circuit, mailer.send(&email)).await,
                     Err(e) => Err(holdfast_notify::Error::Permanent {
                         reason: e.to_string(),
                     }),
                 },
-                ("sms", _, Some(sms)) => sms.send(&n.recipient, &n.body).await,
+                ("sms", _, Some(sms)) => {
+                    self.through(&self.sms_circuit, sms.send(&n.recipient, &n.body))
+                        .await
+                }
                 (channel, _, _) => Err(holdfast_notify::Error::Permanent {
                     reason: format!("no provider is configured for {channel}"),
                 }),

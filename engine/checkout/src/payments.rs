@@ -18,6 +18,7 @@ use tokio::sync::{Notify, watch};
 use uuid::Uuid;
 
 use crate::api::{CheckoutError, FailedRefundView, IpnAnswer, ReturnPage};
+use crate::breaker::{self, Circuit};
 use crate::decide;
 use crate::error::Error;
 use crate::events::{Envelope, SagaEvent};
@@ -42,6 +43,8 @@ pub struct PaymentSettings {
     pub reconcile_every: Duration,
     /// How refunds are paid back through VNPAY's refund API.
     pub refunds: RefundSettings,
+    /// When the breakers around `querydr` and the refund API open, and for how long.
+    pub circuit: breaker::Options,
 }
 
 /// How the payments service pays refunds back.
@@ -51,7 +54,7 @@ pub struct RefundSettings {
     pub backoff: decide::Backoff,
     /// How often due refunds are looked at (besides at once when one is recorded).
     pub every: Duration,
-    /// How long one refund call waits for VNPAY's answer.
+    /// How long one call of VNPAY's API (a refund, a `querydr`) waits for the answer.
     pub timeout: Duration,
 }
 
@@ -75,6 +78,8 @@ pub(crate) struct Payments {
     http: reqwest::Client,
     /// Wakes the refund loop when a refund is recorded.
     refund_wake: Notify,
+    querydr_circuit: Circuit,
+    refund_circuit: Circuit,
 }
 
 /// Refunds one round of the refund loop takes at most.
@@ -126,11 +131,15 @@ impl Payments {
             .timeout(Duration::from_secs(15))
             .build()
             .unwrap_or_default();
+        let querydr_circuit = Circuit::new("vnpay_querydr", settings.circuit);
+        let refund_circuit = Circuit::new("vnpay_refund", settings.circuit);
         Self {
             ctx,
             settings,
             http,
             refund_wake: Notify::new(),
+            querydr_circuit,
+            refund_circuit,
         }
     }
 
@@ -328,6 +337,12 @@ impl Payments {
             .payment_refunds_due(self.ctx.now_ms(), REFUNDS_PER_ROUND)
             .await?;
         for refund in due {
+            // While VNPAY's refund API is cut off, a due refund waits without spending an
+            // attempt; the first one after the cool-down is the breaker's probe.
+            if let Err(open) = self.refund_circuit.check(self.ctx.now_ms()) {
+                tracing::debug!(refund = %refund.id, error = %open, "the refund waits");
+                break;
+            }
             if let Err(e) = self.pay_back(refund.id).await {
                 tracing::warn!(refund = %refund.id, order = %refund.order_id, error = %e, "a refund attempt failed");
             }
@@ -467,6 +482,15 @@ impl Payments {
             // Names the refund: VNPAY (and its stand-in) answers `94` to the same refund again.
             order_info: format!("Holdfast refund {}", refund.id),
         };
+        let permit = match self.refund_circuit.admit(self.ctx.now_ms()) {
+            Ok(permit) => permit,
+            Err(open) => {
+                // Not sent: nothing can have been refunded, so the refund is retried (with
+                // backoff) as after a refusal.
+                tracing::warn!(refund = %refund.id, order = %refund.order_id, error = %open, "a refund was not sent");
+                return (decide::RefundAnswer::Refused, None);
+            }
+        };
         let answer = async {
             let body = holdfast_vnpay::refund::request_body(&self.settings.vnpay, &request)?;
             let response: RefundResponse = self
@@ -485,6 +509,13 @@ impl Payments {
             )?)
         }
         .await;
+        // VNPAY answering is a success for the breaker, a refusal included; its `99` (an
+        // error on its side), a timeout, a broken connection or an answer that does not
+        // verify are failures.
+        permit.record(
+            matches!(&answer, Ok(r) if r.outcome != RefundOutcome::Error),
+            self.ctx.now_ms(),
+        );
         match answer {
             Ok(result) => {
                 let answer = match result.outcome {
@@ -733,19 +764,26 @@ impl Payments {
             order_info: format!("Query order {}", payment.order_id),
         };
         let body = holdfast_vnpay::querydr::request_body(&self.settings.vnpay, &request)?;
-        let response: holdfast_vnpay::querydr::QueryDrResponse = self
-            .http
-            .post(url)
-            .json(&body)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        Ok(holdfast_vnpay::querydr::verify_response(
-            &self.settings.vnpay,
-            &response,
-        )?)
+        let permit = self.querydr_circuit.admit(self.ctx.now_ms())?;
+        let answer = async {
+            let response: holdfast_vnpay::querydr::QueryDrResponse = self
+                .http
+                .post(url)
+                .timeout(self.settings.refunds.timeout)
+                .json(&body)
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            anyhow::Ok(holdfast_vnpay::querydr::verify_response(
+                &self.settings.vnpay,
+                &response,
+            )?)
+        }
+        .await;
+        permit.record(answer.is_ok(), self.ctx.now_ms());
+        answer
     }
 }
 
