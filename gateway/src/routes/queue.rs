@@ -28,7 +28,8 @@ fn read_json(state: &AppState, event: EventId, user: &AuthUser, read: &QueueRead
             "status": "sold_out", "position": position, "estimated_wait_secs": null,
         }),
         Some(QueueStatus::Admitted { number, expires_at }) => {
-            let secs = expires_at.as_millis().div_euclid(1000);
+            // Rounded up: the token never ends before the admission (the actor checks that).
+            let secs = expires_at.as_millis().saturating_add(999).div_euclid(1000);
             let token = state
                 .tokens()
                 .admissions()
