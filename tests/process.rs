@@ -22,6 +22,7 @@ holdfast_tests::on_both_backends!(
     operator_commands,
     environment_variables_configure_the_server,
     staff_belong_to_an_organizer,
+    the_waiting_room_survives_kill_9,
 );
 
 const FLASH_CAPACITY: usize = 100;
@@ -1269,4 +1270,86 @@ async fn settings_and_documents_follow_the_node() {
         format!("http://localhost:{port}")
     );
     let _ = child.kill().await;
+}
+
+/// The waiting room is journaled with the stock: `kill -9` before the opening keeps every buyer
+/// of the pre-queue, and `kill -9` after the admissions keeps each admission, whose token
+/// still places a hold.
+async fn the_waiting_room_survives_kill_9(backend: Backend) {
+    let mut server = ServerProcess::start(backend, &[]).await;
+    let api = server.client().clone();
+    let organizer = server.organizer_token().await;
+    let opens = time::OffsetDateTime::now_utc() + time::Duration::seconds(6);
+    let created = api
+        .post(
+            "/v1/events",
+            Some(&organizer),
+            &json!({
+                "name": "Queued Live", "starts_at": "2030-12-31T20:00:00Z",
+                "sale_starts_at": opens.format(&time::format_description::well_known::Rfc3339).unwrap(),
+                "queue": {"admit_per_minute": 6000, "active_max": 8, "admission_ttl_secs": 600},
+                "ticket_types": [{"code": "GA", "name": "GA", "price": 0, "currency": "VND", "capacity": 20}],
+            }),
+        )
+        .await;
+    created.assert_status(201);
+    let event = created.body["id"].as_str().unwrap().to_owned();
+    let buyers = api.customer_tokens(8, 4).await;
+    for buyer in &buyers {
+        api.post(
+            &format!("/v1/events/{event}/queue"),
+            Some(buyer),
+            &json!({}),
+        )
+        .await
+        .assert_status(201);
+    }
+    server.kill9().await;
+    server.restart().await;
+    let api = server.client().clone();
+    for buyer in &buyers {
+        let place = api
+            .get(&format!("/v1/events/{event}/queue/me"), Some(buyer))
+            .await;
+        place.assert_status(200);
+        assert_eq!(
+            place.body["status"], "waiting",
+            "kept through kill -9: {place}"
+        );
+    }
+    let mut tokens = Vec::new();
+    for buyer in &buyers {
+        let token = poll_until(
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            || async {
+                let place = api
+                    .get(&format!("/v1/events/{event}/queue/me"), Some(buyer))
+                    .await;
+                place.body["admission_token"].as_str().map(str::to_owned)
+            },
+        )
+        .await
+        .expect("every buyer is admitted after the opening");
+        tokens.push(token);
+    }
+    server.kill9().await;
+    server.restart().await;
+    let api = server.client().clone();
+    for (buyer, token) in buyers.iter().zip(&tokens) {
+        let hold = api
+            .send(
+                reqwest::Method::POST,
+                &format!("/v1/events/{event}/holds"),
+                Some(buyer),
+                Some(holdfast_tests::Body::Json(
+                    &json!({"items": [{"ticket_type": "GA", "quantity": 1}]}),
+                )),
+                &[("holdfast-admission", token.as_str())],
+            )
+            .await;
+        hold.assert_status(201);
+    }
+    let stock = api.stock(&event, "GA").await;
+    assert_eq!((stock.available, stock.held), (12, 8));
 }
