@@ -16,6 +16,7 @@ use time::format_description::well_known::Rfc3339;
 on_both_backends!(
     a_queued_sale_admits_fairly_and_sells_only_to_the_admitted,
     queue_settings_are_checked_and_events_without_a_queue_say_so,
+    a_captcha_guards_every_queue_join,
 );
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -348,5 +349,126 @@ async fn queue_settings_are_checked_and_events_without_a_queue_say_so(
     hold_with(&api, &buyer, &plain, None)
         .await
         .assert_status(201);
+    node.shutdown().await;
+}
+
+/// A `siteverify` stand-in in Turnstile's shape: the form's `secret` must be the site's,
+/// `response` "solved-<anything>" passes once (tokens are single use), anything else fails
+/// with Turnstile's error code; each call is recorded with its `remoteip`.
+async fn siteverify() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use axum::extract::State;
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let app = axum::Router::new()
+        .route(
+            "/turnstile/v0/siteverify",
+            axum::routing::post(
+                |State(seen): State<Arc<Mutex<Vec<String>>>>, body: String| async move {
+                    let form: HashMap<String, String> = form_urlencoded::parse(body.as_bytes())
+                        .into_owned()
+                        .collect();
+                    let mut seen = seen.lock().unwrap();
+                    let response = form.get("response").cloned().unwrap_or_default();
+                    let fresh = !seen.iter().any(|r| r.starts_with(&format!("{response} ")));
+                    seen.push(format!(
+                        "{response} {}",
+                        form.get("remoteip").cloned().unwrap_or_default()
+                    ));
+                    let ok = form.get("secret").map(String::as_str) == Some("site-secret")
+                        && response.starts_with("solved-")
+                        && fresh;
+                    axum::Json(if ok {
+                        json!({"success": true, "error-codes": []})
+                    } else {
+                        json!({"success": false, "error-codes": ["invalid-input-response"]})
+                    })
+                },
+            ),
+        )
+        .with_state(Arc::clone(&seen));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!(
+        "http://{}/turnstile/v0/siteverify",
+        listener.local_addr().expect("address")
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, seen)
+}
+
+async fn a_captcha_guards_every_queue_join(backend: holdfast_tests::Backend) {
+    let (url, seen) = siteverify().await;
+    let node = InProcessNode::start_with(backend, |c| {
+        c.captcha_siteverify_url = Some(url);
+        c.captcha_secret = Some("site-secret".to_owned());
+    })
+    .await;
+    let api = node.client().clone();
+    let organizer = node.organizer_token().await;
+    let queue = json!({"admit_per_minute": 600, "active_max": 10});
+    let sale = event(&api, &organizer, 5, json!({"queue": queue})).await;
+    let buyer = api.customer_token().await;
+    let join = |body: Value| {
+        let (api, buyer, sale) = (api.clone(), buyer.clone(), sale.clone());
+        async move {
+            api.post(&format!("/v1/events/{sale}/queue"), Some(&buyer), &body)
+                .await
+        }
+    };
+    join(json!({}))
+        .await
+        .assert_problem(422, "captcha-required");
+    join(json!({"captcha_token": "guessed"}))
+        .await
+        .assert_problem(403, "captcha-failed");
+    join(json!({"captcha_token": "solved-1", "extra": 1}))
+        .await
+        .assert_status(422);
+    join(json!({"captcha_token": "solved-1"}))
+        .await
+        .assert_status(201);
+    // In the queue already: the same place, no new CAPTCHA asked.
+    join(json!({})).await.assert_status(200);
+    // A token is good once: another buyer replaying it fails.
+    let other = api.customer_token().await;
+    api.post(
+        &format!("/v1/events/{sale}/queue"),
+        Some(&other),
+        &json!({"captcha_token": "solved-1"}),
+    )
+    .await
+    .assert_problem(403, "captcha-failed");
+    let calls = seen.lock().unwrap().clone();
+    assert_eq!(calls.len(), 3, "{calls:?}");
+    assert!(calls.iter().all(|c| c.ends_with(" 127.0.0.1")), "{calls:?}");
+    node.shutdown().await;
+
+    // The provider down: the join is not answered with a guess (503), and nothing joins.
+    let unreachable = format!(
+        "http://127.0.0.1:{}/siteverify",
+        holdfast_tests::free_port()
+    );
+    let node = InProcessNode::start_with(backend, |c| {
+        c.captcha_siteverify_url = Some(unreachable);
+        c.captcha_secret = Some("site-secret".to_owned());
+    })
+    .await;
+    let api = node.client().clone();
+    let organizer = node.organizer_token().await;
+    let sale = event(&api, &organizer, 5, json!({"queue": queue})).await;
+    let buyer = api.customer_token().await;
+    let reply = api
+        .post(
+            &format!("/v1/events/{sale}/queue"),
+            Some(&buyer),
+            &json!({"captcha_token": "solved-2"}),
+        )
+        .await;
+    assert_eq!(reply.status, 503, "{reply}");
+    me(&api, &buyer, &sale)
+        .await
+        .assert_problem(404, "not-in-queue");
     node.shutdown().await;
 }

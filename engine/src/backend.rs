@@ -12,9 +12,10 @@ use holdfast_actors::{
 };
 use holdfast_gateway::auth::Role;
 use holdfast_gateway::backend::{
-    Account, Attendee, Backend, BackendError, Category, ClusterProblem, Credentials, EventChanges,
-    EventInfo, EventOrder, EventQuery, IdempotencyState, MoveReport, NewEvent, NodeInfo, Page,
-    RefreshOutcome, SalePeriod, ShardInfo, StoredResponse, TicketTypeChanges, TicketTypeSpec,
+    Account, Attendee, Backend, BackendError, CaptchaVerdict, Category, ClusterProblem,
+    Credentials, EventChanges, EventInfo, EventOrder, EventQuery, IdempotencyState, MoveReport,
+    NewEvent, NodeInfo, Page, RefreshOutcome, SalePeriod, ShardInfo, StoredResponse,
+    TicketTypeChanges, TicketTypeSpec,
 };
 use holdfast_persistence::{
     self as store, EventFilter, EventPatch, EventRow, Idempotency, NewUser, Rotation, Store,
@@ -38,6 +39,8 @@ pub struct NodeBackend {
     /// Woken by a cancel: the refunds of cancelled events' paid orders
     /// ([`crate::cancel_refunds`]) go on at once, not at their next round.
     cancelled: Arc<tokio::sync::Notify>,
+    /// The CAPTCHA check at queue join, when configured.
+    captcha: Option<crate::captcha::Captcha>,
 }
 
 impl std::fmt::Debug for NodeBackend {
@@ -66,7 +69,15 @@ impl NodeBackend {
             hold_ttl_ms: i64::try_from(hold_ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
             ready: AtomicBool::new(false),
             cancelled: Arc::default(),
+            captcha: None,
         }
+    }
+
+    /// Checks a CAPTCHA at every queue join with `captcha`.
+    #[must_use]
+    pub fn with_captcha(mut self, captcha: Option<crate::captcha::Captcha>) -> Self {
+        self.captcha = captcha;
+        self
     }
 
     /// What a cancel wakes (see [`crate::cancel_refunds::run`]).
@@ -695,6 +706,17 @@ impl Backend for NodeBackend {
         match self.execute(hold.event_id, op).await? {
             InventoryReply::Hold(Some(view)) => Ok(view),
             other => Err(unexpected(other)),
+        }
+    }
+
+    async fn verify_captcha(
+        &self,
+        token: Option<&str>,
+        client: std::net::IpAddr,
+    ) -> Result<CaptchaVerdict, BackendError> {
+        match &self.captcha {
+            Some(captcha) => captcha.verify(token, client).await,
+            None => Ok(CaptchaVerdict::NotRequired),
         }
     }
 

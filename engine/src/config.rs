@@ -108,6 +108,11 @@ pub struct Config {
     pub vnpay_tmn_code: Option<String>,
     /// VNPAY HMAC-SHA512 secret (required with PostgreSQL when the payments service runs).
     pub vnpay_hash_secret: Option<String>,
+    /// A CAPTCHA at every queue join: the provider's `siteverify` URL (Turnstile's is
+    /// `https://challenges.cloudflare.com/turnstile/v0/siteverify`, hCaptcha's
+    /// `https://api.hcaptcha.com/siteverify`) and the site's secret. Both or neither.
+    pub captcha_siteverify_url: Option<String>,
+    pub captcha_secret: Option<String>,
     /// VNPAY's payment page. Unset on the embedded default: a local `holdfast vnpay-sim`.
     pub vnpay_pay_url: Option<String>,
     /// VNPAY's API endpoint (`querydr`). Unset: pending payments past their window fail,
@@ -258,6 +263,8 @@ impl Default for Config {
             public_url: None,
             vnpay_tmn_code: None,
             vnpay_hash_secret: None,
+            captcha_siteverify_url: None,
+            captcha_secret: None,
             vnpay_pay_url: None,
             vnpay_api_url: None,
             vnpay_sim_addr: SocketAddr::from(([127, 0, 0, 1], 9090)),
@@ -445,6 +452,22 @@ impl Config {
         }
         if self.notify_attempts_max == 0 {
             return bad("notify_attempts_max must be at least 1");
+        }
+        match (&self.captcha_siteverify_url, &self.captcha_secret) {
+            (None, None) => {}
+            (Some(url), Some(secret)) => {
+                if !(url.starts_with("https://") || url.starts_with("http://")) {
+                    return bad("captcha_siteverify_url must be an http(s) URL");
+                }
+                if secret.trim().is_empty() {
+                    return bad("captcha_secret is empty");
+                }
+            }
+            _ => {
+                return bad(
+                    "captcha_siteverify_url and captcha_secret go together: set both or neither",
+                );
+            }
         }
         if self.refund_attempts_max == 0 || self.refund_backoff_ms == 0 {
             return bad("refund_attempts_max and refund_backoff_ms must be at least 1");

@@ -5,6 +5,7 @@ pub mod addr;
 pub mod backend;
 pub mod backup;
 pub mod cancel_refunds;
+pub mod captcha;
 pub mod cluster;
 pub mod config;
 pub mod deny_list;

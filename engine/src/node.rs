@@ -404,14 +404,25 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
     });
     let deny_sync = tokio::spawn(Arc::clone(&deny_list).sync(store.clone(), Arc::clone(&clock)));
     let deny_listen = tokio::spawn(Arc::clone(&deny_list).listen(shutdown.subscribe()));
-    let backend = Arc::new(NodeBackend::new(
-        store.clone(),
-        Arc::clone(&inventories),
-        cluster.clone(),
-        deny_list,
-        Arc::clone(&clock),
-        config.hold_ttl,
-    ));
+    let backend = Arc::new(
+        NodeBackend::new(
+            store.clone(),
+            Arc::clone(&inventories),
+            cluster.clone(),
+            deny_list,
+            Arc::clone(&clock),
+            config.hold_ttl,
+        )
+        .with_captcha(
+            match (&config.captcha_siteverify_url, &config.captcha_secret) {
+                (Some(url), Some(secret)) => Some(
+                    crate::captcha::Captcha::new(url.clone(), secret.clone())
+                        .context("the CAPTCHA client")?,
+                ),
+                _ => None,
+            },
+        ),
+    );
     // Links in the buyers' messages: the public URL, else the address served (port 0 bound).
     let public_url = match &config.public_url {
         Some(_) => config.public_url(),

@@ -67,6 +67,18 @@ pub struct NewEvent {
     pub queue: Option<QueueConfig>,
 }
 
+/// A CAPTCHA check's outcome.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CaptchaVerdict {
+    /// No CAPTCHA is configured.
+    NotRequired,
+    Passed,
+    /// A CAPTCHA is configured and the request carries no answer.
+    Missing,
+    /// The provider refused the answer (its error codes).
+    Failed(String),
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EventInfo {
     pub id: EventId,
@@ -378,6 +390,15 @@ pub trait Backend: Send + Sync + 'static {
         items: Vec<Line>,
         admission: Option<u64>,
     ) -> Result<HoldView, BackendError>;
+
+    /// What the CAPTCHA provider says of `token` from `client`, before a queue join.
+    async fn verify_captcha(
+        &self,
+        _token: Option<&str>,
+        _client: std::net::IpAddr,
+    ) -> Result<CaptchaVerdict, BackendError> {
+        Ok(CaptchaVerdict::NotRequired)
+    }
 
     /// Joins `user` to the event's waiting room (idempotent) and answers what they read then.
     async fn queue_join(&self, _event: EventId, _user: UserId) -> Result<QueueRead, BackendError> {

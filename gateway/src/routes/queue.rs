@@ -3,18 +3,30 @@
 //! admission token that holds on the event need (`crate::admission`).
 
 use axum::Json;
+use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use holdfast_actors::EventId;
 use holdfast_actors::queue::{QueueRead, QueueStatus};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::events::parse_event_id;
 use super::rfc3339_millis;
 use crate::AppState;
 use crate::auth::AuthUser;
+use crate::backend::CaptchaVerdict;
 use crate::problem::Problem;
-use crate::rate_limit::Limit;
+use crate::rate_limit::{ClientIp, Limit};
+
+/// The body of a queue join, all optional (an empty body is a join).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinRequest {
+    /// The token of a solved CAPTCHA, when the node checks one at joins.
+    #[serde(default)]
+    pub captcha_token: Option<String>,
+}
 
 /// What a buyer reads: status, position and wait while waiting; the admission token and its
 /// expiry once admitted.
@@ -62,13 +74,21 @@ fn not_in_queue() -> Problem {
 pub async fn join(
     State(state): State<AppState>,
     user: AuthUser,
+    client: ClientIp,
     Path(raw): Path<String>,
+    body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), Problem> {
     state
         .rate_limits()
         .check(Limit::QueueJoins, &user.id.to_string())
         .await?;
     let event = parse_event_id(&raw)?;
+    let request: JoinRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        JoinRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| Problem::invalid(format!("the body is not a queue join: {e}")))?
+    };
     let before = state.backend().queue_read(event, user.id).await?;
     let already = matches!(
         before.status,
@@ -81,6 +101,31 @@ pub async fn join(
     let read = if already {
         before
     } else {
+        match state
+            .backend()
+            .verify_captcha(request.captcha_token.as_deref(), client.0)
+            .await?
+        {
+            CaptchaVerdict::NotRequired | CaptchaVerdict::Passed => {}
+            CaptchaVerdict::Missing => {
+                return Err(Problem::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "captcha-required",
+                    "CAPTCHA required",
+                    "joining this waiting room needs a solved CAPTCHA: send its token as \
+                     captcha_token",
+                ));
+            }
+            CaptchaVerdict::Failed(codes) => {
+                tracing::info!(%event, user = %user.id, %codes, "a queue join failed its CAPTCHA");
+                return Err(Problem::new(
+                    StatusCode::FORBIDDEN,
+                    "captcha-failed",
+                    "CAPTCHA failed",
+                    "the CAPTCHA answer was not accepted; solve a new one",
+                ));
+            }
+        }
         let read = state.backend().queue_join(event, user.id).await?;
         tracing::info!(%event, user = %user.id, "joined the waiting room");
         read
