@@ -664,8 +664,8 @@ async fn services_run_as_separate_processes_over_kafka() {
         ServerProcess::start(Backend::Postgres, &refs).await
     };
     let core = start(env(&with("gateway,inventory,orders"))).await;
-    let payments = start(env(&with("payments"))).await;
-    let tickets = start(env(&with("tickets,notifications"))).await;
+    let payments = start(env(&with("gateway,payments"))).await;
+    let tickets = start(env(&with("gateway,tickets,notifications"))).await;
     serve_vnpay(
         listener,
         format!("{}/v1/payments/vnpay/ipn", payments.client().base_url()),

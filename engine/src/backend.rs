@@ -34,6 +34,9 @@ pub struct NodeBackend {
     clock: Arc<dyn Clock>,
     hold_ttl_ms: i64,
     ready: AtomicBool,
+    /// False on a standalone node without the inventory role: inventory operations answer
+    /// 503 `service-unavailable` (a clustered node forwards them to the shards' owners).
+    serves_inventory: bool,
 }
 
 impl std::fmt::Debug for NodeBackend {
@@ -61,7 +64,16 @@ impl NodeBackend {
             clock,
             hold_ttl_ms: i64::try_from(hold_ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
             ready: AtomicBool::new(false),
+            serves_inventory: true,
         }
+    }
+
+    /// A node without the inventory role: without a cluster to forward to, inventory
+    /// operations answer 503 `service-unavailable`.
+    #[must_use]
+    pub fn without_inventory(mut self) -> Self {
+        self.serves_inventory = false;
+        self
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -80,6 +92,9 @@ impl NodeBackend {
     ) -> Result<InventoryReply, BackendError> {
         let reply = match &self.cluster {
             Some(cluster) => cluster.execute(event_id, op).await,
+            None if !self.serves_inventory => {
+                return Err(BackendError::NotServedHere("inventory"));
+            }
             None => {
                 self.inventories
                     .execute(event_id, SINGLE_NODE_EPOCH, op)

@@ -1,0 +1,235 @@
+//! The scheduler's reads (events due for a reminder, their ticket holders, the organizers'
+//! live events and their sales) and its table, `job_runs`: one row per job and due time,
+//! claimed in the transaction that queues what the run sends.
+
+use sqlx::Row as _;
+use uuid::Uuid;
+
+use crate::{CheckoutTx, Error, Store, parse_uuid, uuid_text};
+
+/// Events one reminder round looks at, at most; the rest wait for the next round.
+pub const REMINDER_EVENTS_MAX: i64 = 200;
+/// Live events one sales summary covers, at most.
+pub const SUMMARY_EVENTS_MAX: i64 = 10_000;
+
+/// An event whose start is near.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpcomingEventRow {
+    pub id: Uuid,
+    pub name: String,
+    pub venue: String,
+    pub starts_at: i64,
+    pub time_zone: String,
+    /// Ticket type code → display name, in the organizer's order.
+    pub ticket_types: Vec<(String, String)>,
+}
+
+/// The tickets of one type one holder has in one order of an event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HolderTicketsRow {
+    pub order_id: Uuid,
+    pub email: String,
+    pub phone: Option<String>,
+    pub language: String,
+    pub ticket_type: String,
+    pub count: i64,
+}
+
+/// An organizer's live event with its sales.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LiveEventSalesRow {
+    pub organizer_id: Uuid,
+    pub organizer_email: String,
+    pub organizer_language: String,
+    pub event_id: Uuid,
+    pub name: String,
+    pub starts_at: i64,
+    pub time_zone: String,
+    /// Tickets issued in the summary's window, and before its end in all.
+    pub sold_in_window: i64,
+    pub sold_total: i64,
+    /// Confirmed orders created in the window: amount in minor units per currency.
+    pub revenue: Vec<(String, i64)>,
+}
+
+impl Store {
+    /// Events not cancelled that start after `after_ms` and at the latest at `until_ms`, soonest
+    /// first, with their ticket types' names.
+    pub async fn upcoming_events(
+        &self,
+        after_ms: i64,
+        until_ms: i64,
+    ) -> Result<Vec<UpcomingEventRow>, Error> {
+        let rows = sqlx::query(
+            "SELECT id, name, venue, starts_at, time_zone FROM events \
+             WHERE cancelled_at IS NULL AND starts_at > $1 AND starts_at <= $2 \
+             ORDER BY starts_at, id LIMIT $3",
+        )
+        .bind(after_ms)
+        .bind(until_ms)
+        .bind(REMINDER_EVENTS_MAX)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut events = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let id: String = row.try_get("id")?;
+            let types = sqlx::query(
+                "SELECT code, name FROM ticket_types WHERE event_id = $1 ORDER BY position",
+            )
+            .bind(&id)
+            .fetch_all(&self.pool)
+            .await?;
+            events.push(UpcomingEventRow {
+                id: parse_uuid("events.id", &id)?,
+                name: row.try_get("name")?,
+                venue: row.try_get("venue")?,
+                starts_at: row.try_get("starts_at")?,
+                time_zone: row.try_get("time_zone")?,
+                ticket_types: types
+                    .iter()
+                    .map(|t| Ok((t.try_get("code")?, t.try_get("name")?)))
+                    .collect::<Result<_, sqlx::Error>>()?,
+            });
+        }
+        Ok(events)
+    }
+
+    /// The valid tickets of `event` by order, holder and type, with the holder's contact.
+    pub async fn event_holders(&self, event: Uuid) -> Result<Vec<HolderTicketsRow>, Error> {
+        let rows = sqlx::query(
+            "SELECT t.order_id, u.email, u.phone, u.language, t.ticket_type, COUNT(*) AS n \
+             FROM tickets t JOIN users u ON u.id = t.user_id \
+             WHERE t.event_id = $1 AND t.status = 'valid' \
+             GROUP BY t.order_id, u.email, u.phone, u.language, t.ticket_type \
+             ORDER BY t.order_id, t.ticket_type",
+        )
+        .bind(uuid_text(event))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let order: String = row.try_get("order_id")?;
+                Ok(HolderTicketsRow {
+                    order_id: parse_uuid("tickets.order_id", &order)?,
+                    email: row.try_get("email")?,
+                    phone: row.try_get("phone")?,
+                    language: row.try_get("language")?,
+                    ticket_type: row.try_get("ticket_type")?,
+                    count: row.try_get("n")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Every event not cancelled that starts after `from_ms`, by organizer, with the tickets
+    /// issued in `[from_ms, to_ms)` and before `to_ms`, and the confirmed orders' amounts.
+    pub async fn live_event_sales(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<LiveEventSalesRow>, Error> {
+        let events = sqlx::query(
+            "SELECT e.id, e.organizer_id, u.email, u.language, e.name, e.starts_at, e.time_zone \
+             FROM events e JOIN users u ON u.id = e.organizer_id \
+             WHERE e.cancelled_at IS NULL AND e.starts_at > $1 \
+             ORDER BY e.organizer_id, e.starts_at, e.id LIMIT $2",
+        )
+        .bind(from_ms)
+        .bind(SUMMARY_EVENTS_MAX)
+        .fetch_all(&self.pool)
+        .await?;
+        let tickets = sqlx::query(
+            "SELECT event_id, COUNT(*) AS total, \
+             SUM(CASE WHEN created_at >= $1 THEN 1 ELSE 0 END) AS recent \
+             FROM tickets WHERE status <> 'void' AND created_at < $2 GROUP BY event_id",
+        )
+        .bind(from_ms)
+        .bind(to_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        let revenue = sqlx::query(
+            "SELECT event_id, currency, CAST(SUM(amount) AS BIGINT) AS amount FROM orders \
+             WHERE status = 'confirmed' AND created_at >= $1 AND created_at < $2 \
+             GROUP BY event_id, currency ORDER BY event_id, currency",
+        )
+        .bind(from_ms)
+        .bind(to_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(events.len());
+        for row in &events {
+            let id: String = row.try_get("id")?;
+            let organizer: String = row.try_get("organizer_id")?;
+            let (mut sold_in_window, mut sold_total) = (0, 0);
+            for t in &tickets {
+                if t.try_get::<String, _>("event_id")? == id {
+                    sold_total = t.try_get("total")?;
+                    sold_in_window = t.try_get::<Option<i64>, _>("recent")?.unwrap_or(0);
+                }
+            }
+            let mut amounts = Vec::new();
+            for r in &revenue {
+                if r.try_get::<String, _>("event_id")? == id {
+                    amounts.push((r.try_get("currency")?, r.try_get("amount")?));
+                }
+            }
+            out.push(LiveEventSalesRow {
+                organizer_id: parse_uuid("events.organizer_id", &organizer)?,
+                organizer_email: row.try_get("email")?,
+                organizer_language: row.try_get("language")?,
+                event_id: parse_uuid("events.id", &id)?,
+                name: row.try_get("name")?,
+                starts_at: row.try_get("starts_at")?,
+                time_zone: row.try_get("time_zone")?,
+                sold_in_window,
+                sold_total,
+                revenue: amounts,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Whether `job` ran for `due_key` already.
+    pub async fn job_ran(&self, job: &str, due_key: &str) -> Result<bool, Error> {
+        let row = sqlx::query("SELECT 1 FROM job_runs WHERE job = $1 AND due_key = $2")
+            .bind(job)
+            .bind(due_key)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
+    }
+
+    /// Forgets runs older than `before_ms`.
+    pub async fn job_runs_purge(&self, before_ms: i64) -> Result<u64, Error> {
+        let done = sqlx::query("DELETE FROM job_runs WHERE ran_at < $1")
+            .bind(before_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+}
+
+impl CheckoutTx {
+    /// Claims the run of `job` for `due_key`: true for the first claim, false when another
+    /// scheduler's claim committed first (on PostgreSQL a concurrent claim waits for the first
+    /// to commit or roll back).
+    pub async fn claim_job_run(
+        &mut self,
+        job: &str,
+        due_key: &str,
+        holder: &str,
+        now_ms: i64,
+    ) -> Result<bool, Error> {
+        let done = sqlx::query(
+            "INSERT INTO job_runs (job, due_key, holder, ran_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(job)
+        .bind(due_key)
+        .bind(holder)
+        .bind(now_ms)
+        .execute(self.connection())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+}
