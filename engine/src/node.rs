@@ -461,7 +461,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
         },
     ));
     backend.set_ready(true);
-    tracing::info!(addr = ?addr, %ops_addr, ?roles, node = config.node_id.as_deref().unwrap_or("standalone"), database = %redact(&config.database_url()), durability = ?config.durability, "holdfast node serving");
+    tracing::info!(addr = ?addr, %ops_addr, roles = %config.roles, node = config.node_id.as_deref().unwrap_or("standalone"), database = %redact(&config.database_url()), durability = ?config.durability, "holdfast node serving");
     let task = tokio::spawn(async move {
         let until_stopped = async move {
             let _ = stopped.wait_for(|s| *s).await;

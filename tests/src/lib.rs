@@ -627,6 +627,8 @@ impl ServerProcess {
                 .skip_while(|l| !l.contains(&format!("start {} =====", self.starts)))
                 .find(|l| l.contains("holdfast node serving"))
                 && !line.contains(expected)
+                // Without the gateway role there is no API to listen elsewhere.
+                && !line.contains("addr=None")
             {
                 panic!("holdfast serve listens elsewhere than {expected}; log:\n{log}");
             }

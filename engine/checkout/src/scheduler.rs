@@ -324,7 +324,7 @@ impl Scheduler {
             ));
         }
         if self.claim_with("sales_summary", &day, &rows).await? {
-            tracing::info!(%day, organizers = rows.len(), "sales summaries queued");
+            tracing::info!(%day, messages = rows.len(), "sales summaries queued");
             metrics::counter!("holdfast_scheduler_runs_total", "job" => "sales_summary")
                 .increment(1);
             ran.summaries += 1;
