@@ -53,7 +53,8 @@ pub struct LiveEventSalesRow {
 }
 
 impl Store {
-    /// Events not cancelled that start after `after_ms` and at the latest at `until_ms`, soonest
+    /// Events not cancelled that start after `after_ms` and at the latest at `until_ms` and
+    /// whose reminder for that start has not run (`job_runs`, key `id@starts_at`), soonest
     /// first, with their ticket types' names.
     pub async fn upcoming_events(
         &self,
@@ -61,8 +62,10 @@ impl Store {
         until_ms: i64,
     ) -> Result<Vec<UpcomingEventRow>, Error> {
         let rows = sqlx::query(
-            "SELECT id, name, venue, starts_at, time_zone FROM events \
+            "SELECT id, name, venue, starts_at, time_zone FROM events e \
              WHERE cancelled_at IS NULL AND starts_at > $1 AND starts_at <= $2 \
+             AND NOT EXISTS (SELECT 1 FROM job_runs r WHERE r.job = 'reminder' \
+                 AND r.due_key = e.id || '@' || CAST(e.starts_at AS TEXT)) \
              ORDER BY starts_at, id LIMIT $3",
         )
         .bind(after_ms)

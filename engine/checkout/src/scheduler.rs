@@ -49,7 +49,8 @@ pub mod due {
         starts_at_ms.saturating_sub(before_ms) <= now_ms && now_ms < starts_at_ms
     }
 
-    /// The reminder's due key: a moved event is reminded again for its new start.
+    /// The reminder's due key: a moved event is reminded again for its new start. The store
+    /// builds the same text in SQL (`Store::upcoming_events`).
     pub fn reminder_key(event_id: &str, starts_at_ms: i64) -> String {
         format!("{event_id}@{starts_at_ms}")
     }
