@@ -163,3 +163,43 @@ async fn a_clustered_gateway_without_inventory_forwards_to_the_owners() {
         0
     );
 }
+
+/// Two `--roles scheduler` processes on one PostgreSQL database at once: each job's due time
+/// is claimed once, by one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_scheduler_processes_run_each_job_once() {
+    let first = ServerProcess::start(
+        Backend::Postgres,
+        &[
+            ("HOLDFAST_ROLES", "scheduler"),
+            ("HOLDFAST_SCHEDULER_TICK_SECS", "1"),
+        ],
+    )
+    .await;
+    let url = first.sandbox().database().url().to_owned();
+    let second = ServerProcess::start(
+        Backend::Sqlite,
+        &[
+            ("HOLDFAST_DATABASE_URL", &url),
+            ("HOLDFAST_ROLES", "scheduler"),
+            ("HOLDFAST_SCHEDULER_TICK_SECS", "1"),
+        ],
+    )
+    .await;
+    assert!(refused(first.client()).await && refused(second.client()).await);
+    // A few rounds of both.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for job in ["retention", "sales_summary"] {
+        // One claim per due time (an hour or a day could turn during the test: two at most).
+        let runs = count(
+            &url,
+            &format!("SELECT COUNT(*) FROM job_runs WHERE job = '{job}'"),
+        )
+        .await;
+        assert!((1..=2).contains(&runs), "{job}: {runs}");
+    }
+    for log in [first.log(), second.log()] {
+        assert!(!log.contains("scheduler round failed"), "{log}");
+    }
+    assert!(second.log().contains("holdfast node serving"));
+}
