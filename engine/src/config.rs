@@ -850,4 +850,33 @@ mod tests {
             Ok(())
         });
     }
+
+    #[test]
+    fn scheduler_settings_are_checked() {
+        Jail::expect_with(|jail| {
+            for (name, value, says) in [
+                (
+                    "HOLDFAST_REMINDER_HOURS_BEFORE",
+                    "0",
+                    "reminder_hours_before",
+                ),
+                (
+                    "HOLDFAST_SALES_SUMMARY_HOUR_UTC",
+                    "24",
+                    "sales_summary_hour_utc",
+                ),
+                ("HOLDFAST_SCHEDULER_TICK_SECS", "0", "scheduler_tick_secs"),
+            ] {
+                jail.set_env(name, value);
+                let err = Config::load(None).expect_err(name);
+                assert!(err.to_string().contains(says), "{err}");
+                jail.set_env(name, "1");
+            }
+            jail.set_env("HOLDFAST_ROLES", "gateway,scheduler");
+            let config = Config::load(None).expect("valid settings");
+            assert_eq!(config.reminder_hours_before, 1);
+            assert!(config.roles().expect("roles").saga.scheduler);
+            Ok(())
+        });
+    }
 }
