@@ -46,7 +46,7 @@ pub use journal::SqlJournal;
 pub use organizer::{AttendeeRow, EventOrderRow, ORGANIZER_PAGE_MAX};
 pub use parked::{PARKED_PAGE_MAX, ParkedRow};
 pub use scheduler::{
-    HolderTicketsRow, LiveEventSalesRow, REMINDER_EVENTS_MAX, SUMMARY_EVENTS_MAX, UpcomingEventRow,
+    HoldingRow, LiveEventSalesRow, REMINDER_EVENTS_MAX, SUMMARY_EVENTS_MAX, UpcomingEventRow,
 };
 pub use tokens::Rotation;
 

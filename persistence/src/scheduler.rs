@@ -1,6 +1,7 @@
-//! The scheduler's reads (events due for a reminder, their ticket holders, the organizers'
-//! live events and their sales) and its table, `job_runs`: one row per job and due time,
-//! claimed in the transaction that queues what the run sends.
+//! The scheduler's tables: `job_runs` (one row per job and due time, claimed in the
+//! transaction that queues what the run sends) and `scheduler_holdings` (each order's valid
+//! seats and holder, from the bus); and its reads of the catalog (events near their start, the
+//! organizers' live events and their sales).
 
 use sqlx::Row as _;
 use uuid::Uuid;
@@ -24,15 +25,15 @@ pub struct UpcomingEventRow {
     pub ticket_types: Vec<(String, String)>,
 }
 
-/// The tickets of one type one holder has in one order of an event.
+/// An order of an event as the scheduler keeps it from the bus.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HolderTicketsRow {
+pub struct HoldingRow {
     pub order_id: Uuid,
     pub email: String,
     pub phone: Option<String>,
     pub language: String,
-    pub ticket_type: String,
-    pub count: i64,
+    /// JSON `[["GA", 2], …]`: the valid seats by ticket type.
+    pub seats: String,
 }
 
 /// An organizer's live event with its sales.
@@ -97,14 +98,11 @@ impl Store {
         Ok(events)
     }
 
-    /// The valid tickets of `event` by order, holder and type, with the holder's contact.
-    pub async fn event_holders(&self, event: Uuid) -> Result<Vec<HolderTicketsRow>, Error> {
+    /// The orders of `event` the scheduler heard tickets of, with their holders' contact.
+    pub async fn event_holdings(&self, event: Uuid) -> Result<Vec<HoldingRow>, Error> {
         let rows = sqlx::query(
-            "SELECT t.order_id, u.email, u.phone, u.language, t.ticket_type, COUNT(*) AS n \
-             FROM tickets t JOIN users u ON u.id = t.user_id \
-             WHERE t.event_id = $1 AND t.status = 'valid' \
-             GROUP BY t.order_id, u.email, u.phone, u.language, t.ticket_type \
-             ORDER BY t.order_id, t.ticket_type",
+            "SELECT order_id, email, phone, language, seats FROM scheduler_holdings \
+             WHERE event_id = $1 AND email IS NOT NULL ORDER BY order_id",
         )
         .bind(uuid_text(event))
         .fetch_all(&self.pool)
@@ -112,13 +110,12 @@ impl Store {
         rows.iter()
             .map(|row| {
                 let order: String = row.try_get("order_id")?;
-                Ok(HolderTicketsRow {
-                    order_id: parse_uuid("tickets.order_id", &order)?,
+                Ok(HoldingRow {
+                    order_id: parse_uuid("scheduler_holdings.order_id", &order)?,
                     email: row.try_get("email")?,
                     phone: row.try_get("phone")?,
                     language: row.try_get("language")?,
-                    ticket_type: row.try_get("ticket_type")?,
-                    count: row.try_get("n")?,
+                    seats: row.try_get("seats")?,
                 })
             })
             .collect()
@@ -213,6 +210,72 @@ impl Store {
 }
 
 impl CheckoutTx {
+    /// The order's event and buyer's language (from `OrderCreated`), whichever event came first.
+    pub async fn holding_about(
+        &mut self,
+        order: Uuid,
+        event: Uuid,
+        language: &str,
+        now_ms: i64,
+    ) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT INTO scheduler_holdings (order_id, event_id, language, updated_at) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (order_id) DO UPDATE \
+             SET language = excluded.language, updated_at = excluded.updated_at",
+        )
+        .bind(uuid_text(order))
+        .bind(uuid_text(event))
+        .bind(language)
+        .bind(now_ms)
+        .execute(self.connection())
+        .await?;
+        Ok(())
+    }
+
+    /// The order's issued seats and the holder's contact (from `TicketsIssued`).
+    pub async fn holding_issued(
+        &mut self,
+        order: Uuid,
+        event: Uuid,
+        (email, phone): (&str, Option<&str>),
+        seats: &str,
+        now_ms: i64,
+    ) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT INTO scheduler_holdings (order_id, event_id, email, phone, seats, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (order_id) DO UPDATE \
+             SET email = excluded.email, phone = excluded.phone, seats = excluded.seats, \
+             updated_at = excluded.updated_at",
+        )
+        .bind(uuid_text(order))
+        .bind(uuid_text(event))
+        .bind(email)
+        .bind(phone)
+        .bind(seats)
+        .bind(now_ms)
+        .execute(self.connection())
+        .await?;
+        Ok(())
+    }
+
+    /// The seats still valid after a refund (from `TicketsVoided`).
+    pub async fn holding_kept(
+        &mut self,
+        order: Uuid,
+        seats: &str,
+        now_ms: i64,
+    ) -> Result<(), Error> {
+        sqlx::query(
+            "UPDATE scheduler_holdings SET seats = $2, updated_at = $3 WHERE order_id = $1",
+        )
+        .bind(uuid_text(order))
+        .bind(seats)
+        .bind(now_ms)
+        .execute(self.connection())
+        .await?;
+        Ok(())
+    }
+
     /// Claims the run of `job` for `due_key`: true for the first claim, false when another
     /// scheduler's claim committed first (on PostgreSQL a concurrent claim waits for the first
     /// to commit or roll back).

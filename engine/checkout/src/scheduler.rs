@@ -14,12 +14,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use holdfast_actors::actor::Clock;
-use holdfast_persistence::{HolderTicketsRow, NotificationRow, Store, UpcomingEventRow};
+use holdfast_bus::{ORDERS, TICKETS};
+use holdfast_persistence::{CheckoutTx, HoldingRow, NotificationRow, Store, UpcomingEventRow};
 use tokio::sync::{Notify, watch};
 
+use crate::error::Error;
+use crate::events::{Envelope, SagaEvent};
 use crate::messages::{self, Facts, Kind, Language, Line, OrderAbout, SummaryLine};
 use crate::notifications::{Notifications, NotifySettings, Recipient};
+use crate::runner::Consumer;
 use crate::service::Ctx;
 
 /// Settings of the scheduled jobs.
@@ -210,7 +215,7 @@ impl Scheduler {
             if self.ctx.store.job_ran("reminder", &key).await? {
                 continue;
             }
-            let holders = self.ctx.store.event_holders(event.id).await?;
+            let holders = self.ctx.store.event_holdings(event.id).await?;
             let rows = self.reminder_rows(&event, &key, &holders)?;
             if self.claim_with("reminder", &key, &rows).await? {
                 tracing::info!(event = %event.id, starts_at = event.starts_at, messages = rows.len(), "ticket holders reminded");
@@ -228,11 +233,15 @@ impl Scheduler {
         &self,
         event: &UpcomingEventRow,
         key: &str,
-        holders: &[HolderTicketsRow],
+        holders: &[HoldingRow],
     ) -> anyhow::Result<Vec<NotificationRow>> {
         let mut rows = Vec::new();
-        for order in holders.chunk_by(|a, b| a.order_id == b.order_id) {
-            let first = &order[0];
+        for first in holders {
+            let seats: Vec<(String, u32)> = serde_json::from_str(&first.seats)
+                .map_err(|e| anyhow::anyhow!("seats of order {}: {e}", first.order_id))?;
+            if seats.iter().all(|(_, n)| *n == 0) {
+                continue;
+            }
             let about = OrderAbout {
                 event_name: event.name.clone(),
                 venue: event.venue.clone(),
@@ -241,21 +250,18 @@ impl Scheduler {
                 language: Language::parse(&first.language).unwrap_or_default(),
                 ticket_types: event.ticket_types.clone(),
             };
-            let lines: Vec<Line> = order
-                .iter()
-                .map(|t| Line {
-                    ticket_type: t.ticket_type.clone(),
-                    quantity: u32::try_from(t.count).unwrap_or(u32::MAX),
-                    price: 0,
-                })
-                .collect();
             let facts = Facts {
                 order_id: first.order_id.to_string(),
-                tickets: order
+                tickets: seats.iter().map(|(_, n)| *n as usize).sum(),
+                lines: seats
                     .iter()
-                    .map(|t| usize::try_from(t.count).unwrap_or(0))
-                    .sum(),
-                lines,
+                    .filter(|(_, n)| *n > 0)
+                    .map(|(ticket_type, quantity)| Line {
+                        ticket_type: ticket_type.clone(),
+                        quantity: *quantity,
+                        price: 0,
+                    })
+                    .collect(),
                 link: self.sender.return_link(),
                 ..Facts::default()
             };
@@ -368,6 +374,96 @@ impl Scheduler {
             job_runs = runs,
             "retention: forgot what is done"
         );
+        Ok(())
+    }
+}
+
+/// The scheduler's consumer: keeps `scheduler_holdings` from the bus (each order's event and
+/// buyer's language from `OrderCreated`, or a free order's `OrderConfirmed`, the seats and contact from `TicketsIssued`, the seats left after
+/// a refund from `TicketsVoided`), so reminders need no other service's tables.
+pub(crate) struct HoldingsFeed {
+    pub ctx: Ctx,
+}
+
+const FEED: &str = "scheduler";
+
+/// Seats by type as `scheduler_holdings.seats` stores them.
+fn seats_json<'a>(seats: impl Iterator<Item = (&'a str, u32)>) -> String {
+    let mut by_type: Vec<(String, u32)> = Vec::new();
+    for (ticket_type, n) in seats {
+        match by_type.iter_mut().find(|(t, _)| t == ticket_type) {
+            Some((_, count)) => *count += n,
+            None => by_type.push((ticket_type.to_owned(), n)),
+        }
+    }
+    serde_json::to_string(&by_type).expect("seats serialise")
+}
+
+#[async_trait]
+impl Consumer for HoldingsFeed {
+    fn group(&self) -> &'static str {
+        FEED
+    }
+
+    fn topics(&self) -> &'static [&'static str] {
+        &[ORDERS, TICKETS]
+    }
+
+    fn in_tx(&self, env: &Envelope) -> bool {
+        matches!(
+            env.event,
+            SagaEvent::OrderCreated { .. }
+                | SagaEvent::OrderConfirmed { about: Some(_), .. }
+                | SagaEvent::TicketsIssued { .. }
+                | SagaEvent::TicketsVoided { .. }
+        )
+    }
+
+    async fn handle_in(&self, tx: &mut CheckoutTx, env: &Envelope) -> Result<(), Error> {
+        if !tx.first_time(FEED, env.id).await? {
+            return Ok(());
+        }
+        let now = self.ctx.now_ms();
+        match &env.event {
+            SagaEvent::OrderCreated {
+                event_id, about, ..
+            }
+            | SagaEvent::OrderConfirmed {
+                event_id,
+                about: about @ Some(_),
+                ..
+            } => {
+                let language = about.as_ref().map(|a| a.language).unwrap_or_default();
+                tx.holding_about(env.order_id, *event_id, language.as_str(), now)
+                    .await?;
+            }
+            SagaEvent::TicketsIssued {
+                email,
+                phone,
+                event_id,
+                tickets,
+            } => {
+                let seats = seats_json(tickets.iter().map(|t| (t.ticket_type.as_str(), 1)));
+                tx.holding_issued(
+                    env.order_id,
+                    *event_id,
+                    (email, phone.as_deref()),
+                    &seats,
+                    now,
+                )
+                .await?;
+            }
+            SagaEvent::TicketsVoided { admitted, kept } => {
+                let kept = kept.as_ref().unwrap_or(admitted);
+                let seats = seats_json(kept.iter().map(|s| (s.ticket_type.as_str(), s.quantity)));
+                tx.holding_kept(env.order_id, &seats, now).await?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn handle(&self, _env: &Envelope) -> Result<(), Error> {
         Ok(())
     }
 }

@@ -192,6 +192,11 @@ impl CheckoutNode {
                 Arc::clone(notifications).send_loop(stopped.clone()),
             ));
         }
+        if settings.roles.scheduler {
+            consumers.push(Arc::new(crate::scheduler::HoldingsFeed {
+                ctx: ctx.clone(),
+            }));
+        }
         let parking = runner::Parking {
             store: store.clone(),
             clock: Arc::clone(&ctx.clock),

@@ -9,3 +9,17 @@ CREATE TABLE job_runs (
     PRIMARY KEY (job, due_key)
 );
 CREATE INDEX job_runs_ran_at ON job_runs (ran_at);
+
+-- Scheduler: what the bus told it of each order, for the reminders: the event, the buyer's
+-- contact and language (OrderCreated, TicketsIssued) and the seats still valid by type, as JSON
+-- `[["GA", 2], …]` (TicketsIssued, then TicketsVoided's kept seats).
+CREATE TABLE scheduler_holdings (
+    order_id   TEXT   NOT NULL PRIMARY KEY,
+    event_id   TEXT   NOT NULL,
+    email      TEXT,
+    phone      TEXT,
+    language   TEXT   NOT NULL DEFAULT 'vi',
+    seats      TEXT   NOT NULL DEFAULT '[]',
+    updated_at BIGINT NOT NULL
+);
+CREATE INDEX scheduler_holdings_event ON scheduler_holdings (event_id);
