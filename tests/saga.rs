@@ -1889,10 +1889,10 @@ async fn poison_messages_park_and_the_consumer_moves_on(backend: Backend) {
             .filter(|p| p["topic"] == "tickets.events")
             .cloned()
             .collect();
-        (junk.len() == 2).then_some(junk)
+        (junk.len() == 3).then_some(junk)
     })
     .await
-    .expect("the junk record is parked by orders and notifications");
+    .expect("the junk record is parked by orders, notifications and the scheduler");
     for parked in &junk_parked {
         assert!(parked["order_id"].is_null(), "{parked}");
         assert!(
