@@ -46,10 +46,10 @@ pub struct LiveEventSalesRow {
     pub name: String,
     pub starts_at: i64,
     pub time_zone: String,
-    /// Tickets issued in the summary's window, and before its end in all.
+    /// Seats (still valid) issued in the summary's window, and before its end in all.
     pub sold_in_window: i64,
     pub sold_total: i64,
-    /// Confirmed orders created in the window: amount in minor units per currency.
+    /// Orders confirmed in the window: amount in minor units per currency.
     pub revenue: Vec<(String, i64)>,
 }
 
@@ -121,8 +121,9 @@ impl Store {
             .collect()
     }
 
-    /// Every event not cancelled that starts after `from_ms`, by organizer, with the tickets
-    /// issued in `[from_ms, to_ms)` and before `to_ms`, and the confirmed orders' amounts.
+    /// Every event not cancelled that starts after `from_ms`, by organizer, with the seats still
+    /// valid of those issued in `[from_ms, to_ms)` and before `to_ms`, and the amounts of the
+    /// orders confirmed in `[from_ms, to_ms)` (from `scheduler_holdings`).
     pub async fn live_event_sales(
         &self,
         from_ms: i64,
@@ -139,17 +140,18 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         let tickets = sqlx::query(
-            "SELECT event_id, COUNT(*) AS total, \
-             SUM(CASE WHEN created_at >= $1 THEN 1 ELSE 0 END) AS recent \
-             FROM tickets WHERE status <> 'void' AND created_at < $2 GROUP BY event_id",
+            "SELECT event_id, CAST(SUM(seat_count) AS BIGINT) AS total, \
+             CAST(SUM(CASE WHEN issued_at >= $1 THEN seat_count ELSE 0 END) AS BIGINT) AS recent \
+             FROM scheduler_holdings WHERE issued_at < $2 GROUP BY event_id",
         )
         .bind(from_ms)
         .bind(to_ms)
         .fetch_all(&self.pool)
         .await?;
         let revenue = sqlx::query(
-            "SELECT event_id, currency, CAST(SUM(amount) AS BIGINT) AS amount FROM orders \
-             WHERE status = 'confirmed' AND created_at >= $1 AND created_at < $2 \
+            "SELECT event_id, currency, CAST(SUM(amount) AS BIGINT) AS amount \
+             FROM scheduler_holdings WHERE currency IS NOT NULL \
+             AND confirmed_at >= $1 AND confirmed_at < $2 \
              GROUP BY event_id, currency ORDER BY event_id, currency",
         )
         .bind(from_ms)
@@ -163,7 +165,7 @@ impl Store {
             let (mut sold_in_window, mut sold_total) = (0, 0);
             for t in &tickets {
                 if t.try_get::<String, _>("event_id")? == id {
-                    sold_total = t.try_get("total")?;
+                    sold_total = t.try_get::<Option<i64>, _>("total")?.unwrap_or(0);
                     sold_in_window = t.try_get::<Option<i64>, _>("recent")?.unwrap_or(0);
                 }
             }
@@ -210,41 +212,65 @@ impl Store {
 }
 
 impl CheckoutTx {
-    /// The order's event and buyer's language (from `OrderCreated`), whichever event came first.
+    /// The order's event and buyer's language, with its amount when it has one to pay (from
+    /// `OrderCreated`, or a free order's `OrderConfirmed`), whichever event came first.
     pub async fn holding_about(
         &mut self,
-        order: Uuid,
-        event: Uuid,
+        (order, event): (Uuid, Uuid),
         language: &str,
+        amount: Option<(i64, &str)>,
         now_ms: i64,
     ) -> Result<(), Error> {
         sqlx::query(
-            "INSERT INTO scheduler_holdings (order_id, event_id, language, updated_at) \
-             VALUES ($1, $2, $3, $4) ON CONFLICT (order_id) DO UPDATE \
-             SET language = excluded.language, updated_at = excluded.updated_at",
+            "INSERT INTO scheduler_holdings (order_id, event_id, language, amount, currency, \
+             updated_at) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (order_id) DO UPDATE \
+             SET language = excluded.language, amount = excluded.amount, \
+             currency = excluded.currency, updated_at = excluded.updated_at",
         )
         .bind(uuid_text(order))
         .bind(uuid_text(event))
         .bind(language)
+        .bind(amount.map_or(0, |(a, _)| a))
+        .bind(amount.map(|(_, c)| c))
         .bind(now_ms)
         .execute(self.connection())
         .await?;
         Ok(())
     }
 
-    /// The order's issued seats and the holder's contact (from `TicketsIssued`).
-    pub async fn holding_issued(
+    /// When the order was confirmed (from `OrderConfirmed`).
+    pub async fn holding_confirmed(
         &mut self,
-        order: Uuid,
-        event: Uuid,
-        (email, phone): (&str, Option<&str>),
-        seats: &str,
-        now_ms: i64,
+        (order, event): (Uuid, Uuid),
+        at_ms: i64,
     ) -> Result<(), Error> {
         sqlx::query(
-            "INSERT INTO scheduler_holdings (order_id, event_id, email, phone, seats, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (order_id) DO UPDATE \
-             SET email = excluded.email, phone = excluded.phone, seats = excluded.seats, \
+            "INSERT INTO scheduler_holdings (order_id, event_id, confirmed_at, updated_at) \
+             VALUES ($1, $2, $3, $3) ON CONFLICT (order_id) DO UPDATE \
+             SET confirmed_at = excluded.confirmed_at, updated_at = excluded.updated_at",
+        )
+        .bind(uuid_text(order))
+        .bind(uuid_text(event))
+        .bind(at_ms)
+        .execute(self.connection())
+        .await?;
+        Ok(())
+    }
+
+    /// The order's issued seats and the holder's contact (from `TicketsIssued` at `at_ms`).
+    pub async fn holding_issued(
+        &mut self,
+        (order, event): (Uuid, Uuid),
+        (email, phone): (&str, Option<&str>),
+        (seats, seat_count): (&str, i64),
+        at_ms: i64,
+    ) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT INTO scheduler_holdings (order_id, event_id, email, phone, seats, seat_count, \
+             issued_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7) \
+             ON CONFLICT (order_id) DO UPDATE SET email = excluded.email, phone = excluded.phone, \
+             seats = excluded.seats, seat_count = excluded.seat_count, \
+             issued_at = COALESCE(scheduler_holdings.issued_at, excluded.issued_at), \
              updated_at = excluded.updated_at",
         )
         .bind(uuid_text(order))
@@ -252,7 +278,8 @@ impl CheckoutTx {
         .bind(email)
         .bind(phone)
         .bind(seats)
-        .bind(now_ms)
+        .bind(seat_count)
+        .bind(at_ms)
         .execute(self.connection())
         .await?;
         Ok(())
@@ -262,14 +289,16 @@ impl CheckoutTx {
     pub async fn holding_kept(
         &mut self,
         order: Uuid,
-        seats: &str,
+        (seats, seat_count): (&str, i64),
         now_ms: i64,
     ) -> Result<(), Error> {
         sqlx::query(
-            "UPDATE scheduler_holdings SET seats = $2, updated_at = $3 WHERE order_id = $1",
+            "UPDATE scheduler_holdings SET seats = $2, seat_count = $3, updated_at = $4 \
+             WHERE order_id = $1",
         )
         .bind(uuid_text(order))
         .bind(seats)
+        .bind(seat_count)
         .bind(now_ms)
         .execute(self.connection())
         .await?;

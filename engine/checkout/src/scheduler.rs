@@ -378,9 +378,11 @@ impl Scheduler {
     }
 }
 
-/// The scheduler's consumer: keeps `scheduler_holdings` from the bus (each order's event and
-/// buyer's language from `OrderCreated`, or a free order's `OrderConfirmed`, the seats and contact from `TicketsIssued`, the seats left after
-/// a refund from `TicketsVoided`), so reminders need no other service's tables.
+/// The scheduler's consumer: keeps `scheduler_holdings` from the bus (each order's event,
+/// buyer's language and amount from `OrderCreated`, or a free order's `OrderConfirmed`; when
+/// it was confirmed; the seats, their holder and when they were issued from `TicketsIssued`;
+/// the seats left after a refund from `TicketsVoided`), so reminders and sales summaries read
+/// no other service's tables.
 pub(crate) struct HoldingsFeed {
     pub ctx: Ctx,
 }
@@ -413,7 +415,7 @@ impl Consumer for HoldingsFeed {
         matches!(
             env.event,
             SagaEvent::OrderCreated { .. }
-                | SagaEvent::OrderConfirmed { about: Some(_), .. }
+                | SagaEvent::OrderConfirmed { .. }
                 | SagaEvent::TicketsIssued { .. }
                 | SagaEvent::TicketsVoided { .. }
         )
@@ -424,18 +426,35 @@ impl Consumer for HoldingsFeed {
             return Ok(());
         }
         let now = self.ctx.now_ms();
+        let language = |about: &Option<crate::messages::OrderAbout>| {
+            about.as_ref().map(|a| a.language).unwrap_or_default()
+        };
         match &env.event {
             SagaEvent::OrderCreated {
-                event_id, about, ..
-            }
-            | SagaEvent::OrderConfirmed {
                 event_id,
-                about: about @ Some(_),
+                about,
+                amount,
+                currency,
                 ..
             } => {
-                let language = about.as_ref().map(|a| a.language).unwrap_or_default();
-                tx.holding_about(env.order_id, *event_id, language.as_str(), now)
-                    .await?;
+                let ids = (env.order_id, *event_id);
+                tx.holding_about(
+                    ids,
+                    language(about).as_str(),
+                    Some((*amount, currency)),
+                    now,
+                )
+                .await?;
+            }
+            SagaEvent::OrderConfirmed {
+                event_id, about, ..
+            } => {
+                let ids = (env.order_id, *event_id);
+                if about.is_some() {
+                    tx.holding_about(ids, language(about).as_str(), None, now)
+                        .await?;
+                }
+                tx.holding_confirmed(ids, env.at_ms).await?;
             }
             SagaEvent::TicketsIssued {
                 email,
@@ -444,19 +463,20 @@ impl Consumer for HoldingsFeed {
                 tickets,
             } => {
                 let seats = seats_json(tickets.iter().map(|t| (t.ticket_type.as_str(), 1)));
+                let count = i64::try_from(tickets.len()).unwrap_or(i64::MAX);
                 tx.holding_issued(
-                    env.order_id,
-                    *event_id,
+                    (env.order_id, *event_id),
                     (email, phone.as_deref()),
-                    &seats,
-                    now,
+                    (&seats, count),
+                    env.at_ms,
                 )
                 .await?;
             }
             SagaEvent::TicketsVoided { admitted, kept } => {
                 let kept = kept.as_ref().unwrap_or(admitted);
                 let seats = seats_json(kept.iter().map(|s| (s.ticket_type.as_str(), s.quantity)));
-                tx.holding_kept(env.order_id, &seats, now).await?;
+                let count: i64 = kept.iter().map(|s| i64::from(s.quantity)).sum();
+                tx.holding_kept(env.order_id, (&seats, count), now).await?;
             }
             _ => {}
         }
@@ -522,6 +542,21 @@ mod tests {
             let (got_key, from, got_to) = daily(*now, *hour);
             assert_eq!((got_key.as_str(), got_to), (*key, *to), "{now} at {hour}h");
             assert_eq!(got_to - from, DAY_MS);
+        }
+    }
+
+    #[test]
+    fn seats_are_kept_by_type() {
+        let cases: &[(&[(&str, u32)], &str)] = &[
+            (&[], "[]"),
+            (
+                &[("GA", 1), ("VIP", 1), ("GA", 1)],
+                r#"[["GA",2],["VIP",1]]"#,
+            ),
+            (&[("GA", 0)], r#"[["GA",0]]"#),
+        ];
+        for (seats, want) in cases {
+            assert_eq!(super::seats_json(seats.iter().copied()), *want);
         }
     }
 

@@ -10,9 +10,11 @@ CREATE TABLE job_runs (
 );
 CREATE INDEX job_runs_ran_at ON job_runs (ran_at);
 
--- Scheduler: what the bus told it of each order, for the reminders: the event, the buyer's
--- contact and language (OrderCreated, TicketsIssued) and the seats still valid by type, as JSON
--- `[["GA", 2], …]` (TicketsIssued, then TicketsVoided's kept seats).
+-- Scheduler: what the bus told it of each order, for the reminders and the sales summaries:
+-- the event, the buyer's contact and language (OrderCreated, TicketsIssued), the seats still
+-- valid by type, as JSON `[["GA", 2], …]`, and their number (TicketsIssued, then
+-- TicketsVoided's kept seats), when they were issued, the amount (OrderCreated) and when the
+-- order was confirmed (OrderConfirmed).
 CREATE TABLE scheduler_holdings (
     order_id   TEXT   NOT NULL PRIMARY KEY,
     event_id   TEXT   NOT NULL,
@@ -20,6 +22,11 @@ CREATE TABLE scheduler_holdings (
     phone      TEXT,
     language   TEXT   NOT NULL DEFAULT 'vi',
     seats      TEXT   NOT NULL DEFAULT '[]',
+    seat_count BIGINT NOT NULL DEFAULT 0,
+    issued_at  BIGINT,
+    amount     BIGINT NOT NULL DEFAULT 0,
+    currency   TEXT,
+    confirmed_at BIGINT,
     updated_at BIGINT NOT NULL
 );
 CREATE INDEX scheduler_holdings_event ON scheduler_holdings (event_id);
