@@ -157,7 +157,10 @@ def check_manifests(out):
                     if cm and cm not in configmaps:
                         fail(f"{where} {wname}: ConfigMap {cm} is not built")
         for role in sorted(role_names - {"all"}):
-            if len(served.get(role, [])) != 1:
+            # The gateway fronts every workload whose routes the Ingress sends it.
+            if role == "gateway" and not served.get(role):
+                fail(f"{where} role gateway must run in a workload")
+            elif role != "gateway" and len(served.get(role, [])) != 1:
                 fail(f"{where} role {role} must run in exactly one workload, not {served.get(role, [])}")
         ports = {}
         for wname, tpl in pods.items():

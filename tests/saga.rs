@@ -664,8 +664,8 @@ async fn services_run_as_separate_processes_over_kafka() {
         ServerProcess::start(Backend::Postgres, &refs).await
     };
     let core = start(env(&with("gateway,inventory,orders"))).await;
-    let payments = start(env(&with("payments"))).await;
-    let tickets = start(env(&with("tickets,notifications"))).await;
+    let payments = start(env(&with("gateway,payments"))).await;
+    let tickets = start(env(&with("gateway,tickets,notifications"))).await;
     serve_vnpay(
         listener,
         format!("{}/v1/payments/vnpay/ipn", payments.client().base_url()),
@@ -1890,10 +1890,10 @@ async fn poison_messages_park_and_the_consumer_moves_on(backend: Backend) {
             .filter(|p| p["topic"] == "tickets.events")
             .cloned()
             .collect();
-        (junk.len() == 2).then_some(junk)
+        (junk.len() == 3).then_some(junk)
     })
     .await
-    .expect("the junk record is parked by orders and notifications");
+    .expect("the junk record is parked by orders, notifications and the scheduler");
     for parked in &junk_parked {
         assert!(parked["order_id"].is_null(), "{parked}");
         assert!(

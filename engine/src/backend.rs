@@ -41,6 +41,9 @@ pub struct NodeBackend {
     cancelled: Arc<tokio::sync::Notify>,
     /// The CAPTCHA check at queue join, when configured.
     captcha: Option<crate::captcha::Captcha>,
+    /// False on a standalone node without the inventory role: inventory operations answer
+    /// 503 `service-unavailable` (a clustered node forwards them to the shards' owners).
+    serves_inventory: bool,
 }
 
 impl std::fmt::Debug for NodeBackend {
@@ -70,6 +73,7 @@ impl NodeBackend {
             ready: AtomicBool::new(false),
             cancelled: Arc::default(),
             captcha: None,
+            serves_inventory: true,
         }
     }
 
@@ -83,6 +87,14 @@ impl NodeBackend {
     /// What a cancel wakes (see [`crate::cancel_refunds::run`]).
     pub fn cancels(&self) -> Arc<tokio::sync::Notify> {
         Arc::clone(&self.cancelled)
+    }
+
+    /// A node without the inventory role: without a cluster to forward to, inventory
+    /// operations answer 503 `service-unavailable`.
+    #[must_use]
+    pub fn without_inventory(mut self) -> Self {
+        self.serves_inventory = false;
+        self
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -101,6 +113,9 @@ impl NodeBackend {
     ) -> Result<InventoryReply, BackendError> {
         let reply = match &self.cluster {
             Some(cluster) => cluster.execute(event_id, op).await,
+            None if !self.serves_inventory => {
+                return Err(BackendError::NotServedHere("inventory"));
+            }
             None => {
                 self.inventories
                     .execute(event_id, SINGLE_NODE_EPOCH, op)

@@ -84,8 +84,15 @@ pub struct Config {
     /// A node whose heartbeat is older than this loses its shards to the others.
     pub lease_secs: u64,
     /// Services this process runs: `all`, or a comma-separated subset of `gateway`,
-    /// `inventory`, `orders`, `payments`, `tickets`, `notifications` (`--roles` wins).
+    /// `inventory`, `orders`, `payments`, `tickets`, `notifications`, `scheduler` (`--roles`
+    /// wins).
     pub roles: String,
+    /// Hours before an event's start its ticket holders are reminded (scheduler role).
+    pub reminder_hours_before: u64,
+    /// Hour of the day (UTC, 0-23) the daily sales summary goes to organizers.
+    pub sales_summary_hour_utc: u32,
+    /// How often the scheduler looks for due jobs.
+    pub scheduler_tick_secs: u64,
     /// `host:port,…` of Kafka brokers: the saga's bus is Kafka. Unset: the durable in-process
     /// bus in the node's own database.
     pub kafka_brokers: Option<String>,
@@ -255,6 +262,9 @@ impl Default for Config {
             shards: 256,
             lease_secs: 10,
             roles: "all".to_owned(),
+            reminder_hours_before: 24,
+            sales_summary_hour_utc: 0,
+            scheduler_tick_secs: 30,
             kafka_brokers: None,
             bus_database_url: None,
             kafka_producer_config: None,
@@ -479,6 +489,15 @@ impl Config {
             return bad("circuit_failures_max must be at least 1");
         }
         self.roles().map_err(Error::Invalid)?;
+        if self.reminder_hours_before == 0 || self.reminder_hours_before > 24 * 366 {
+            return bad("reminder_hours_before must be between 1 and 8784 (a year)");
+        }
+        if self.sales_summary_hour_utc > 23 {
+            return bad("sales_summary_hour_utc must be an hour of the day, 0 to 23");
+        }
+        if self.scheduler_tick_secs == 0 || self.scheduler_tick_secs > 3600 {
+            return bad("scheduler_tick_secs must be between 1 and 3600");
+        }
         self.trusted_proxies()
             .map_err(|e| Error::Invalid(format!("trusted_proxies: {e}")))?;
         if let Some(url) = &self.redis_url
@@ -652,8 +671,11 @@ fn edit_distance(a: &str, b: &str) -> usize {
 /// What a process runs, from `all` or a comma-separated list.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Roles {
+    /// The public REST listener (`http_addr`).
     pub gateway: bool,
+    /// The event actors; in a cluster, claiming and serving shards.
     pub inventory: bool,
+    /// The saga's services and the scheduled jobs.
     pub saga: holdfast_checkout::Roles,
 }
 
@@ -665,18 +687,14 @@ pub const ROLE_NAMES: &[&str] = &[
     "payments",
     "tickets",
     "notifications",
+    "scheduler",
 ];
 
 pub fn parse_roles(text: &str) -> Result<Roles, String> {
     let mut roles = Roles {
         gateway: false,
         inventory: false,
-        saga: holdfast_checkout::Roles {
-            orders: false,
-            payments: false,
-            tickets: false,
-            notifications: false,
-        },
+        saga: holdfast_checkout::Roles::NONE,
     };
     for role in text.split(',').map(str::trim).filter(|r| !r.is_empty()) {
         match role {
@@ -693,6 +711,7 @@ pub fn parse_roles(text: &str) -> Result<Roles, String> {
             "payments" => roles.saga.payments = true,
             "tickets" => roles.saga.tickets = true,
             "notifications" => roles.saga.notifications = true,
+            "scheduler" => roles.saga.scheduler = true,
             other => {
                 return Err(format!(
                     "unknown role {other:?}: roles are {}",
@@ -852,6 +871,11 @@ mod tests {
         assert!(parse_roles("tikets").unwrap_err().contains("unknown role"));
         assert!(parse_roles("orders").unwrap_err().contains("inventory"));
         assert!(parse_roles("").is_err());
+        let scheduler = parse_roles("scheduler").unwrap();
+        assert!(scheduler.saga.scheduler && !scheduler.gateway && !scheduler.inventory);
+        assert!(!scheduler.saga.notifications);
+        let gateway = parse_roles("gateway").unwrap();
+        assert!(gateway.gateway && !gateway.inventory && !gateway.saga.any());
     }
 
     #[test]
@@ -872,6 +896,35 @@ mod tests {
             jail.set_env("HOLDFAST_NODE_ID", "n1");
             let err = Config::load(None).expect_err("cluster on sqlite");
             assert!(err.to_string().contains("PostgreSQL"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn scheduler_settings_are_checked() {
+        Jail::expect_with(|jail| {
+            for (name, value, says) in [
+                (
+                    "HOLDFAST_REMINDER_HOURS_BEFORE",
+                    "0",
+                    "reminder_hours_before",
+                ),
+                (
+                    "HOLDFAST_SALES_SUMMARY_HOUR_UTC",
+                    "24",
+                    "sales_summary_hour_utc",
+                ),
+                ("HOLDFAST_SCHEDULER_TICK_SECS", "0", "scheduler_tick_secs"),
+            ] {
+                jail.set_env(name, value);
+                let err = Config::load(None).expect_err(name);
+                assert!(err.to_string().contains(says), "{err}");
+                jail.set_env(name, "1");
+            }
+            jail.set_env("HOLDFAST_ROLES", "gateway,scheduler");
+            let config = Config::load(None).expect("valid settings");
+            assert_eq!(config.reminder_hours_before, 1);
+            assert!(config.roles().expect("roles").saga.scheduler);
             Ok(())
         });
     }

@@ -37,8 +37,9 @@ struct Cli {
 enum Command {
     /// Runs a node: the REST API and the event actors (SQLite in ./data unless configured).
     Serve {
-        /// Services this process runs, comma-separated: all, or some of gateway, inventory,
-        /// orders, payments, tickets, notifications (default: HOLDFAST_ROLES, else all).
+        /// Services this process runs, comma-separated: all, or some of gateway (the public
+        /// API), inventory (the event actors, shards), orders, payments, tickets, notifications,
+        /// scheduler (default: HOLDFAST_ROLES, else all).
         #[arg(long)]
         roles: Option<String>,
     },

@@ -250,22 +250,25 @@ fn check_settings(config: &Config) -> anyhow::Result<Option<cluster::tls::Tls>> 
         .context("loading the internal API's TLS certificate")
 }
 
-/// The API's, the ops' and (in cluster mode) the internal API's listeners.
+/// The API's (with the gateway role), the ops' and (in cluster mode, with the inventory role)
+/// the internal API's listeners.
 async fn bind_listeners(
     config: &Config,
-) -> anyhow::Result<(TcpListener, TcpListener, Option<TcpListener>)> {
-    let api = config
-        .http_addr
-        .bind()
-        .await
-        .with_context(|| format!("binding the API to {}", config.http_addr))?;
+    roles: crate::config::Roles,
+) -> anyhow::Result<(Option<TcpListener>, TcpListener, Option<TcpListener>)> {
+    let api = if roles.gateway {
+        let what = format!("binding the API to {}", config.http_addr);
+        Some(config.http_addr.bind().await.context(what)?)
+    } else {
+        None
+    };
     let ops = config.ops_addr.bind().await.with_context(|| {
         format!(
             "binding the ops listener (metrics, admin API) to {}; set HOLDFAST_OPS_ADDR",
             config.ops_addr
         )
     })?;
-    let internal = if config.node_id.is_some() {
+    let internal = if config.node_id.is_some() && roles.inventory {
         let what = format!("binding the internal API to {}", config.internal_addr);
         Some(config.internal_addr.bind().await.context(what)?)
     } else {
@@ -289,15 +292,15 @@ fn check_ticket_signer(
 /// A started node.
 #[derive(Debug)]
 pub struct RunningNode {
-    addr: SocketAddr,
+    addr: Option<SocketAddr>,
     ops_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<anyhow::Result<()>>,
 }
 
 impl RunningNode {
-    /// Where the HTTP API listens.
-    pub fn addr(&self) -> SocketAddr {
+    /// Where the HTTP API listens (`None` without the gateway role).
+    pub fn addr(&self) -> Option<SocketAddr> {
         self.addr
     }
 
@@ -328,7 +331,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
     // Settings and ports first: a mistake must not leave generated secrets, a joined cluster
     // or claimed shards behind.
     let tls = check_settings(&config)?;
-    let (listener, ops_listener, internal) = bind_listeners(&config).await?;
+    let roles = config.roles().map_err(anyhow::Error::msg)?;
+    let (listener, ops_listener, internal) = bind_listeners(&config, roles).await?;
     let store = open_store(&config).await?;
     let secret = jwt_secret(&config)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
@@ -349,22 +353,23 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
         Arc::clone(&clock),
         config.actor_options(),
     ));
-    let addr = listener.local_addr()?;
+    let addr = listener.as_ref().map(TcpListener::local_addr).transpose()?;
     let ops_addr = ops_listener.local_addr()?;
     let (shutdown, mut stopped) = watch::channel(false);
-    let (cluster, internal_task) = match (&config.node_id, internal) {
-        (Some(node_id), Some(internal)) => {
-            let internal_addr = internal.local_addr()?;
+    let (cluster, internal_task) = match &config.node_id {
+        Some(node_id) => {
+            let internal_addr = internal.as_ref().map(TcpListener::local_addr).transpose()?;
             let settings = cluster::Settings {
                 node_id: node_id.clone(),
-                advertise_addr: config
-                    .advertise_addr
-                    .clone()
-                    .unwrap_or_else(|| internal_addr.to_string()),
-                http_addr: addr.to_string(),
+                advertise_addr: config.advertise_addr.clone().unwrap_or_else(|| {
+                    internal_addr
+                        .map_or_else(|| config.internal_addr.to_string(), |a| a.to_string())
+                }),
+                http_addr: addr.map_or_else(String::new, |a| a.to_string()),
                 shards: config.shards,
                 lease: Duration::from_secs(config.lease_secs),
                 tls_roots: tls.as_ref().map(|t| t.roots.clone()),
+                hosts_shards: roles.inventory,
             };
             let cluster = Cluster::join(
                 settings,
@@ -375,26 +380,12 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
             )
             .await
             .context("joining the cluster")?;
-            let router = cluster::wire::router(Arc::clone(&cluster));
-            let mut stop = shutdown.subscribe();
-            let task = match tls {
-                Some(tls) => {
-                    tokio::spawn(cluster::tls::serve(internal, router, tls.acceptor, stop))
-                }
-                None => tokio::spawn(async move {
-                    let served = axum::serve(internal, router)
-                        .with_graceful_shutdown(async move {
-                            let _ = stop.wait_for(|s| *s).await;
-                        })
-                        .await;
-                    if let Err(e) = served {
-                        tracing::error!(error = %e, "internal API failed");
-                    }
-                }),
-            };
-            (Some(cluster), Some(task))
+            let task = internal.map(|internal| {
+                serve_internal(internal, Arc::clone(&cluster), tls, shutdown.subscribe())
+            });
+            (Some(cluster), task)
         }
-        _ => (None, None),
+        None => (None, None),
     };
     let deny_list = Arc::new(match config.redis_url.as_deref() {
         Some(url) => DenyList::with_broadcast(
@@ -404,29 +395,32 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
     });
     let deny_sync = tokio::spawn(Arc::clone(&deny_list).sync(store.clone(), Arc::clone(&clock)));
     let deny_listen = tokio::spawn(Arc::clone(&deny_list).listen(shutdown.subscribe()));
-    let backend = Arc::new(
-        NodeBackend::new(
-            store.clone(),
-            Arc::clone(&inventories),
-            cluster.clone(),
-            deny_list,
-            Arc::clone(&clock),
-            config.hold_ttl,
-        )
-        .with_captcha(
-            match (&config.captcha_siteverify_url, &config.captcha_secret) {
-                (Some(url), Some(secret)) => Some(
-                    crate::captcha::Captcha::new(url.clone(), secret.clone())
-                        .context("the CAPTCHA client")?,
-                ),
-                _ => None,
-            },
-        ),
+    let backend = NodeBackend::new(
+        store.clone(),
+        Arc::clone(&inventories),
+        cluster.clone(),
+        deny_list,
+        Arc::clone(&clock),
+        config.hold_ttl,
+    )
+    .with_captcha(
+        match (&config.captcha_siteverify_url, &config.captcha_secret) {
+            (Some(url), Some(secret)) => Some(
+                crate::captcha::Captcha::new(url.clone(), secret.clone())
+                    .context("the CAPTCHA client")?,
+            ),
+            _ => None,
+        },
     );
+    let backend = Arc::new(if roles.inventory {
+        backend
+    } else {
+        backend.without_inventory()
+    });
     // Links in the buyers' messages: the public URL, else the address served (port 0 bound).
-    let public_url = match &config.public_url {
-        Some(_) => config.public_url(),
-        None => served_url(&config.http_addr, addr),
+    let public_url = match (&config.public_url, addr) {
+        (None, Some(addr)) => served_url(&config.http_addr, addr),
+        _ => config.public_url(),
     };
     let checkout = Arc::new(crate::saga::SagaCheckout(
         start_checkout(
@@ -434,17 +428,14 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
             &store,
             Arc::clone(&backend),
             Arc::clone(&clock),
-            public_url,
+            public_url.clone(),
         )
         .await
         .context("starting the checkout services")?,
     ));
     let metrics = metrics_handle();
     let mut gateway_options = config.gateway_options();
-    gateway_options.public_url = Some(match &config.public_url {
-        Some(_) => config.public_url(),
-        None => served_url(&config.http_addr, addr),
-    });
+    gateway_options.public_url = Some(public_url.clone());
     gateway_options.ops_url = Some(served_url(&config.ops_addr, ops_addr));
     let tokens = holdfast_gateway::auth::TokenKeys::with_previous(
         &secret,
@@ -487,25 +478,27 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
             shutdown.subscribe(),
         ))
     });
-    let purge = tokio::spawn(purge_idempotency_keys(
-        store.clone(),
-        Arc::clone(&clock),
-        config.idempotency_ttl_secs,
-    ));
     backend.set_ready(true);
-    tracing::info!(%addr, %ops_addr, node = config.node_id.as_deref().unwrap_or("standalone"), database = %redact(&config.database_url()), durability = ?config.durability, "holdfast node serving");
+    tracing::info!(addr = ?addr, %ops_addr, roles = %config.roles, node = config.node_id.as_deref().unwrap_or("standalone"), database = %redact(&config.database_url()), durability = ?config.durability, "holdfast node serving");
     let task = tokio::spawn(async move {
-        let served = holdfast_gateway::serve::serve(listener, app, serve_options, async move {
+        let until_stopped = async move {
             let _ = stopped.wait_for(|s| *s).await;
-        })
-        .await;
+        };
+        let served = match listener {
+            Some(listener) => {
+                holdfast_gateway::serve::serve(listener, app, serve_options, until_stopped).await
+            }
+            None => {
+                until_stopped.await;
+                Ok(())
+            }
+        };
         let _ = ops_task.await;
         backend.set_ready(false);
         if let Some(task) = cancel_refunds {
             task.abort();
         }
         checkout.0.stop().await;
-        purge.abort();
         deny_sync.abort();
         let _ = deny_listen.await;
         match &cluster {
@@ -525,6 +518,29 @@ pub async fn start(config: Config) -> anyhow::Result<RunningNode> {
         shutdown,
         task,
     })
+}
+
+/// Serves the node-to-node API (TLS when certificates are configured) until shut down.
+fn serve_internal(
+    internal: TcpListener,
+    cluster: Arc<Cluster>,
+    tls: Option<cluster::tls::Tls>,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    let router = cluster::wire::router(cluster);
+    match tls {
+        Some(tls) => tokio::spawn(cluster::tls::serve(internal, router, tls.acceptor, stop)),
+        None => tokio::spawn(async move {
+            let served = axum::serve(internal, router)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "internal API failed");
+            }
+        }),
+    }
 }
 
 /// The VNPAY terminal code of the embedded default's demo merchant, which `holdfast vnpay-sim`
@@ -826,7 +842,17 @@ async fn start_checkout(
         verifier: Arc::new(verifier),
         payment_url_wait: Duration::from_millis(config.payment_url_wait_ms),
         group_prefix: config.bus_prefix.clone(),
-        retention: Duration::from_secs(config.saga_retention_hours.saturating_mul(3600)),
+        scheduler: holdfast_checkout::scheduler::SchedulerSettings {
+            reminder_before: Duration::from_secs(config.reminder_hours_before.saturating_mul(3600)),
+            summary_hour_utc: config.sales_summary_hour_utc,
+            tick: Duration::from_secs(config.scheduler_tick_secs),
+            retention: Duration::from_secs(config.saga_retention_hours.saturating_mul(3600)),
+            idempotency_ttl: Duration::from_secs(config.idempotency_ttl_secs),
+            holder: config
+                .node_id
+                .clone()
+                .unwrap_or_else(|| format!("pid-{}", std::process::id())),
+        },
         consumer_concurrency: if store.backend() == holdfast_persistence::Backend::Sqlite {
             1
         } else {
@@ -842,23 +868,6 @@ async fn start_checkout(
         Some(backend as Arc<dyn holdfast_checkout::Inventory>),
         clock,
     )
-}
-
-async fn purge_idempotency_keys(store: Store, clock: Arc<dyn Clock>, ttl_secs: u64) {
-    let mut every = tokio::time::interval(Duration::from_secs(3600));
-    loop {
-        every.tick().await;
-        let cutoff = clock.now().as_millis()
-            - i64::try_from(ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
-        if let Err(e) = store.tokens_purge(clock.now().as_millis()).await {
-            tracing::warn!(error = %e, "purging expired tokens failed");
-        }
-        match store.idempotency_purge(cutoff).await {
-            Ok(n) if n > 0 => tracing::info!(purged = n, "expired idempotency keys removed"),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "purging idempotency keys failed"),
-        }
-    }
 }
 
 #[cfg(test)]

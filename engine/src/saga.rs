@@ -21,6 +21,7 @@ fn inventory_error(e: BackendError) -> InventoryError {
         BackendError::Overloaded => InventoryError::Overloaded,
         BackendError::Unavailable(why) => InventoryError::Unavailable(why),
         BackendError::Cluster(why) => InventoryError::Unavailable(why.to_string()),
+        e @ BackendError::NotServedHere(_) => InventoryError::Unavailable(e.to_string()),
         e @ (BackendError::EmailTaken
         | BackendError::Internal(_)
         | BackendError::UnknownCategory(_)

@@ -275,6 +275,9 @@ pub enum BackendError {
     /// Retryable: the event's actor or a store is not available right now.
     #[error("temporarily unavailable: {0}")]
     Unavailable(String),
+    /// This process does not run the service (`--roles`).
+    #[error("the {0} service does not run in this process")]
+    NotServedHere(&'static str),
     #[error(transparent)]
     Cluster(#[from] ClusterProblem),
     #[error("internal error: {0}")]

@@ -280,6 +280,13 @@ impl From<BackendError> for Problem {
                 )
                 .retry_after(1)
             }
+            BackendError::NotServedHere(what) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service-unavailable",
+                "Service unavailable",
+                format!("the {what} service does not run in this process"),
+            )
+            .retry_after(5),
             BackendError::Cluster(problem) => {
                 let detail = problem.to_string();
                 match problem {

@@ -503,6 +503,11 @@ impl CheckoutTx {
         Ok(())
     }
 
+    /// The transaction's connection, for the other modules' statements.
+    pub(crate) fn connection(&mut self) -> &mut sqlx::AnyConnection {
+        &mut self.tx
+    }
+
     /// Records that `consumer` handled event `event_id`; false if it had already.
     pub async fn first_time(&mut self, consumer: &str, event_id: Uuid) -> Result<bool, Error> {
         let done = sqlx::query(

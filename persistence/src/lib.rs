@@ -25,6 +25,7 @@ mod idempotency;
 mod journal;
 mod organizer;
 mod parked;
+mod scheduler;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
 mod tokens;
@@ -45,6 +46,9 @@ pub use idempotency::{Idempotency, StoredResponse};
 pub use journal::SqlJournal;
 pub use organizer::{AttendeeRow, EventOrderRow, ORGANIZER_PAGE_MAX};
 pub use parked::{PARKED_PAGE_MAX, ParkedRow};
+pub use scheduler::{
+    HoldingRow, LiveEventSalesRow, REMINDER_EVENTS_MAX, SUMMARY_EVENTS_MAX, UpcomingEventRow,
+};
 pub use tokens::Rotation;
 
 /// How long [`Store::connect`] waits for the database's first answer.

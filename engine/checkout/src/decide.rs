@@ -469,6 +469,7 @@ pub fn order_confirmed(order: &Order, rereserved: bool) -> SagaEvent {
         event_id: order.hold.event_id.0,
         items: order.items.clone(),
         rereserved,
+        about: None,
     }
 }
 

@@ -82,6 +82,10 @@ pub enum SagaEvent {
         items: Vec<Item>,
         /// The hold had expired before the money arrived and the seats were reserved again.
         rereserved: bool,
+        /// A free order's event and buyer's language (no `OrderCreated` goes out for it);
+        /// absent for paid orders and in events written before.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        about: Option<crate::messages::OrderAbout>,
     },
     /// Orders: the order ended without a sale; the hold is released.
     OrderCancelled {

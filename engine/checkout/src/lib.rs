@@ -25,6 +25,7 @@ pub mod orders;
 pub mod payments;
 pub mod relay;
 pub mod runner;
+pub mod scheduler;
 pub mod service;
 pub mod tickets;
 

@@ -154,6 +154,10 @@ pub enum Kind {
     OrderRefunded,
     /// Refunded by the system: paid after the hold expired, or sold out meanwhile.
     RefundAutomatic,
+    /// The scheduler's reminder to a ticket holder before the event starts.
+    Reminder,
+    /// The scheduler's daily sales summary to an organizer.
+    SalesSummary,
 }
 
 impl Kind {
@@ -164,6 +168,8 @@ impl Kind {
             Self::OrderCancelled => "order_cancelled",
             Self::OrderRefunded => "order_refunded",
             Self::RefundAutomatic => "refund_automatic",
+            Self::Reminder => "reminder",
+            Self::SalesSummary => "sales_summary",
         }
     }
 }
@@ -183,6 +189,21 @@ pub struct Facts {
     pub tickets: usize,
     /// A page a browser shows without signing in (the return page).
     pub link: String,
+    /// The sales summary's day (`2026-12-01`) and its events.
+    pub day: String,
+    pub summary: Vec<SummaryLine>,
+}
+
+/// One live event in an organizer's sales summary.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SummaryLine {
+    pub event_name: String,
+    pub starts_at_ms: i64,
+    pub time_zone: String,
+    pub sold_day: i64,
+    pub sold_total: i64,
+    /// Amounts (minor units) by currency.
+    pub revenue: Vec<(String, i64)>,
 }
 
 /// A rendered message.
@@ -210,6 +231,10 @@ const TEMPLATES: &[(&str, &str)] = templates![
     "vi" / "order_refunded.sms.txt",
     "vi" / "refund_automatic.txt",
     "vi" / "refund_automatic.sms.txt",
+    "vi" / "reminder.txt",
+    "vi" / "reminder.sms.txt",
+    "vi" / "sales_summary.txt",
+    "vi" / "sales_summary.sms.txt",
     "en" / "payment_link.txt",
     "en" / "payment_link.sms.txt",
     "en" / "tickets_issued.txt",
@@ -220,6 +245,10 @@ const TEMPLATES: &[(&str, &str)] = templates![
     "en" / "order_refunded.sms.txt",
     "en" / "refund_automatic.txt",
     "en" / "refund_automatic.sms.txt",
+    "en" / "reminder.txt",
+    "en" / "reminder.sms.txt",
+    "en" / "sales_summary.txt",
+    "en" / "sales_summary.sms.txt",
 ];
 
 fn environment() -> &'static Environment<'static> {
@@ -266,6 +295,29 @@ pub fn render(kind: Kind, about: &OrderAbout, facts: &Facts) -> Result<Rendered,
             }
         })
         .collect();
+    let summary: Vec<_> = facts
+        .summary
+        .iter()
+        .map(|s| {
+            let zone = if s.time_zone.is_empty() {
+                DEFAULT_TIME_ZONE
+            } else {
+                &s.time_zone
+            };
+            let revenue: Vec<String> = s
+                .revenue
+                .iter()
+                .map(|(currency, amount)| money(*amount, currency, lang))
+                .collect();
+            context! {
+                event => s.event_name,
+                starts => local_time(s.starts_at_ms, zone, lang),
+                sold_day => s.sold_day,
+                sold_total => s.sold_total,
+                revenue => revenue.join(", "),
+            }
+        })
+        .collect();
     let ctx = context! {
         event => about.event_name,
         venue => about.venue,
@@ -279,6 +331,8 @@ pub fn render(kind: Kind, about: &OrderAbout, facts: &Facts) -> Result<Rendered,
         reason => facts.reason,
         tickets => facts.tickets,
         link => facts.link,
+        day => facts.day,
+        summary => summary,
     };
     let env = environment();
     let base = format!("{}/{}", lang.as_str(), kind.file());

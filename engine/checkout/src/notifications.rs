@@ -60,6 +60,12 @@ pub(crate) struct Notifications {
     wake: Notify,
 }
 
+/// Where a message goes: an e-mail address and, optionally, a phone number for SMS.
+pub(crate) struct Recipient {
+    pub email: String,
+    pub phone: Option<String>,
+}
+
 /// What to tell the buyer about one event, by e-mail and, with a phone number, by SMS.
 struct Message {
     email: String,
@@ -102,14 +108,9 @@ impl Notifications {
     /// what `kept` says about the order's event; `None` for events that tell the buyer nothing.
     fn message(&self, env: &Envelope, kept: Kept) -> anyhow::Result<Option<Message>> {
         let order = env.order_id;
-        // The return page: a page any browser shows, without signing in.
-        let link = format!(
-            "{}/v1/payments/vnpay/return",
-            self.settings.public_url.trim_end_matches('/')
-        );
         let mut facts = Facts {
             order_id: order.to_string(),
-            link,
+            link: self.return_link(),
             ..Facts::default()
         };
         let lines = |items: &[Item]| {
@@ -247,19 +248,48 @@ impl Notifications {
         let Some(message) = self.message(env, kept)? else {
             return Ok(());
         };
+        let attachments = (!message.attachments.is_empty())
+            .then(|| serde_json::to_vec(&message.attachments).expect("attachments serialise"));
+        let rows = self.rows(
+            env.order_id,
+            &Recipient {
+                email: message.email,
+                phone: message.phone,
+            },
+            (message.subject, message.body, message.sms),
+            attachments,
+            |channel| notification_id(env.id, channel),
+        );
+        if !tx.first_time(CONSUMER, env.id).await? {
+            return Ok(());
+        }
+        for row in &rows {
+            tx.insert_notification(row).await?;
+        }
+        Ok(())
+    }
+
+    /// The rows of one message: the e-mail (recorded `skipped` without an SMTP server) and,
+    /// with a phone number and an SMS provider, the SMS; `id` names each row by channel.
+    pub(crate) fn rows(
+        &self,
+        order_id: Uuid,
+        to: &Recipient,
+        (subject, body, sms): (String, String, String),
+        attachments: Option<Vec<u8>>,
+        id: impl Fn(&str) -> Uuid,
+    ) -> Vec<NotificationRow> {
         let now = self.ctx.now_ms();
         let mut rows = Vec::new();
-        if !message.email.is_empty() {
+        if !to.email.is_empty() {
             rows.push(NotificationRow {
-                id: notification_id(env.id, "email"),
-                order_id: env.order_id,
+                id: id("email"),
+                order_id,
                 channel: "email".to_owned(),
-                recipient: message.email,
-                subject: message.subject,
-                body: message.body,
-                attachments: (!message.attachments.is_empty()).then(|| {
-                    serde_json::to_vec(&message.attachments).expect("attachments serialise")
-                }),
+                recipient: to.email.clone(),
+                subject,
+                body,
+                attachments,
                 status: if self.mailer.is_some() {
                     "pending"
                 } else {
@@ -276,14 +306,14 @@ impl Notifications {
                 sent_at: None,
             });
         }
-        if let (Some(phone), Some(_)) = (message.phone, &self.sms) {
+        if let (Some(phone), Some(_)) = (&to.phone, &self.sms) {
             rows.push(NotificationRow {
-                id: notification_id(env.id, "sms"),
-                order_id: env.order_id,
+                id: id("sms"),
+                order_id,
                 channel: "sms".to_owned(),
-                recipient: phone,
+                recipient: phone.clone(),
                 subject: String::new(),
-                body: message.sms,
+                body: sms,
                 attachments: None,
                 status: "pending".to_owned(),
                 attempts: 0,
@@ -293,13 +323,20 @@ impl Notifications {
                 sent_at: None,
             });
         }
-        if !tx.first_time(CONSUMER, env.id).await? {
-            return Ok(());
-        }
-        for row in &rows {
-            tx.insert_notification(row).await?;
-        }
-        Ok(())
+        rows
+    }
+
+    /// The return page: a page any browser shows, without signing in.
+    pub(crate) fn return_link(&self) -> String {
+        format!(
+            "{}/v1/payments/vnpay/return",
+            self.settings.public_url.trim_end_matches('/')
+        )
+    }
+
+    /// Wakes the sender (after a commit that queued messages).
+    pub(crate) fn wake(&self) {
+        self.wake.notify_one();
     }
 
     /// Sends due messages until stopped.
@@ -338,7 +375,7 @@ impl Notifications {
         result
     }
 
-    async fn send_due(&self) -> anyhow::Result<()> {
+    pub(crate) async fn send_due(&self) -> anyhow::Result<()> {
         let store = &self.ctx.store;
         let now = self.ctx.now_ms();
         for n in store.notifications_due(now, 50).await? {

@@ -296,8 +296,16 @@ impl Orders {
             created_at: now,
             updated_at: now,
         };
+        let about = OrderAbout {
+            event_name: terms.name.clone(),
+            venue: terms.venue.clone(),
+            starts_at_ms: terms.starts_at_ms,
+            time_zone: terms.time_zone.clone(),
+            language,
+            ticket_types: terms.ticket_type_names.clone(),
+        };
         if order.total.is_zero() {
-            return self.create_free(order).await;
+            return self.create_free(order, about).await;
         }
         let created = Envelope::new(
             order.id.0,
@@ -312,14 +320,7 @@ impl Orders {
                 currency: order.total.currency.to_string(),
                 hold_expires_at: order.hold_expires_at,
                 items: order.items.clone(),
-                about: Some(OrderAbout {
-                    event_name: terms.name.clone(),
-                    venue: terms.venue.clone(),
-                    starts_at_ms: terms.starts_at_ms,
-                    time_zone: terms.time_zone.clone(),
-                    language,
-                    ticket_types: terms.ticket_type_names.clone(),
-                }),
+                about: Some(about),
             },
         );
         if let Some(existing) = self.insert_new(&order, &created).await? {
@@ -354,7 +355,11 @@ impl Orders {
     /// which the tickets service issues the tickets as after a payment. The payments service
     /// never hears of it. A crash between the two steps leaves a confirmed hold without an
     /// order; the next `POST /v1/orders` for that hold completes it under the same order id.
-    async fn create_free(&self, mut order: Order) -> Result<(OrderView, bool), CheckoutError> {
+    async fn create_free(
+        &self,
+        mut order: Order,
+        about: OrderAbout,
+    ) -> Result<(OrderView, bool), CheckoutError> {
         if !decide::confirmed(self.inventory.confirm(order.hold, order.id).await)? {
             // A concurrent request confirmed it first: complete the order it confirmed.
             match self.inventory.hold_of(order.hold).await? {
@@ -370,11 +375,12 @@ impl Orders {
             }
         }
         order.status = OrderStatus::Confirmed;
-        let confirmed = Envelope::new(
-            order.id.0,
-            order.created_at,
-            decide::order_confirmed(&order, false),
-        );
+        // No OrderCreated goes out for a free order: its confirmation says what it is about.
+        let mut event = decide::order_confirmed(&order, false);
+        if let SagaEvent::OrderConfirmed { about: free, .. } = &mut event {
+            *free = Some(about);
+        }
+        let confirmed = Envelope::new(order.id.0, order.created_at, event);
         if let Some(existing) = self.insert_new(&order, &confirmed).await? {
             return Ok(existing);
         }

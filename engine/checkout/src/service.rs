@@ -21,6 +21,7 @@ use crate::orders::Orders;
 use crate::payments::{PaymentSettings, Payments};
 use crate::relay;
 use crate::runner::{self, Consumer};
+use crate::scheduler::{Scheduler, SchedulerSettings};
 use crate::tickets::Tickets;
 
 /// Which of the saga's services this process runs.
@@ -30,6 +31,8 @@ pub struct Roles {
     pub payments: bool,
     pub tickets: bool,
     pub notifications: bool,
+    /// The scheduled jobs: reminders, sales summaries, retention.
+    pub scheduler: bool,
 }
 
 impl Roles {
@@ -38,9 +41,23 @@ impl Roles {
         payments: true,
         tickets: true,
         notifications: true,
+        scheduler: true,
+    };
+
+    pub const NONE: Roles = Roles {
+        orders: false,
+        payments: false,
+        tickets: false,
+        notifications: false,
+        scheduler: false,
     };
 
     pub fn any(&self) -> bool {
+        self.consumes() || self.scheduler
+    }
+
+    /// A service that reads the bus and writes the outbox.
+    fn consumes(&self) -> bool {
         self.orders || self.payments || self.tickets || self.notifications
     }
 }
@@ -57,8 +74,8 @@ pub struct Settings {
     pub payment_url_wait: Duration,
     /// Prefix of consumer group names (the bus prefixes topics itself).
     pub group_prefix: String,
-    /// How long the outbox, processed event ids and the in-process bus keep what is done.
-    pub retention: Duration,
+    /// The scheduled jobs (the scheduler role).
+    pub scheduler: SchedulerSettings,
     /// Orders a consumer handles at once (PostgreSQL commits them side by side; SQLite has
     /// one writer, so 1 is best there).
     pub consumer_concurrency: usize,
@@ -158,10 +175,27 @@ impl CheckoutNode {
         } else {
             None
         };
-        if settings.roles.notifications {
-            let notifications = Arc::new(Notifications::new(ctx.clone(), settings.notify.clone())?);
-            consumers.push(notifications.clone());
-            tasks.push(tokio::spawn(notifications.send_loop(stopped.clone())));
+        let notifications = if settings.roles.notifications || settings.roles.scheduler {
+            Some(Arc::new(Notifications::new(
+                ctx.clone(),
+                settings.notify.clone(),
+            )?))
+        } else {
+            None
+        };
+        if let Some(notifications) = &notifications {
+            if settings.roles.notifications {
+                consumers.push(notifications.clone());
+            }
+            // The scheduler's reminders go out through the same outbox and sender.
+            tasks.push(tokio::spawn(
+                Arc::clone(notifications).send_loop(stopped.clone()),
+            ));
+        }
+        if settings.roles.scheduler {
+            consumers.push(Arc::new(crate::scheduler::HoldingsFeed {
+                ctx: ctx.clone(),
+            }));
         }
         let parking = runner::Parking {
             store: store.clone(),
@@ -177,13 +211,14 @@ impl CheckoutNode {
                 stopped.clone(),
             )));
         }
-        if settings.roles.any() {
-            tasks.push(tokio::spawn(retention(
-                ctx.clone(),
-                sql_bus,
-                settings.retention,
-                stopped.clone(),
-            )));
+        if settings.roles.scheduler
+            && let Some(notifications) = notifications
+        {
+            let scheduler = Scheduler::new(ctx.clone(), settings.scheduler.clone(), notifications)
+                .with_bus(sql_bus);
+            tasks.push(tokio::spawn(Arc::new(scheduler).run(stopped.clone())));
+        }
+        if settings.roles.consumes() {
             tasks.push(tokio::spawn(relay::run(
                 store.clone(),
                 bus,
@@ -411,36 +446,5 @@ fn parked_view(row: &holdfast_persistence::ParkedRow) -> ParkedView {
         error: row.error.clone(),
         attempts: row.attempts,
         parked_at_ms: row.parked_at,
-    }
-}
-
-/// Every hour: forgets what is done and older than `keep` (published outbox records, processed
-/// event ids, bus records every group read).
-async fn retention(
-    ctx: Ctx,
-    sql_bus: Option<holdfast_bus::SqlBus>,
-    keep: Duration,
-    mut stop: watch::Receiver<bool>,
-) {
-    loop {
-        tokio::select! {
-            () = tokio::time::sleep(Duration::from_secs(3600)) => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
-        let before = ctx.now_ms() - i64::try_from(keep.as_millis()).unwrap_or(i64::MAX / 2);
-        match ctx.store.saga_purge(before).await {
-            Ok((outbox, processed)) if outbox + processed > 0 => {
-                tracing::info!(outbox, processed, "forgot old saga records");
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "purging old saga records failed"),
-        }
-        if let Some(bus) = &sql_bus {
-            match bus.trim(before).await {
-                Ok(0) => {}
-                Ok(trimmed) => tracing::info!(trimmed, "trimmed old bus records"),
-                Err(e) => tracing::warn!(error = %e, "trimming the bus failed"),
-            }
-        }
     }
 }

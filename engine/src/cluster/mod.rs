@@ -42,6 +42,10 @@ pub struct Settings {
     pub lease: Duration,
     /// CA certificates other nodes' internal APIs must chain to (TLS); `None`: h2c.
     pub tls_roots: Option<Vec<reqwest::Certificate>>,
+    /// The inventory role: this node heartbeats, claims shards and runs their events. Without
+    /// it the node is no member: it only reads the shard map and forwards every operation to
+    /// the owners.
+    pub hosts_shards: bool,
 }
 
 /// Why a cluster operation failed.
@@ -134,6 +138,17 @@ impl Cluster {
             ready: AtomicBool::new(false),
             membership: Mutex::new(None),
         });
+        if !cluster.settings.hosts_shards {
+            // A former incarnation with the inventory role may still hold shards: give them
+            // up now rather than after the lease.
+            let released = cluster.store.node_leave(cluster.node_id()).await?;
+            cluster.refresh(true).await;
+            cluster.ready.store(true, Ordering::Release);
+            tracing::info!(node = %cluster.settings.node_id, released, "following the cluster without the inventory role: every operation goes to the shards' owners");
+            let task = tokio::spawn(Arc::clone(&cluster).follow());
+            *lock(&cluster.membership) = Some(task);
+            return Ok(cluster);
+        }
         let started_ms = cluster.clock.now().as_millis();
         cluster.beat(started_ms).await?;
         cluster.round(started_ms).await?;
@@ -210,6 +225,17 @@ impl Cluster {
             if let Err(e) = self.round(started_ms).await {
                 tracing::warn!(error = %e, "ownership round failed");
             }
+        }
+    }
+
+    /// A node without the inventory role: keeps its map of owners fresh, nothing else.
+    async fn follow(self: Arc<Self>) {
+        let mut every =
+            tokio::time::interval((self.settings.lease / 3).max(Duration::from_millis(100)));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            self.refresh(true).await;
         }
     }
 
@@ -615,6 +641,9 @@ impl Cluster {
             task.abort();
         }
         self.inventories.stop_all().await;
+        if !self.settings.hosts_shards {
+            return;
+        }
         match self.store.node_leave(self.node_id()).await {
             Ok(n) => tracing::info!(released = n, "left the cluster"),
             Err(e) => {

@@ -109,6 +109,7 @@ fn facts() -> Facts {
         reason: "the hold expired".to_owned(),
         tickets: 2,
         link: "https://holdfast.example/v1/payments/vnpay/return".to_owned(),
+        ..Facts::default()
     }
 }
 
@@ -120,6 +121,7 @@ fn every_message_names_the_event_venue_and_local_time() {
         Kind::OrderCancelled,
         Kind::OrderRefunded,
         Kind::RefundAutomatic,
+        Kind::Reminder,
     ];
     for lang in [Language::Vi, Language::En] {
         for kind in kinds {
@@ -196,4 +198,59 @@ fn an_order_without_its_event_still_renders() {
     let m = render(Kind::OrderCancelled, &OrderAbout::default(), &facts()).unwrap();
     assert!(m.body.contains("the hold expired"));
     assert!(!m.body.contains("Thời gian"));
+}
+
+#[test]
+fn the_sales_summary_lists_each_event_in_its_own_time_zone() {
+    let facts = Facts {
+        day: "2026-12-01".to_owned(),
+        summary: vec![
+            SummaryLine {
+                event_name: "Đêm nhạc Trịnh".to_owned(),
+                starts_at_ms: 1_798_115_400_000,
+                time_zone: "Asia/Ho_Chi_Minh".to_owned(),
+                sold_day: 3,
+                sold_total: 40,
+                revenue: vec![("VND".to_owned(), 3_000_000)],
+            },
+            SummaryLine {
+                event_name: "Paris".to_owned(),
+                starts_at_ms: 1_798_115_400_000,
+                time_zone: "Europe/Paris".to_owned(),
+                sold_day: 0,
+                sold_total: 2,
+                revenue: vec![],
+            },
+        ],
+        ..Facts::default()
+    };
+    let about = OrderAbout {
+        language: Language::En,
+        ..OrderAbout::default()
+    };
+    let en = render(Kind::SalesSummary, &about, &facts).unwrap();
+    assert_eq!(en.subject, "Sales on 2026-12-01");
+    assert!(
+        en.body.contains(
+            "Đêm nhạc Trịnh, Thursday 24 December 2026, 19:30 (GMT+07:00): 3 ticket(s) sold \
+             that day, 40 in all; orders that day 3,000,000 VND"
+        ),
+        "{}",
+        en.body
+    );
+    assert!(
+        en.body.contains(
+            "Paris, Thursday 24 December 2026, 13:30 (GMT+01:00): 0 ticket(s) sold that day, \
+             2 in all\n"
+        ),
+        "{}",
+        en.body
+    );
+    let vi = render(Kind::SalesSummary, &OrderAbout::default(), &facts).unwrap();
+    assert!(
+        vi.body
+            .contains("bán 3 vé trong ngày, tổng cộng 40 vé; đơn hàng trong ngày 3.000.000 ₫"),
+        "{}",
+        vi.body
+    );
 }
