@@ -9,7 +9,7 @@ use std::time::Duration;
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
 use hyper::client::conn::http1::SendRequest;
-use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderValue};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderName, HeaderValue};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -116,7 +116,22 @@ impl Conn {
         body: Option<Bytes>,
         timeout: Duration,
     ) -> Result<Answer, Error> {
-        match tokio::time::timeout(timeout, self.send_inner(method, path, auth, body)).await {
+        self.send_with(method, path, auth, body, None, timeout)
+            .await
+    }
+
+    /// [`send`](Self::send) with one more header.
+    pub async fn send_with(
+        &mut self,
+        method: Method,
+        path: &str,
+        auth: Option<&HeaderValue>,
+        body: Option<Bytes>,
+        extra: Option<(&HeaderName, &HeaderValue)>,
+        timeout: Duration,
+    ) -> Result<Answer, Error> {
+        match tokio::time::timeout(timeout, self.send_inner(method, path, auth, body, extra)).await
+        {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(e)) => {
                 self.sender = None;
@@ -136,6 +151,7 @@ impl Conn {
         path: &str,
         auth: Option<&HeaderValue>,
         body: Option<Bytes>,
+        extra: Option<(&HeaderName, &HeaderValue)>,
     ) -> Result<Answer, Error> {
         self.connect().await?;
         let mut builder = Request::builder()
@@ -144,6 +160,9 @@ impl Conn {
             .header(HOST, self.target.host.clone());
         if let Some(auth) = auth {
             builder = builder.header(AUTHORIZATION, auth.clone());
+        }
+        if let Some((name, value)) = extra {
+            builder = builder.header(name, value.clone());
         }
         let request = match body {
             Some(body) => builder

@@ -13,6 +13,7 @@ pub mod compare;
 pub mod cpu;
 pub mod journey;
 pub mod load;
+pub mod queue;
 pub mod report;
 pub mod scenario;
 pub mod setup;

@@ -45,6 +45,83 @@ enum Command {
     /// The whole purchase: hold, order, pay (a signed VNPAY IPN), tickets, against freshly
     /// started servers, audited; and the PostgreSQL order path of a monolith beside it.
     Journey(JourneyArgs),
+    /// A timed on-sale through the waiting room: buyers join before the opening, poll, are
+    /// admitted, hold and order; against a freshly started `holdfast serve`, audited.
+    Queue(QueueArgs),
+}
+
+#[derive(Debug, Args)]
+struct QueueArgs {
+    /// Buyers in the queue.
+    #[arg(long, default_value_t = 10_000)]
+    users: usize,
+    /// Seats of the event (free seats: an order confirms at once).
+    #[arg(long, default_value_t = 1_000)]
+    capacity: u32,
+    #[arg(long, default_value_t = 6_000)]
+    admit_per_minute: u32,
+    #[arg(long, default_value_t = 200)]
+    active_max: u32,
+    #[arg(long, default_value_t = 600)]
+    admission_ttl_secs: u32,
+    /// The polling window before the opening (where a poll's CPU is measured).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    poll_window: Duration,
+    /// After the opening, a buyer polls at most this often.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    poll_interval: Duration,
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// How long the sale runs after the opening at most.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    sale_duration: Duration,
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    timeout: Duration,
+    #[arg(long)]
+    holdfast_bin: Option<PathBuf>,
+    /// Write the result as JSON here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[arg(long)]
+    quiet: bool,
+}
+
+async fn queue(args: QueueArgs) -> anyhow::Result<bool> {
+    use holdfast_bench::queue;
+    anyhow::ensure!(
+        (1..=1_000_000).contains(&args.users),
+        "--users must be 1 to 1000000"
+    );
+    anyhow::ensure!(
+        (1..=10_000).contains(&args.connections),
+        "--connections must be 1 to 10000"
+    );
+    let options = queue::Options {
+        users: args.users,
+        capacity: args.capacity,
+        admit_per_minute: args.admit_per_minute,
+        active_max: args.active_max,
+        admission_ttl_secs: args.admission_ttl_secs,
+        poll_window: args.poll_window,
+        poll_interval: args.poll_interval,
+        connections: args.connections,
+        sale_duration: args.sale_duration,
+        timeout: args.timeout,
+        launch: holdfast_bench::compare::Launch {
+            holdfast_bin: args.holdfast_bin,
+            database_url: String::new(),
+            redis_url: String::new(),
+        },
+        progress: !args.quiet,
+    };
+    let result = queue::run(&options).await?;
+    print!("{}", queue::text(&result));
+    println!("{}", machine_note());
+    if let Some(path) = &args.out {
+        std::fs::write(path, serde_json::to_string_pretty(&result)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(result.audit_ok)
 }
 
 #[derive(Debug, Args)]
@@ -575,6 +652,7 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
             Command::Compare(args) => compare(args).await,
             Command::LoginStorm(args) => login_storm(args).await,
             Command::Journey(args) => journey(args).await,
+            Command::Queue(args) => queue(args).await,
         }
     })?;
     Ok(if ok {
