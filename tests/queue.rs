@@ -349,6 +349,28 @@ async fn queue_settings_are_checked_and_events_without_a_queue_say_so(
     hold_with(&api, &buyer, &plain, None)
         .await
         .assert_status(201);
+    // A cancelled event's waiting room takes nobody.
+    let queued = event(
+        &api,
+        &organizer,
+        2,
+        json!({"queue": {"admit_per_minute": 60, "active_max": 1}}),
+    )
+    .await;
+    api.post(
+        &format!("/v1/events/{queued}/cancel"),
+        Some(&organizer),
+        &json!({"reason": "rain"}),
+    )
+    .await
+    .assert_status(202);
+    api.post(
+        &format!("/v1/events/{queued}/queue"),
+        Some(&buyer),
+        &json!({}),
+    )
+    .await
+    .assert_problem(409, "event-cancelled");
     node.shutdown().await;
 }
 

@@ -482,7 +482,9 @@ impl Actor {
                     last_message = Instant::now();
                 }
                 () = tokio::time::sleep(idle_after.saturating_sub(last_message.elapsed())), if !idle_after.is_zero() => {
-                    if last_message.elapsed() >= idle_after {
+                    // A waiting room with buyers in it has work of its own (the opening,
+                    // admissions, their ends): its actor stays.
+                    if last_message.elapsed() >= idle_after && !self.inventory.queue_busy() {
                         tracing::debug!(event_id = %self.event_id, "passivating idle event actor");
                         // Refuse new messages first, then apply what raced in before the close.
                         rx.close();
@@ -596,7 +598,12 @@ impl Actor {
         let every_events = self
             .options
             .snapshot_every_events
-            .max(self.inventory.holds_kept() as u64);
+            .max(self.inventory.holds_kept() as u64)
+            .max(
+                self.inventory
+                    .queue()
+                    .map_or(0, |q| (q.waiting() + q.active()) as u64),
+            );
         if since >= every_events || (since > 0 && self.last_snapshot.elapsed() >= every) {
             let seq = self.inventory.seq();
             let snapshot = Snapshot {

@@ -390,6 +390,23 @@ impl Inventory {
         self.types.values().all(|t| t.available == 0)
     }
 
+    /// The seats a buyer could hold at `now`: none outside the sale window or once cancelled.
+    pub fn seats_to_sell(&self, now: Timestamp) -> u32 {
+        if self.cancelled_at.is_some() || !self.sale.is_open(now) {
+            return 0;
+        }
+        self.types
+            .values()
+            .fold(0u32, |sum, t| sum.saturating_add(t.available))
+    }
+
+    /// Whether the waiting room has buyers waiting or admitted (its actor must keep running).
+    pub fn queue_busy(&self) -> bool {
+        self.queue
+            .as_ref()
+            .is_some_and(|q| q.waiting() > 0 || q.active() > 0)
+    }
+
     /// What `user` reads of the waiting room at `now`: `None` without a queue, `Some(None)`
     /// if they have not joined.
     pub fn queue_status(&self, user: UserId, now: Timestamp) -> Option<Option<QueueStatus>> {
@@ -428,7 +445,7 @@ impl Inventory {
         let queue = self
             .queue
             .as_ref()
-            .and_then(|q| q.next_due(now, self.sold_out()));
+            .and_then(|q| q.next_due(now, self.seats_to_sell(now)));
         match (self.next_expiry(), queue) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -498,6 +515,9 @@ impl Inventory {
     pub fn apply(&mut self, now: Timestamp, command: Command) -> Result<Vec<Event>, Error> {
         let queued = match &command {
             Command::JoinQueue { user } => {
+                if self.cancelled_at.is_some() {
+                    return Err(Error::EventCancelled);
+                }
                 return self.apply_queue(now, &QueueCommand::Join { user: *user });
             }
             Command::Expire => None,
@@ -511,7 +531,7 @@ impl Inventory {
             // who bought is done with their admission.
             let step = if is_expire {
                 Some(QueueCommand::Admit {
-                    sold_out: self.sold_out(),
+                    seats: self.seats_to_sell(now),
                 })
             } else {
                 queued

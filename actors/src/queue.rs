@@ -24,7 +24,7 @@ use crate::domain::{Timestamp, UserId};
 pub const QUEUE_MAX: usize = 1_000_000;
 /// Admissions bank up to this many milliseconds of the rate while nobody can be admitted, so a
 /// pause (a full `active_max`, a sell-out) is followed by at most this much of a burst.
-const BURST_MS: i64 = 5_000;
+const BURST_MS: i64 = 2_000;
 
 /// How an event's queue admits buyers (API.md "Waiting room").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,8 +89,9 @@ pub enum QueueCommand {
     /// admission ended may join again, at the back.
     Join { user: UserId },
     /// Admits whoever is due at `now` (and ends the admissions whose time ran out first).
-    /// `sold_out`: the event has no seat to sell now, so nobody is admitted.
-    Admit { sold_out: bool },
+    /// `seats`: the seats the event can sell now; never more buyers are admitted and not done
+    /// than that, so 0 (sold out, the sale not open) admits nobody.
+    Admit { seats: u32 },
     /// The admitted buyer ordered: the admission ends and frees its place in `active_max`.
     Done { user: UserId },
 }
@@ -268,7 +269,13 @@ impl Queue {
             QueueCommand::Join { user } => {
                 let again = match self.entries.get(user) {
                     None => true,
-                    Some(entry) => matches!(entry.place, Place::Ended { .. }),
+                    Some(entry) => match entry.place {
+                        Place::Ended { .. } => true,
+                        // Run out, though not ended yet (its end is journaled with the next
+                        // admission round): the buyer may join again, at the back.
+                        Place::Admitted { expires_at } => expires_at <= now,
+                        Place::Pre | Place::Waiting { .. } => false,
+                    },
                 };
                 if again {
                     let event = QueueEvent::Joined {
@@ -279,7 +286,7 @@ impl Queue {
                     self.emit(&mut events, event);
                 }
             }
-            QueueCommand::Admit { sold_out } => {
+            QueueCommand::Admit { seats } => {
                 // Admissions run out in the order they were given (one TTL for all; after a
                 // change of TTL, one may wait for those before it).
                 let expired: Vec<UserId> = self
@@ -297,13 +304,10 @@ impl Queue {
                 }
                 if self.opened {
                     let due = self.due(now);
-                    let room =
-                        (self.settings.active_max as usize).saturating_sub(self.active.len());
-                    let count = if *sold_out {
-                        0
-                    } else {
-                        due.min(room).min(self.waiting.len())
-                    };
+                    let room = (self.settings.active_max as usize)
+                        .min(*seats as usize)
+                        .saturating_sub(self.active.len());
+                    let count = due.min(room).min(self.waiting.len());
                     if count > 0 {
                         let users: Vec<UserId> = self.waiting.iter().take(count).copied().collect();
                         let event = QueueEvent::Admitted {
@@ -353,6 +357,15 @@ impl Queue {
     pub fn replay(&mut self, event: &QueueEvent) {
         match event {
             QueueEvent::Joined { user, number, pre } => {
+                // A buyer joining again after an admission that ran out holds no place in
+                // `active_max` any more.
+                if let Some(Entry {
+                    place: Place::Admitted { .. },
+                    ..
+                }) = self.entries.get(user)
+                {
+                    self.active.retain(|(u, _)| u != user);
+                }
                 let place = if *pre {
                     self.pre.push(*user);
                     Place::Pre
@@ -395,8 +408,9 @@ impl Queue {
                 expires_at,
             } => {
                 let used = i64::try_from(users.len()).unwrap_or(i64::MAX);
-                self.credit_milli = self.credit(*at).saturating_sub(used.saturating_mul(1000));
-                self.credit_at = *at;
+                let at = (*at).max(self.credit_at);
+                self.credit_milli = self.credit(at).saturating_sub(used.saturating_mul(1000));
+                self.credit_at = at;
                 for user in users {
                     if self.waiting.front() == Some(user) {
                         self.waiting.pop_front();
@@ -412,11 +426,20 @@ impl Queue {
             }
             QueueEvent::AdmissionsEnded { users, expired } => {
                 for user in users {
-                    if let Some(entry) = self.entries.get_mut(user) {
+                    if let Some(entry) = self.entries.get_mut(user)
+                        && matches!(entry.place, Place::Admitted { .. })
+                    {
                         entry.place = Place::Ended { expired: *expired };
                     }
                 }
-                self.active.retain(|(user, _)| !users.contains(user));
+                let front = self.active.iter().take(users.len()).map(|(u, _)| u);
+                if front.eq(users.iter()) {
+                    // Run out: the front of `active`, in order.
+                    self.active.drain(..users.len());
+                } else {
+                    let ended: std::collections::HashSet<&UserId> = users.iter().collect();
+                    self.active.retain(|(user, _)| !ended.contains(user));
+                }
             }
         }
     }
@@ -450,20 +473,20 @@ impl Queue {
     /// When the queue next has something to do at or after `now`: the opening (when someone
     /// waits for it), the first admission running out, or the next admission the rate allows
     /// (when someone waits, there is room and seats are left).
-    pub fn next_due(&self, now: Timestamp, sold_out: bool) -> Option<Timestamp> {
+    pub fn next_due(&self, now: Timestamp, seats: u32) -> Option<Timestamp> {
         if !self.opened {
             return (!self.pre.is_empty()).then_some(self.opens_at);
         }
         let expiry = self.active.front().map(|(_, at)| *at);
-        let admission = (!sold_out
-            && !self.waiting.is_empty()
-            && self.active.len() < self.settings.active_max as usize)
-            .then(|| {
-                let short = 1000 - self.credit(now).min(1000);
-                let rate = i64::from(self.settings.admit_per_minute);
-                // ceil(short thousandths × 60 / rate) ms.
-                Timestamp(now.0.saturating_add((short * 60 + rate - 1) / rate))
-            });
+        let room = (self.settings.active_max as usize).min(seats as usize);
+        let admission = (!self.waiting.is_empty() && self.active.len() < room).then(|| {
+            // A clock behind the last admission earns nothing until it catches up.
+            let from = now.max(self.credit_at);
+            let short = 1000 - self.credit(from).min(1000);
+            let rate = i64::from(self.settings.admit_per_minute);
+            // ceil(short thousandths × 60 / rate) ms.
+            Timestamp(from.0.saturating_add((short * 60 + rate - 1) / rate))
+        });
         match (expiry, admission) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -573,7 +596,7 @@ mod tests {
         for _ in 0..10 {
             at = Timestamp(at.0 + 1_000);
             let events = q
-                .apply(at, &QueueCommand::Admit { sold_out: false })
+                .apply(at, &QueueCommand::Admit { seats: u32::MAX })
                 .unwrap();
             admitted_at.push(admitted(&events).len());
             assert!(q.active() <= 3);
@@ -583,7 +606,7 @@ mod tests {
         let events = q
             .apply(
                 Timestamp(at.0 + 1),
-                &QueueCommand::Admit { sold_out: false },
+                &QueueCommand::Admit { seats: u32::MAX },
             )
             .unwrap();
         assert_eq!(
@@ -605,16 +628,14 @@ mod tests {
         q.apply(OPEN, &QueueCommand::Join { user: user(2) })
             .unwrap();
         let at = Timestamp(OPEN.0 + 10_000);
-        let events = q
-            .apply(at, &QueueCommand::Admit { sold_out: true })
-            .unwrap();
+        let events = q.apply(at, &QueueCommand::Admit { seats: 0 }).unwrap();
         assert!(admitted(&events).is_empty());
         assert_eq!(
             q.status(user(1), at, true),
             Some(QueueStatus::SoldOut { position: 1 })
         );
         let events = q
-            .apply(at, &QueueCommand::Admit { sold_out: false })
+            .apply(at, &QueueCommand::Admit { seats: u32::MAX })
             .unwrap();
         assert_eq!(admitted(&events), [user(1), user(2)]);
         let later = Timestamp(at.0 + 60_000);
@@ -623,7 +644,7 @@ mod tests {
             Some(QueueStatus::Ended { expired: true })
         );
         let events = q
-            .apply(later, &QueueCommand::Admit { sold_out: false })
+            .apply(later, &QueueCommand::Admit { seats: u32::MAX })
             .unwrap();
         assert!(events.contains(&QueueEvent::AdmissionsEnded {
             users: vec![user(1), user(2)],

@@ -32,10 +32,16 @@ async fn a_queued_on_sale_sells_out_through_the_waiting_room() {
     let text = queue::text(&r);
     assert!(r.audit_ok, "{text}");
     assert_eq!(r.joins, 120, "{text}");
-    assert_eq!(r.pre_queue, 120, "every buyer's place is drawn at the opening: {text}");
+    assert_eq!(
+        r.pre_queue, 120,
+        "every buyer's place is drawn at the opening: {text}"
+    );
     assert_eq!((r.sold, r.purchases), (30, 30), "{text}");
     assert!(r.most_admitted_at_once <= 10, "{text}");
-    assert!(r.polls_before_opening > 0 && r.poll_cpu_us.is_some(), "{text}");
+    assert!(
+        r.polls_before_opening > 0 && r.poll_cpu_us.is_some(),
+        "{text}"
+    );
     assert!(r.spearman_rho.is_some_and(|rho| rho.abs() < 0.5), "{text}");
     assert_eq!(r.errors, 0, "{text}");
 }

@@ -22,8 +22,10 @@ use crate::saga::SagaCheckout;
 
 /// A sweep at least this often, besides the ones a cancel wakes.
 pub const EVERY: Duration = Duration::from_secs(30);
-/// Orders read per round of a sweep.
+/// Orders read per page of a sweep.
 const ROUND: u32 = 200;
+/// Pages per sweep at most (a million orders); the next sweep goes on from the start.
+const ROUNDS_MAX: u32 = 5_000;
 /// Events cancelled longer ago than this are not swept any more (a sweep reads the orders of
 /// every event cancelled within it); by then every refund was made long before.
 pub const LOOK_BACK: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -48,8 +50,8 @@ pub async fn run(
     }
 }
 
-/// Refunds, in rounds of [`ROUND`], every paid order of a cancelled event; stops at a round
-/// that refunds nothing (the database or the checkout failing: the next sweep tries again).
+/// Refunds, in pages of [`ROUND`] and at most [`ROUNDS_MAX`] of them, every paid order of a
+/// cancelled event; an order whose refund fails is passed over until the next sweep.
 async fn sweep(store: &Store, checkout: &SagaCheckout, since_ms: i64) {
     // Partly refunded orders still have paid tickets: a cancel refunds the rest.
     let paid = [
@@ -57,9 +59,10 @@ async fn sweep(store: &Store, checkout: &SagaCheckout, since_ms: i64) {
         OrderStatus::PartiallyRefunded.as_str(),
     ];
     let mut refunded = 0u64;
-    loop {
+    let mut after = None;
+    for _ in 0..ROUNDS_MAX {
         let orders = match store
-            .orders_of_cancelled_events(since_ms, &paid, ROUND)
+            .orders_of_cancelled_events(since_ms, &paid, after, ROUND)
             .await
         {
             Ok(orders) => orders,
@@ -68,29 +71,28 @@ async fn sweep(store: &Store, checkout: &SagaCheckout, since_ms: i64) {
                 break;
             }
         };
-        let mut progress = false;
-        for (order, reason) in &orders {
-            let order = OrderId(*order);
+        for row in &orders {
+            let order = OrderId(row.id);
             match checkout
                 .0
                 .refund(
                     order,
-                    format!("event cancelled: {reason}"),
+                    format!("event cancelled: {}", row.reason),
                     RefundBy::Organizer,
                 )
                 .await
             {
-                Ok(_) => {
-                    progress = true;
-                    refunded += 1;
-                }
+                Ok(_) => refunded += 1,
                 Err(error) => {
                     tracing::warn!(%order, %error, "refund of a cancelled event's order failed; the next sweep tries again");
                 }
             }
         }
-        if orders.len() < ROUND as usize || !progress {
-            break;
+        match orders.last() {
+            Some(last) if orders.len() == ROUND as usize => {
+                after = Some((last.created_at, last.id))
+            }
+            _ => break,
         }
     }
     if refunded > 0 {

@@ -44,7 +44,7 @@ pub use checkout::{
 pub use cluster::{NodeRow, ShardRow};
 pub use idempotency::{Idempotency, StoredResponse};
 pub use journal::SqlJournal;
-pub use organizer::{AttendeeRow, EventOrderRow, ORGANIZER_PAGE_MAX};
+pub use organizer::{AttendeeRow, CancelledOrderRow, EventOrderRow, ORGANIZER_PAGE_MAX};
 pub use parked::{PARKED_PAGE_MAX, ParkedRow};
 pub use scheduler::{
     HoldingRow, LiveEventSalesRow, REMINDER_EVENTS_MAX, SUMMARY_EVENTS_MAX, UpcomingEventRow,

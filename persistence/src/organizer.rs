@@ -9,6 +9,14 @@ use crate::{Error, Store, parse_uuid, uuid_text};
 /// Rows per page of [`Store::event_orders`] and [`Store::event_attendees`] at most.
 pub const ORGANIZER_PAGE_MAX: u32 = 100_000;
 
+/// A paid order of a cancelled event, with the event's cancel reason.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CancelledOrderRow {
+    pub id: Uuid,
+    pub created_at: i64,
+    pub reason: String,
+}
+
 /// An order of the event with its buyer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EventOrderRow {
@@ -142,25 +150,32 @@ impl Store {
     }
 
     /// Orders of events cancelled at `since_ms` or later whose status is one of `statuses` now,
-    /// oldest first, at most `limit`: what a cancel still has to refund, with the event's
-    /// cancel reason.
+    /// oldest first from after `after` (the last `(created_at, id)` of the page before), at
+    /// most `limit`: what a cancel still has to refund, with the event's cancel reason.
     pub async fn orders_of_cancelled_events(
         &self,
         since_ms: i64,
         statuses: &[&str],
+        after: Option<(i64, Uuid)>,
         limit: u32,
-    ) -> Result<Vec<(Uuid, String)>, Error> {
+    ) -> Result<Vec<CancelledOrderRow>, Error> {
         let placeholders: Vec<String> =
-            (0..statuses.len()).map(|i| format!("${}", i + 2)).collect();
+            (0..statuses.len()).map(|i| format!("${}", i + 4)).collect();
         let sql = format!(
-            "SELECT o.id, COALESCE(e.cancel_reason, '') FROM orders o \
+            "SELECT o.id, o.created_at, COALESCE(e.cancel_reason, '') FROM orders o \
              JOIN events e ON e.id = o.event_id \
-             WHERE e.cancelled_at >= $1 AND o.status IN ({}) \
+             WHERE e.cancelled_at >= $1 AND (o.created_at > $2 OR (o.created_at = $2 AND o.id > $3)) \
+             AND o.status IN ({}) \
              ORDER BY o.created_at, o.id LIMIT ${}",
             placeholders.join(", "),
-            statuses.len() + 2
+            statuses.len() + 4
         );
-        let mut query = sqlx::query(&sql).bind(since_ms);
+        let (after_at, after_id) =
+            after.map_or((i64::MIN, String::new()), |(at, id)| (at, uuid_text(id)));
+        let mut query = sqlx::query(&sql)
+            .bind(since_ms)
+            .bind(after_at)
+            .bind(after_id);
         for status in statuses {
             query = query.bind(*status);
         }
@@ -168,7 +183,11 @@ impl Store {
         rows.iter()
             .map(|row| {
                 let id: String = row.try_get(0)?;
-                Ok((parse_uuid("orders.id", &id)?, row.try_get(1)?))
+                Ok(CancelledOrderRow {
+                    id: parse_uuid("orders.id", &id)?,
+                    created_at: row.try_get(1)?,
+                    reason: row.try_get(2)?,
+                })
             })
             .collect()
     }

@@ -19,6 +19,9 @@ use crate::backend::CaptchaVerdict;
 use crate::problem::Problem;
 use crate::rate_limit::{ClientIp, Limit};
 
+/// The longest CAPTCHA token taken (Turnstile's are up to 2048 characters).
+const CAPTCHA_TOKEN_MAX: usize = 4096;
+
 /// The body of a queue join, all optional (an empty body is a join).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -89,6 +92,15 @@ pub async fn join(
         serde_json::from_slice(&body)
             .map_err(|e| Problem::invalid(format!("the body is not a queue join: {e}")))?
     };
+    if request
+        .captcha_token
+        .as_ref()
+        .is_some_and(|t| t.len() > CAPTCHA_TOKEN_MAX)
+    {
+        return Err(Problem::invalid(format!(
+            "captcha_token is longer than {CAPTCHA_TOKEN_MAX} bytes"
+        )));
+    }
     let before = state.backend().queue_read(event, user.id).await?;
     let already = matches!(
         before.status,
