@@ -193,8 +193,14 @@ enum Request {
     QueryStock(oneshot::Sender<QueryReply>),
     QueryHold(HoldId, oneshot::Sender<QueryReply>),
     QueryQueue(UserId, oneshot::Sender<QueryReply>),
+    /// Joins the waiting room and answers whether this call joined, and the buyer's place.
+    JoinQueue(UserId, oneshot::Sender<Result<Joined, inventory::Error>>),
     Stop(oneshot::Sender<()>),
 }
+
+/// What a join answers: whether this call joined (`false`: in the queue already) and the
+/// buyer's place after it.
+pub type Joined = (bool, Option<QueueRead>);
 
 /// A cheap-to-clone address of a running event actor.
 #[derive(Clone, Debug)]
@@ -254,6 +260,16 @@ impl Handle {
             QueryReply::Hold(hold) => Ok(hold),
             _ => Err(CallError::Unavailable),
         }
+    }
+
+    /// Joins `user` to the waiting room in one message: whether this call joined, and what
+    /// they read after it (answered once the join is journaled).
+    pub async fn join_queue(&self, user: UserId) -> Result<Joined, CallError> {
+        let (tx, rx) = oneshot::channel();
+        self.admit(Request::JoinQueue(user, tx))?;
+        rx.await
+            .map_err(|_| CallError::Unavailable)?
+            .map_err(CallError::Rejected)
     }
 
     /// What `user` reads of the event's waiting room; `None` without one. Answered after the
@@ -455,6 +471,10 @@ enum Deferred {
         Result<Option<HoldView>, inventory::Error>,
     ),
     Query(oneshot::Sender<QueryReply>, QueryReply),
+    Join(
+        oneshot::Sender<Result<Joined, inventory::Error>>,
+        Result<Joined, inventory::Error>,
+    ),
 }
 
 impl Actor {
@@ -528,6 +548,19 @@ impl Actor {
                             reply,
                             QueryReply::Hold(self.inventory.hold(id)),
                         ));
+                    }
+                    Request::JoinQueue(user, reply) => {
+                        let outcome = self
+                            .inventory
+                            .apply(now, Command::JoinQueue { user })
+                            .map(|new| {
+                                let joined = new.iter().any(|e| {
+                                    matches!(e, Event::Queue(crate::queue::QueueEvent::Joined { user: u, .. }) if *u == user)
+                                });
+                                events.extend(new);
+                                (joined, self.inventory.queue_read(user, now))
+                            });
+                        replies.push(Deferred::Join(reply, outcome));
                     }
                     Request::QueryQueue(user, reply) => {
                         replies.push(Deferred::Query(
@@ -680,6 +713,9 @@ fn send_replies(replies: Vec<Deferred>) {
             }
             Deferred::Query(reply, answer) => {
                 let _ = reply.send(answer);
+            }
+            Deferred::Join(reply, outcome) => {
+                let _ = reply.send(outcome);
             }
         }
     }

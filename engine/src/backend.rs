@@ -735,14 +735,25 @@ impl Backend for NodeBackend {
         }
     }
 
-    async fn queue_join(&self, event: EventId, user: UserId) -> Result<QueueRead, BackendError> {
+    async fn queue_join(
+        &self,
+        event: EventId,
+        user: UserId,
+    ) -> Result<(QueueRead, bool), BackendError> {
         match self.execute(event, InventoryOp::JoinQueue { user }).await? {
-            InventoryReply::Queue(Some(read)) => Ok(read),
-            InventoryReply::Queue(None) => {
+            InventoryReply::Joined {
+                joined,
+                read: Some(read),
+            } => Ok((read, joined)),
+            InventoryReply::Joined { read: None, .. } => {
                 Err(BackendError::Inventory(holdfast_actors::Error::NoQueue))
             }
             other => Err(unexpected(other)),
         }
+    }
+
+    fn captcha_required(&self) -> bool {
+        self.captcha.is_some()
     }
 
     async fn queue_read(&self, event: EventId, user: UserId) -> Result<QueueRead, BackendError> {

@@ -182,11 +182,8 @@ impl Inventories {
                     .map_err(call_error)?,
             ),
             InventoryOp::JoinQueue { user } => {
-                actor
-                    .call(Command::JoinQueue { user })
-                    .await
-                    .map_err(call_error)?;
-                InventoryReply::Queue(actor.queue(user).await.map_err(call_error)?)
+                let (joined, read) = actor.join_queue(user).await.map_err(call_error)?;
+                InventoryReply::Joined { joined, read }
             }
             InventoryOp::ReadQueue { user } => {
                 InventoryReply::Queue(actor.queue(user).await.map_err(call_error)?)

@@ -83,6 +83,11 @@ pub enum InventoryReply {
     Done,
     /// `None`: the event has no waiting room.
     Queue(Option<QueueRead>),
+    /// A join: whether this call joined, and the buyer's place after it.
+    Joined {
+        joined: bool,
+        read: Option<QueueRead>,
+    },
 }
 
 /// Why an operation failed, in a form that crosses the wire.

@@ -403,8 +403,18 @@ pub trait Backend: Send + Sync + 'static {
         Ok(CaptchaVerdict::NotRequired)
     }
 
-    /// Joins `user` to the event's waiting room (idempotent) and answers what they read then.
-    async fn queue_join(&self, _event: EventId, _user: UserId) -> Result<QueueRead, BackendError> {
+    /// Whether queue joins need a CAPTCHA ([`Backend::verify_captcha`]).
+    fn captcha_required(&self) -> bool {
+        false
+    }
+
+    /// Joins `user` to the event's waiting room (idempotent) and answers what they read then,
+    /// and whether this call joined (`false`: in the queue already).
+    async fn queue_join(
+        &self,
+        _event: EventId,
+        _user: UserId,
+    ) -> Result<(QueueRead, bool), BackendError> {
         Err(not_here("the waiting room"))
     }
 

@@ -101,20 +101,25 @@ pub async fn join(
             "captcha_token is longer than {CAPTCHA_TOKEN_MAX} bytes"
         )));
     }
-    let before = state.backend().queue_read(event, user.id).await?;
-    let already = matches!(
-        before.status,
-        Some(
-            QueueStatus::Waiting { .. }
-                | QueueStatus::SoldOut { .. }
-                | QueueStatus::Admitted { .. }
-        )
-    );
-    let read = if already {
-        before
-    } else {
-        match state
-            .backend()
+    let backend = state.backend();
+    // With a CAPTCHA, a buyer in the queue already is not asked again: read first. Without
+    // one, the join alone says whether it joined (one call to the event's actor).
+    if backend.captcha_required() {
+        let before = backend.queue_read(event, user.id).await?;
+        if matches!(
+            before.status,
+            Some(
+                QueueStatus::Waiting { .. }
+                    | QueueStatus::SoldOut { .. }
+                    | QueueStatus::Admitted { .. }
+            )
+        ) {
+            return Ok((
+                StatusCode::OK,
+                Json(read_json(&state, event, &user, &before)),
+            ));
+        }
+        match backend
             .verify_captcha(request.captcha_token.as_deref(), client.0)
             .await?
         {
@@ -138,14 +143,13 @@ pub async fn join(
                 ));
             }
         }
-        let read = state.backend().queue_join(event, user.id).await?;
+    }
+    let (read, joined) = backend.queue_join(event, user.id).await?;
+    let status = if joined {
         tracing::info!(%event, user = %user.id, "joined the waiting room");
-        read
-    };
-    let status = if already {
-        StatusCode::OK
-    } else {
         StatusCode::CREATED
+    } else {
+        StatusCode::OK
     };
     Ok((status, Json(read_json(&state, event, &user, &read))))
 }
