@@ -100,6 +100,42 @@ async fn buy(api: &Client, token: &str, event: &str, code: &str, quantity: i64) 
     id_of(&order)
 }
 
+/// A node whose VNPAY is a stand-in served here, and the stand-in's base URL.
+async fn with_vnpay_sim(backend: holdfast_tests::Backend) -> (InProcessNode, String) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the VNPAY stand-in");
+    let sim = format!("http://{}", listener.local_addr().expect("address"));
+    let node = InProcessNode::start_with(backend, |c| {
+        c.vnpay_pay_url = Some(format!("{sim}/paymentv2/vpcpay.html"));
+        c.vnpay_api_url = Some(format!("{sim}/merchant_webapi/api/transaction"));
+    })
+    .await;
+    holdfast_tests::serve_vnpay(
+        listener,
+        format!("{}/v1/payments/vnpay/ipn", node.base_url()),
+    );
+    (node, sim)
+}
+
+/// Two seats of `GA` held and ordered by `buyer`: the order's id and its payment URL.
+async fn order_two(api: &Client, buyer: &str, event: &str) -> (String, String) {
+    let hold = api.hold(buyer, event, &[("GA", 2)]).await;
+    hold.assert_status(201);
+    let order = api
+        .post("/v1/orders", Some(buyer), &json!({"hold_id": id_of(&hold)}))
+        .await;
+    order.assert_status(201);
+    let order = id_of(&order);
+    let payment_url = poll_until(WAIT, Duration::from_millis(50), || async {
+        let reply = api.get(&format!("/v1/orders/{order}"), Some(buyer)).await;
+        reply.body["payment_url"].as_str().map(str::to_owned)
+    })
+    .await
+    .expect("the order gets its payment URL");
+    (order, payment_url)
+}
+
 async fn order_status(api: &Client, token: &str, order: &str) -> String {
     let reply = api.get(&format!("/v1/orders/{order}"), Some(token)).await;
     reply.assert_status(200);
@@ -765,40 +801,12 @@ async fn organizer_sees_orders_and_attendees_as_csv(backend: holdfast_tests::Bac
 /// The buyer pays after the event was cancelled (and the hold released with it): the seats are
 /// not taken again and the money goes back, as for a payment that found the seats sold.
 async fn a_payment_after_the_cancel_is_refunded(backend: holdfast_tests::Backend) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind the VNPAY stand-in");
-    let sim = format!("http://{}", listener.local_addr().expect("address"));
-    let node = InProcessNode::start_with(backend, |c| {
-        c.vnpay_pay_url = Some(format!("{sim}/paymentv2/vpcpay.html"));
-        c.vnpay_api_url = Some(format!("{sim}/merchant_webapi/api/transaction"));
-    })
-    .await;
-    holdfast_tests::serve_vnpay(
-        listener,
-        format!("{}/v1/payments/vnpay/ipn", node.base_url()),
-    );
+    let (node, sim) = with_vnpay_sim(backend).await;
     let api = node.client().clone();
     let organizer = node.organizer_token().await;
     let event = create(&api, &organizer, &[("GA", 500_000, 10)], json!({})).await;
     let buyer = api.customer_token().await;
-    let hold = api.hold(&buyer, &event, &[("GA", 2)]).await;
-    hold.assert_status(201);
-    let order = api
-        .post(
-            "/v1/orders",
-            Some(&buyer),
-            &json!({"hold_id": id_of(&hold)}),
-        )
-        .await;
-    order.assert_status(201);
-    let order = id_of(&order);
-    let payment_url = poll_until(WAIT, Duration::from_millis(50), || async {
-        let reply = api.get(&format!("/v1/orders/{order}"), Some(&buyer)).await;
-        reply.body["payment_url"].as_str().map(str::to_owned)
-    })
-    .await
-    .expect("the order gets its payment URL");
+    let (order, payment_url) = order_two(&api, &buyer, &event).await;
     api.post(
         &format!("/v1/events/{event}/cancel"),
         Some(&organizer),
@@ -829,42 +837,14 @@ async fn a_payment_after_the_cancel_is_refunded(backend: holdfast_tests::Backend
 async fn a_cancel_cut_short_by_a_stop_is_refunded_after_the_restart(
     backend: holdfast_tests::Backend,
 ) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind the VNPAY stand-in");
-    let sim = format!("http://{}", listener.local_addr().expect("address"));
-    let mut node = InProcessNode::start_with(backend, |c| {
-        c.vnpay_pay_url = Some(format!("{sim}/paymentv2/vpcpay.html"));
-        c.vnpay_api_url = Some(format!("{sim}/merchant_webapi/api/transaction"));
-    })
-    .await;
-    holdfast_tests::serve_vnpay(
-        listener,
-        format!("{}/v1/payments/vnpay/ipn", node.base_url()),
-    );
+    let (mut node, sim) = with_vnpay_sim(backend).await;
     let api = node.client().clone();
     let organizer = node.organizer_token().await;
     let event = create(&api, &organizer, &[("GA", 300_000, 20)], json!({})).await;
     let mut paid = Vec::new();
     for _ in 0..3 {
         let buyer = api.customer_token().await;
-        let hold = api.hold(&buyer, &event, &[("GA", 2)]).await;
-        hold.assert_status(201);
-        let order = api
-            .post(
-                "/v1/orders",
-                Some(&buyer),
-                &json!({"hold_id": id_of(&hold)}),
-            )
-            .await;
-        order.assert_status(201);
-        let order = id_of(&order);
-        let payment_url = poll_until(WAIT, Duration::from_millis(50), || async {
-            let reply = api.get(&format!("/v1/orders/{order}"), Some(&buyer)).await;
-            reply.body["payment_url"].as_str().map(str::to_owned)
-        })
-        .await
-        .expect("the order gets its payment URL");
+        let (order, payment_url) = order_two(&api, &buyer, &event).await;
         holdfast_tests::press(&sim, &payment_url, true).await;
         let confirmed = poll_until(WAIT, Duration::from_millis(50), || async {
             (order_status(&api, &buyer, &order).await == "confirmed").then_some(())
