@@ -902,23 +902,12 @@ async fn kill_9_mid_saga_loses_and_duplicates_nothing() {
 /// provider's HTTP API (its stand-in here), retried when the provider fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn buyers_with_a_phone_number_get_sms() {
-    let sms = holdfast_notify::sim::SmsSim::new(holdfast_notify::sim::SimConfig {
-        account_sid: "AC00000000000000000000000000000001".to_owned(),
-        auth_token: "sms-test-token".to_owned(),
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind the SMS stand-in");
-    let sms_url = format!("http://{}", listener.local_addr().expect("address"));
-    let router = sms.router();
-    tokio::spawn(async move { axum::serve(listener, router).await });
+    let stand_in = holdfast_tests::SmsStandIn::start().await;
+    let sms = &stand_in.sim;
     // The provider fails the first two sends (500): they are retried.
     sms.fail_next(2);
     let shop = Shop::open(Backend::Sqlite, 10, |c| {
-        c.sms_base_url = Some(sms_url.clone());
-        c.sms_account_sid = Some("AC00000000000000000000000000000001".to_owned());
-        c.sms_auth_token = Some("sms-test-token".to_owned());
-        c.sms_from = Some("+15005550006".to_owned());
+        stand_in.configure(c);
         c.notify_backoff_secs = 1;
     })
     .await;
@@ -2329,10 +2318,14 @@ async fn a_dead_smtp_server_opens_the_circuit_and_mail_flows_once_it_is_back() {
     .await
     .expect("every payment link arrives once the server is back");
     assert_eq!(mail.len(), 4, "each message once: {mail:?}");
-    let sent = shop
-        .count("SELECT COUNT(*) FROM notifications WHERE channel = 'email' AND status = 'sent'")
-        .await;
-    assert_eq!(sent, 4);
+    // The server has the message before the sender marks its row sent.
+    let sent = "SELECT COUNT(*) FROM notifications WHERE channel = 'email' AND status = 'sent'";
+    poll_until(WAIT, Duration::from_millis(50), || async {
+        (shop.count(sent).await == 4).then_some(())
+    })
+    .await
+    .expect("every message is marked sent");
+    assert_eq!(smtp.messages().await.len(), 4, "each message once");
     let text = metrics_text(&shop).await;
     assert!(
         text.contains(r#"holdfast_circuit_rejected_total{breaker="smtp"}"#),
@@ -2347,22 +2340,11 @@ async fn a_dead_smtp_server_opens_the_circuit_and_mail_flows_once_it_is_back() {
 /// succeeds and every payment link is sent, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_sms_provider_opens_the_circuit_and_texts_flow_once_it_recovers() {
-    let sms = holdfast_notify::sim::SmsSim::new(holdfast_notify::sim::SimConfig {
-        account_sid: "AC00000000000000000000000000000001".to_owned(),
-        auth_token: "sms-test-token".to_owned(),
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind the SMS stand-in");
-    let sms_url = format!("http://{}", listener.local_addr().expect("address"));
-    let router = sms.router();
-    tokio::spawn(async move { axum::serve(listener, router).await });
+    let stand_in = holdfast_tests::SmsStandIn::start().await;
+    let sms = &stand_in.sim;
     sms.fail_next(2);
     let shop = Shop::open(Backend::Sqlite, 10, |c| {
-        c.sms_base_url = Some(sms_url.clone());
-        c.sms_account_sid = Some("AC00000000000000000000000000000001".to_owned());
-        c.sms_auth_token = Some("sms-test-token".to_owned());
-        c.sms_from = Some("+15005550006".to_owned());
+        stand_in.configure(c);
         c.notify_backoff_secs = 1;
         c.notify_attempts_max = 10;
         c.circuit_failures_max = 2;
@@ -2402,10 +2384,14 @@ async fn a_failing_sms_provider_opens_the_circuit_and_texts_flow_once_it_recover
     .await
     .expect("every payment link is sent once the provider recovers");
     assert_eq!(texts.len(), 4, "each text once: {texts:?}");
-    let sent = shop
-        .count("SELECT COUNT(*) FROM notifications WHERE channel = 'sms' AND status = 'sent'")
-        .await;
-    assert_eq!(sent, 4);
+    // The stand-in has the text before the sender marks its row sent.
+    let sent = "SELECT COUNT(*) FROM notifications WHERE channel = 'sms' AND status = 'sent'";
+    poll_until(WAIT, Duration::from_millis(50), || async {
+        (shop.count(sent).await == 4).then_some(())
+    })
+    .await
+    .expect("every text is marked sent");
+    assert_eq!(sms.messages().len(), 4, "each text once");
     let text = metrics_text(&shop).await;
     assert!(
         text.contains(r#"holdfast_circuit_rejected_total{breaker="sms"}"#),

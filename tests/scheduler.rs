@@ -16,8 +16,7 @@ use serde_json::json;
 
 const HOUR_MS: i64 = 3_600_000;
 const WAIT: Duration = Duration::from_secs(30);
-const SMS_SID: &str = "AC00000000000000000000000000000001";
-const SMS_TOKEN: &str = "sms-test-token";
+use holdfast_tests::{SMS_FROM, SMS_SID, SMS_TOKEN};
 /// 2030-06-15T18:30:00Z: 20:30 in Paris (summer time).
 const STARTS_MS: i64 = 1_907_778_600_000;
 
@@ -56,16 +55,10 @@ struct Providers {
 impl Providers {
     async fn start() -> Self {
         let smtp = SmtpServer::start().await;
-        let sms = holdfast_notify::sim::SmsSim::new(holdfast_notify::sim::SimConfig {
-            account_sid: SMS_SID.to_owned(),
-            auth_token: SMS_TOKEN.to_owned(),
-        });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the SMS stand-in");
-        let sms_url = format!("http://{}", listener.local_addr().expect("address"));
-        let router = sms.router();
-        tokio::spawn(async move { axum::serve(listener, router).await });
+        let holdfast_tests::SmsStandIn {
+            sim: sms,
+            url: sms_url,
+        } = holdfast_tests::SmsStandIn::start().await;
         Self { smtp, sms, sms_url }
     }
 
@@ -76,7 +69,7 @@ impl Providers {
                 base_url: self.sms_url.clone(),
                 account_sid: SMS_SID.to_owned(),
                 auth_token: SMS_TOKEN.to_owned(),
-                from: "+15005550006".to_owned(),
+                from: SMS_FROM.to_owned(),
                 timeout_secs: 5,
             }),
             attempts_max: 3,

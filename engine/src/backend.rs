@@ -536,14 +536,12 @@ impl Backend for NodeBackend {
             self.execute(id, InventoryOp::SetSaleWindow(sale_window(event.sale)))
                 .await?;
         }
-        if queue_changed || window_changed {
-            let row = self
-                .store
-                .event(id.0)
-                .await
-                .map_err(unavailable)?
-                .ok_or(BackendError::EventNotFound)?;
-            let queue = crate::inventories::queue_setup(&row).map_err(BackendError::from)?;
+        // A queue opens with the sale: a new window moves its opening (until it opened).
+        if queue_changed || (window_changed && event.queue.is_some()) {
+            let opens_at_ms = millis(event.sale.starts_at.unwrap_or(event.created_at));
+            let queue = event
+                .queue
+                .map(|q| crate::inventories::queue_setup(q, opens_at_ms));
             self.execute(id, InventoryOp::SetQueue(queue)).await?;
         }
         Ok(event)

@@ -110,7 +110,7 @@ impl Inventories {
             },
         });
         definitions.push(Command::SetQueue {
-            queue: queue_setup(&event)?,
+            queue: catalog_queue(&event)?,
         });
         if event.cancelled_at_ms.is_some() {
             definitions.push(Command::Cancel);
@@ -146,41 +146,9 @@ impl Inventories {
     ) -> Result<InventoryReply, OpError> {
         let actor = self.get(event_id, epoch).await?;
         let reply = match op {
-            InventoryOp::Hold {
-                hold_id,
-                user,
-                items,
-                ttl_ms,
-            } => InventoryReply::Hold(
-                actor
-                    .call(Command::Hold {
-                        hold_id,
-                        user,
-                        items,
-                        ttl_ms,
-                        admission: None,
-                    })
-                    .await
-                    .map_err(call_error)?,
-            ),
-            InventoryOp::HoldAdmitted {
-                hold_id,
-                user,
-                items,
-                ttl_ms,
-                admission,
-            } => InventoryReply::Hold(
-                actor
-                    .call(Command::Hold {
-                        hold_id,
-                        user,
-                        items,
-                        ttl_ms,
-                        admission: Some(admission),
-                    })
-                    .await
-                    .map_err(call_error)?,
-            ),
+            op @ (InventoryOp::Hold { .. } | InventoryOp::HoldAdmitted { .. }) => {
+                InventoryReply::Hold(actor.call(hold_command(op)).await.map_err(call_error)?)
+            }
             InventoryOp::JoinQueue { user } => {
                 let (joined, read) = actor.join_queue(user).await.map_err(call_error)?;
                 InventoryReply::Joined { joined, read }
@@ -233,23 +201,56 @@ impl Inventories {
     }
 }
 
-/// The waiting room the catalog gives `event`, opening at the start of its sale. The seed of
-/// its pre-queue is drawn here, from the operating system's CSPRNG, and counts only when the
-/// queue is new (the actor journals it with the queue); a running queue keeps its own.
-pub fn queue_setup(event: &holdfast_persistence::EventRow) -> Result<Option<QueueSetup>, OpError> {
+/// The waiting room the catalog gives `event`, as [`queue_setup`] makes it.
+fn catalog_queue(event: &holdfast_persistence::EventRow) -> Result<Option<QueueSetup>, OpError> {
     let Some(raw) = event.queue.as_deref() else {
         return Ok(None);
     };
     let config: QueueConfig = serde_json::from_str(raw).map_err(|e| {
         OpError::Internal(format!("event {} has bad queue settings: {e}", event.id))
     })?;
+    let opens_at_ms = event.sale_starts_at_ms.unwrap_or(event.created_at_ms);
+    Ok(Some(queue_setup(config, opens_at_ms)))
+}
+
+/// A waiting room with `config`, opening at `opens_at_ms` (the start of its sale). The seed of
+/// its pre-queue is drawn here, from the operating system's CSPRNG, and counts only when the
+/// queue is new (the actor journals it with the queue); a running queue keeps its own.
+pub fn queue_setup(config: QueueConfig, opens_at_ms: i64) -> QueueSetup {
     let mut seed = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut seed);
-    Ok(Some(QueueSetup {
+    QueueSetup {
         settings: config.settings(),
-        opens_at: Timestamp(event.sale_starts_at_ms.unwrap_or(event.created_at_ms)),
+        opens_at: Timestamp(opens_at_ms),
         seed,
-    }))
+    }
+}
+
+/// The hold an operation asks for: on a queued event, with the buyer's admission.
+fn hold_command(op: InventoryOp) -> Command {
+    let (hold_id, user, items, ttl_ms, admission) = match op {
+        InventoryOp::Hold {
+            hold_id,
+            user,
+            items,
+            ttl_ms,
+        } => (hold_id, user, items, ttl_ms, None),
+        InventoryOp::HoldAdmitted {
+            hold_id,
+            user,
+            items,
+            ttl_ms,
+            admission,
+        } => (hold_id, user, items, ttl_ms, Some(admission)),
+        _ => unreachable!("not a hold"),
+    };
+    Command::Hold {
+        hold_id,
+        user,
+        items,
+        ttl_ms,
+        admission,
+    }
 }
 
 /// The command of an operation answered with [`InventoryReply::Done`].

@@ -1305,3 +1305,48 @@ pub async fn own_redis(port: u16) -> Child {
     assert!(up.is_some(), "redis-server did not listen on {port}");
     child
 }
+
+/// The account of the SMS provider's stand-in the tests send through.
+pub const SMS_SID: &str = "AC00000000000000000000000000000001";
+pub const SMS_TOKEN: &str = "sms-test-token";
+pub const SMS_FROM: &str = "+15005550006";
+
+/// The SMS provider's stand-in (`holdfast_notify::sim`, its HTTP API) served on a port of its
+/// own.
+pub struct SmsStandIn {
+    pub sim: holdfast_notify::sim::SmsSim,
+    /// Its base URL.
+    pub url: String,
+}
+
+impl fmt::Debug for SmsStandIn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SmsStandIn")
+            .field("url", &self.url)
+            .finish()
+    }
+}
+
+impl SmsStandIn {
+    pub async fn start() -> Self {
+        let sim = holdfast_notify::sim::SmsSim::new(holdfast_notify::sim::SimConfig {
+            account_sid: SMS_SID.to_owned(),
+            auth_token: SMS_TOKEN.to_owned(),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the SMS stand-in");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let router = sim.router();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        Self { sim, url }
+    }
+
+    /// Points a node's SMS settings at this stand-in.
+    pub fn configure(&self, c: &mut Config) {
+        c.sms_base_url = Some(self.url.clone());
+        c.sms_account_sid = Some(SMS_SID.to_owned());
+        c.sms_auth_token = Some(SMS_TOKEN.to_owned());
+        c.sms_from = Some(SMS_FROM.to_owned());
+    }
+}

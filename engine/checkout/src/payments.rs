@@ -493,16 +493,7 @@ impl Payments {
         };
         let answer = async {
             let body = holdfast_vnpay::refund::request_body(&self.settings.vnpay, &request)?;
-            let response: RefundResponse = self
-                .http
-                .post(url)
-                .timeout(self.settings.refunds.timeout)
-                .json(&body)
-                .send()
-                .await?
-                .error_for_status()?
-                .json()
-                .await?;
+            let response: RefundResponse = self.post_json(url, &body).await?;
             anyhow::Ok(holdfast_vnpay::refund::verify_response(
                 &self.settings.vnpay,
                 &response,
@@ -749,6 +740,25 @@ impl Payments {
         }))
     }
 
+    /// POSTs `body` as JSON to one of VNPAY's API URLs, within the refund timeout, and reads
+    /// the JSON answer (not yet verified).
+    async fn post_json<T: serde::de::DeserializeOwned>(
+        &self,
+        url: &str,
+        body: &impl serde::Serialize,
+    ) -> anyhow::Result<T> {
+        Ok(self
+            .http
+            .post(url)
+            .timeout(self.settings.refunds.timeout)
+            .json(body)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?)
+    }
+
     /// Asks VNPAY about a payment (`querydr`), verified.
     async fn querydr_raw(
         &self,
@@ -766,16 +776,8 @@ impl Payments {
         let body = holdfast_vnpay::querydr::request_body(&self.settings.vnpay, &request)?;
         let permit = self.querydr_circuit.admit(self.ctx.now_ms())?;
         let answer = async {
-            let response: holdfast_vnpay::querydr::QueryDrResponse = self
-                .http
-                .post(url)
-                .timeout(self.settings.refunds.timeout)
-                .json(&body)
-                .send()
-                .await?
-                .error_for_status()?
-                .json()
-                .await?;
+            let response: holdfast_vnpay::querydr::QueryDrResponse =
+                self.post_json(url, &body).await?;
             anyhow::Ok(holdfast_vnpay::querydr::verify_response(
                 &self.settings.vnpay,
                 &response,
